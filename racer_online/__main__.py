@@ -1,0 +1,3 @@
+from racer_online.cli import main
+
+main()

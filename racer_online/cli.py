@@ -1,0 +1,223 @@
+"""The ``racer-online`` command. Errors are one readable line and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from racer_online import core
+from racer_online.errors import InvalidInputError, RacerError
+from racer_online.records import Records, read_records
+
+app = typer.Typer(
+    help="Risk-controlled set-valued LLM routing on a stream (RACER, online).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+
+
+def note(message: str) -> None:
+    """One plain line on stderr: never wrapped, so scripts can grep it."""
+    print(message, file=sys.stderr)
+
+
+Alpha = Annotated[float, typer.Option(help="Target misroute probability, in (0, 1).")]
+Delta = Annotated[float, typer.Option(help="Allowed failure probability, in (0, 1).")]
+BoundOpt = Annotated[str, typer.Option("--bound", help="binomial, hoeffding, bentkus, hb or crc.")]
+RuleOpt = Annotated[str, typer.Option("--rule", help="cumulative, threshold or cost.")]
+MissOpt = Annotated[str, typer.Option("--miss", help="answerable or augmented.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+@app.command()
+def calibrate(
+    records: Annotated[Path, typer.Option(help="Records CSV (p:<model>, y:<model> columns).")],
+    alpha: Alpha,
+    delta: Delta,
+    bound: BoundOpt = "binomial",
+    rule: RuleOpt = "cumulative",
+    miss: MissOpt = "answerable",
+    scope: Annotated[str | None, typer.Option(help="Use only this scope's records.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Calibrate the RACER threshold on a records file."""
+    data = _select_scope(read_records(records), scope)
+    graded = data.fully_graded()
+    if len(graded) < len(data):
+        note(f"note: left out {len(data) - len(graded)} records with an ungraded model")
+    if not len(graded):
+        raise InvalidInputError(f"{records}: no record has a label for every model")
+    result = core.calibrate(
+        graded.scores,
+        graded.labels.astype(bool),
+        alpha=alpha,
+        delta=delta,
+        bound=bound,  # type: ignore[arg-type]  # validated by the core
+        rule=rule,  # type: ignore[arg-type]
+        miss=miss,  # type: ignore[arg-type]
+        p_abstain=graded.p_abstain,
+        prices=graded.costs,
+    )
+    report = {
+        "lam_hat": result.lam_hat,
+        "m_star": result.m_star,
+        "n": result.n,
+        "certified": result.certified,
+        "fallback": result.fallback,
+        "empirical_risk": result.empirical_risk,
+        "mean_set_size": result.mean_set_size,
+        "abstain_rate": result.abstain_rate,
+        "mean_cost": result.mean_cost,
+        "alpha": alpha,
+        "delta": delta,
+        "bound": bound,
+        "rule": rule,
+        "miss": miss,
+        "models": list(graded.models),
+    }
+    if as_json:
+        print(json.dumps(report))
+        return
+    table = Table("quantity", "value", title="RACER calibration")
+    for key, value in report.items():
+        table.add_row(key, _fmt(value))
+    out.print(table)
+    if result.fallback:
+        note("note: nothing certified with this many records: lam = 1 (every option)")
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path | None, typer.Option(help="Outcomes dataset folder or CSV.")] = None,
+    delta: Delta = 0.1,
+    bound: BoundOpt = "binomial",
+    rule: RuleOpt = "cumulative",
+    miss: MissOpt = "answerable",
+    n_calibration: Annotated[int, typer.Option(help="Calibration records per split.")] = 1000,
+    splits: Annotated[int, typer.Option(help="Random calibration/test splits.")] = 100,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """RACER on the shipped real outcomes, next to top-1 and all-models routing."""
+    from racer_online.datasets import load_outcomes
+    from racer_online.evaluation import mean_figures, random_splits, task_router_records
+
+    records = task_router_records(load_outcomes(data), seed=seed)
+    if not 0 < n_calibration < len(records):
+        raise InvalidInputError(f"--n-calibration must lie in [1, {len(records) - 1}]")
+    rows = []
+    for alpha in (0.05, 0.1, 0.2):
+        results = list(
+            random_splits(
+                records,
+                alpha=alpha,
+                delta=delta,
+                bound=bound,
+                rule=rule,
+                miss=miss,  # type: ignore[arg-type]
+                n_calibration=n_calibration,
+                splits=splits,
+                seed=seed,
+            )
+        )
+        for name, figs in (
+            ("racer", [r.racer for r in results]),
+            ("top-1", [r.top1 for r in results]),
+            ("all models", [r.all_models for r in results]),
+        ):
+            mean = mean_figures(figs)
+            lam = float(np.mean([r.lam_hat for r in results])) if name == "racer" else None
+            rows.append({"alpha": alpha, "router": name, "lam_hat": lam, **vars(mean)})
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "delta": delta,
+                    "bound": bound,
+                    "rule": rule,
+                    "miss": miss,
+                    "n_calibration": n_calibration,
+                    "splits": splits,
+                    "rows": rows,
+                }
+            )
+        )
+        return
+    table = Table(
+        "alpha",
+        "router",
+        "lam_hat",
+        "test risk",
+        "mean set size",
+        "abstain",
+        "mean price",
+        title=f"RACER on llmrouter-9llm: {rule} / {miss}, {bound} bound, delta = {delta}, "
+        f"{n_calibration} calibration records, mean of {splits} splits",
+    )
+    for row in rows:
+        table.add_row(
+            *(
+                _fmt(row[k])
+                for k in (
+                    "alpha",
+                    "router",
+                    "lam_hat",
+                    "risk",
+                    "mean_set_size",
+                    "abstain_rate",
+                    "mean_price",
+                )
+            )
+        )
+    out.print(table)
+
+
+def _select_scope(records: Records, scope: str | None) -> Records:
+    present = sorted(set(records.scopes or ()))
+    if scope is None:
+        if len(present) > 1:
+            raise InvalidInputError(
+                f"the records hold scopes {', '.join(present)}: pick one with --scope"
+            )
+        return records
+    if scope not in present:
+        raise InvalidInputError(
+            f"no records of scope {scope!r} (present: {', '.join(present) or 'none'})"
+        )
+    assert records.scopes is not None
+    return records.take(np.flatnonzero(np.array(records.scopes) == scope))
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except typer.Abort:
+        note("racer-online: aborted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors, from typer's own click
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if message.strip():  # empty when typer already printed the help
+            note(f"racer-online: error: {' '.join(message.split())}")
+        sys.exit(getattr(exc, "exit_code", 2))
+    except RacerError as exc:
+        note(f"racer-online: error: {exc}")
+        sys.exit(1)

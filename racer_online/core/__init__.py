@@ -1,0 +1,52 @@
+"""The RACER method as pure numpy functions: no I/O, no asyncio, no pydantic.
+
+scores -> entry levels -> required thresholds -> certified miss count -> threshold.
+"""
+
+from racer_online.core.bounds import BOUNDS, Bound, certified_miss_count, certifies, p_value
+from racer_online.core.calibration import (
+    FALLBACK_LAM,
+    Calibration,
+    Threshold,
+    calibrate,
+    oracle_threshold,
+    required_thresholds,
+    threshold_from_required,
+)
+from racer_online.core.routing import (
+    Decision,
+    SetStats,
+    decide,
+    members,
+    route,
+    set_misses,
+    set_stats,
+)
+from racer_online.core.scoring import MISSES, RULES, Miss, Rule, entry_levels
+
+__all__ = [
+    "BOUNDS",
+    "FALLBACK_LAM",
+    "MISSES",
+    "RULES",
+    "Bound",
+    "Calibration",
+    "Decision",
+    "Miss",
+    "Rule",
+    "SetStats",
+    "Threshold",
+    "calibrate",
+    "certified_miss_count",
+    "certifies",
+    "decide",
+    "entry_levels",
+    "members",
+    "oracle_threshold",
+    "p_value",
+    "required_thresholds",
+    "route",
+    "set_misses",
+    "set_stats",
+    "threshold_from_required",
+]

@@ -1,0 +1,110 @@
+"""Routing decisions: turn entry levels and a threshold into model sets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from racer_online.core.scoring import FloatArray, Miss, Rule, entry_levels
+from racer_online.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The set for one query: models most promising first; empty means abstain."""
+
+    models: tuple[str, ...]
+    flag_unanswerable: bool
+    price: float
+
+    @property
+    def abstain(self) -> bool:
+        return not self.models
+
+
+@dataclass(frozen=True)
+class SetStats:
+    mean_set_size: float
+    abstain_rate: float
+    mean_cost: float | None
+
+
+def members(levels: FloatArray, lam: float) -> NDArray[np.bool_]:
+    """Membership mask ``e_j <= lam`` of shape (n, options)."""
+    return levels <= lam
+
+
+def set_stats(
+    levels: FloatArray, lam: float, *, n_models: int, prices: NDArray[np.floating] | None
+) -> SetStats:
+    """Mean set size (models only, ⊥ is not a model), abstention rate and mean set price."""
+    chosen = members(levels[:, :n_models], lam)
+    sizes = chosen.sum(axis=1)
+    cost = None
+    if prices is not None:
+        cost = float((chosen * np.broadcast_to(prices, chosen.shape)).sum(axis=1).mean())
+    return SetStats(float(sizes.mean()), float((sizes == 0).mean()), cost)
+
+
+def route(
+    scores: NDArray[np.floating],
+    lam: float,
+    *,
+    models: Sequence[str],
+    rule: Rule = "cumulative",
+    miss: Miss = "answerable",
+    p_abstain: NDArray[np.floating] | None = None,
+    prices: NDArray[np.floating] | None = None,
+) -> list[Decision]:
+    """Decide the set of every query of a batch at threshold ``lam``."""
+    if len(models) != np.shape(scores)[-1]:
+        raise InvalidInputError(
+            f"{len(models)} model names for {np.shape(scores)[-1]} score columns"
+        )
+    levels = entry_levels(scores, rule=rule, miss=miss, p_abstain=p_abstain, prices=prices)
+    return decide(levels, lam, models=models, prices=prices)
+
+
+def decide(
+    levels: FloatArray,
+    lam: float,
+    *,
+    models: Sequence[str],
+    prices: NDArray[np.floating] | None = None,
+) -> list[Decision]:
+    """Decisions from precomputed entry levels (the worker computes them once per batch)."""
+    k = len(models)
+    order = np.argsort(levels[:, :k], axis=1, kind="stable")  # ties keep catalogue order
+    chosen = members(levels, lam)
+    price_rows = np.broadcast_to(0.0 if prices is None else prices, (levels.shape[0], k))
+    decisions = []
+    for row, rank in enumerate(order):
+        picked = [int(j) for j in rank if chosen[row, j]]
+        decisions.append(
+            Decision(
+                models=tuple(models[j] for j in picked),
+                flag_unanswerable=bool(levels.shape[1] > k and chosen[row, k]),
+                price=float(price_rows[row, picked].sum()),
+            )
+        )
+    return decisions
+
+
+def set_misses(
+    chosen: NDArray[np.bool_], labels: NDArray[np.bool_], *, miss: Miss = "answerable"
+) -> NDArray[np.bool_]:
+    """Misroutes counted directly from sets: no acceptable option in the set.
+
+    ``chosen`` is a membership mask over the options, shape (n, K) or (n, K + 1) with ``⊥``
+    last; it may come from any router, not only from RACER.
+    """
+    k = labels.shape[1]
+    hit = (chosen[:, :k] & labels).any(axis=1)
+    answerable = labels.any(axis=1)
+    if miss == "answerable":
+        return np.asarray(answerable & ~hit)
+    flagged = chosen[:, k] if chosen.shape[1] > k else np.zeros(len(labels), dtype=bool)
+    return np.where(answerable, ~hit, ~flagged)

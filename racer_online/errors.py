@@ -1,0 +1,25 @@
+"""Exceptions of racer-online.
+
+    RacerError
+    ├── InvalidInputError (also ValueError)   bad arrays, parameters or records
+    │   └── RecordsFormatError                 a records CSV that cannot be read
+    └── ConfigError (also ValueError)          bad settings or scopes file
+
+Every message names the problem in one line, so the CLI can print it as it is.
+"""
+
+
+class RacerError(Exception):
+    """Base class of every error racer-online raises on purpose."""
+
+
+class InvalidInputError(RacerError, ValueError):
+    """Input that violates the method's preconditions (shapes, ranges, names)."""
+
+
+class RecordsFormatError(InvalidInputError):
+    """A records file whose header or rows do not follow the records format."""
+
+
+class ConfigError(RacerError, ValueError):
+    """Settings or a scopes file that cannot be used."""
