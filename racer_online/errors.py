@@ -2,8 +2,10 @@
 
     RacerError
     ├── InvalidInputError (also ValueError)   bad arrays, parameters or records
-    │   └── RecordsFormatError                 a records CSV that cannot be read
-    └── ConfigError (also ValueError)          bad settings or scopes file
+    │   ├── RecordsFormatError                 a records CSV that cannot be read
+    │   └── MessageError                       a topic payload that fails its schema
+    ├── ConfigError (also ValueError)          bad settings or scopes file
+    └── StoreUnavailableError                  Redis cannot be reached (retry later)
 
 Every message names the problem in one line, so the CLI can print it as it is.
 """
@@ -23,3 +25,7 @@ class RecordsFormatError(InvalidInputError):
 
 class ConfigError(RacerError, ValueError):
     """Settings or a scopes file that cannot be used."""
+
+
+class StoreUnavailableError(RacerError):
+    """Redis (or the store standing in for it) cannot be reached right now."""

@@ -1,0 +1,251 @@
+"""Payloads of every topic: the one schema source (architecture.md, "Topics").
+
+Inbound messages (queries, feedback) forbid unknown fields, so a typo is rejected rather
+than silently ignored. Outbound messages ignore unknown fields when parsed, so a reader
+keeps working when a newer writer adds one. Every float must be finite: NaN and
+infinities are rejected even where the JSON parser accepts them (``NaN``, ``1e400``).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from racer_online.core.bounds import Bound
+from racer_online.core.scoring import Miss, Rule
+from racer_online.errors import InvalidInputError
+
+MAX_MESSAGE_BYTES = 1 << 20  # checked before parsing, so a huge payload costs nothing
+MAX_TEXT_CHARS = 32 * 1024
+MAX_EMBEDDING_DIM = 8192
+MAX_MODELS = 256
+MAX_METADATA_ITEMS = 64
+MAX_METADATA_VALUE_CHARS = 1024
+
+SAFE_NAME_PATTERN = r"[A-Za-z0-9._-]{1,128}"
+
+
+def _safe_name(value: str) -> str:
+    # Scope names end up in Redis keys, metric labels and URLs: keep them plain.
+    if not re.fullmatch(SAFE_NAME_PATTERN, value):
+        raise PydanticCustomError(
+            "safe_name", "use 1 to 128 letters, digits, '.', '_' or '-' characters"
+        )
+    return value
+
+
+ScopeName = Annotated[str, AfterValidator(_safe_name)]
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+QueryId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+UnixTime = Annotated[float, Field(ge=0.0)]
+Status = Literal["certified", "stale", "fallback"]
+AlertKind = Literal["drift", "risk_violation", "stale_calibration"]
+
+
+class MessageError(InvalidInputError):
+    """A payload that cannot be used; ``reason`` is one line for the dead-letter record."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _label(value: Any) -> int:
+    # Exact 0/1 or a JSON boolean; "1" and 1.0 are more likely bugs than labels.
+    if type(value) in (bool, int) and value in (0, 1):
+        return int(value)
+    raise PydanticCustomError("label", "label must be 0, 1, true or false")
+
+
+def _metadata_value(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    # One clear error instead of one per member of the union.
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError(
+            "metadata_value",
+            "metadata values must be a finite number, a boolean or a string of at most "
+            f"{MAX_METADATA_VALUE_CHARS} characters",
+        ) from None
+
+
+Label = Annotated[int, BeforeValidator(_label)]
+MetadataValue = Annotated[
+    bool | int | float | Annotated[str, Field(max_length=MAX_METADATA_VALUE_CHARS)],
+    WrapValidator(_metadata_value),
+]
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=128)], MetadataValue], Field(max_length=MAX_METADATA_ITEMS)
+]
+Scores = Annotated[dict[ModelName, Probability], Field(min_length=1, max_length=MAX_MODELS)]
+Labels = Annotated[dict[ModelName, Label], Field(min_length=1, max_length=MAX_MODELS)]
+Embedding = Annotated[list[float], Field(min_length=1, max_length=MAX_EMBEDDING_DIM)]
+
+
+def _reason(error: ValidationError) -> str:
+    first = error.errors(include_url=False)[0]
+    if first["type"] == "json_invalid":
+        return f"invalid JSON: {first['ctx']['error']}"
+    where = ".".join(str(part) for part in first["loc"] if part != "")  # "" is a bad key
+    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"schema: {where + ': ' if where else ''}{first['msg']}{more}"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> Self:
+        """Validate one JSON payload; raise `MessageError` with a one-line reason."""
+        if len(raw) > MAX_MESSAGE_BYTES:
+            raise MessageError(f"too large: {len(raw)} bytes > {MAX_MESSAGE_BYTES}")
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as error:
+            raise MessageError(_reason(error)) from None
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class _Inbound(_Message):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QueryMessage(_Inbound):
+    query_id: QueryId
+    scope: ScopeName = "default"
+    scores: Scores | None = None
+    p_abstain: Probability | None = None
+    text: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
+    embedding: Embedding | None = None
+    event_time: UnixTime | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _has_something_to_route(self) -> Self:
+        if self.scores is None and self.text is None and self.embedding is None:
+            raise PydanticCustomError("no_input", "one of scores, text or embedding is required")
+        return self
+
+
+class FeedbackMessage(_Inbound):
+    query_id: QueryId
+    scope: ScopeName = "default"
+    labels: Labels
+    event_time: UnixTime | None = None
+    grader: Annotated[str, Field(max_length=256)] | None = None
+
+
+class DecisionMessage(_Message):
+    query_id: str
+    scope: str
+    models: list[str]  # most promising first
+    abstain: bool
+    flag_unanswerable: bool
+    audit: bool
+    lam: float
+    threshold_version: int
+    threshold_status: Status
+    alpha: float
+    delta: float
+    bound: Bound
+    scores: dict[str, float]
+    p_abstain: float | None = None
+    decided_at: float = Field(default_factory=time.time)
+
+
+class ThresholdMessage(_Message):
+    scope: str
+    version: int
+    lam: float
+    status: Status
+    certified: bool
+    n: int
+    alpha: float
+    delta: float
+    bound: Bound
+    rule: Rule
+    miss: Miss
+    m_star: int  # -1: nothing certified
+    # None when the window is empty: NaN is not JSON.
+    empirical_risk: float | None = None
+    mean_set_size: float | None = None
+    abstain_rate: float | None = None
+    mean_price: float | None = None
+    window_start: float | None = None
+    window_end: float | None = None
+    reason: str  # what triggered it: "start", "timer", "records", "drift", ...
+    computed_at: float = Field(default_factory=time.time)
+
+
+class AlertMessage(_Message):
+    scope: str
+    kind: AlertKind
+    at: float = Field(default_factory=time.time)
+    message: str
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeadLetter(_Message):
+    source_topic: str
+    partition: int
+    offset: int
+    key: str | None
+    error_class: str
+    reason: str
+    raw_b64: str | None  # None: the record had no value (a tombstone)
+    at: float = Field(default_factory=time.time)
+
+    @classmethod
+    def from_error(
+        cls,
+        raw: bytes | None,
+        error: BaseException,
+        *,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | str | None = None,
+        error_class: str | None = None,
+        at: float | None = None,
+    ) -> Self:
+        """Record a payload that failed, with the reason the operator will read.
+
+        ``error_class`` defaults to the exception's class name.
+        """
+        name = error_class or type(error).__name__
+        reason = error.reason if isinstance(error, MessageError) else str(error)
+        if isinstance(key, bytes):
+            key = key.decode(errors="backslashreplace")
+        return cls(
+            source_topic=source_topic,
+            partition=partition,
+            offset=offset,
+            key=key,
+            error_class=name,
+            reason=(reason or name)[:1000],
+            raw_b64=None if raw is None else base64.b64encode(raw).decode("ascii"),
+            at=time.time() if at is None else at,
+        )
+
+    @property
+    def raw(self) -> bytes | None:
+        return None if self.raw_b64 is None else base64.b64decode(self.raw_b64)

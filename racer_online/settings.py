@@ -1,0 +1,217 @@
+"""Settings: environment (prefix ``RACER_``, nested with ``__``) plus a TOML scopes file.
+
+The env names are a public contract, e.g. ``RACER_KAFKA_BROKER``, ``RACER_REDIS_URL``,
+``RACER_SCOPES_FILE``, ``RACER_AUDIT_RATE``, ``RACER_TOPICS__PARTITIONS``. Every problem
+surfaces as a `ConfigError` whose message is one line naming the variable, or the file
+and the field, so the CLI can print it as it is.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    RedisDsn,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from racer_online.core.bounds import Bound
+from racer_online.core.scoring import Miss, Rule
+from racer_online.errors import ConfigError
+from racer_online.messages import MAX_MODELS, ModelName, ScopeName
+
+DEFAULT_SCOPES = "default_scopes.toml"  # packaged next to this module
+TopicName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]  # Kafka's own rule
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def _first_error(error: ValidationError, *, env: bool = False) -> str:
+    """One line: ``scopes.x.alpha: ...`` or ``RACER_TOPICS__PARTITIONS: ...``."""
+    first = error.errors(include_url=False)[0]
+    parts = [str(part) for part in first["loc"]]
+    where = ("RACER_" + "__".join(parts).upper()) if env else ".".join(parts)
+    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{where + ': ' if parts else ''}{first['msg']}{more}"
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    price: float = Field(default=0.0, ge=0.0)
+
+
+class ScopeConfig(BaseModel):
+    """One scope (tenant / risk profile): its guarantee and its model catalogue."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    alpha: float = Field(gt=0.0, lt=1.0)
+    delta: float = Field(gt=0.0, lt=1.0)
+    bound: Bound = "binomial"
+    rule: Rule = "cumulative"
+    miss: Miss = "answerable"
+    # File order is the catalogue order, which breaks ties between equal scores or prices.
+    models: dict[ModelName, ModelConfig] = Field(min_length=1, max_length=MAX_MODELS)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(self.models)
+
+    @property
+    def prices(self) -> tuple[float, ...]:
+        return tuple(model.price for model in self.models.values())
+
+
+class _ScopesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scopes: dict[ScopeName, ScopeConfig] = Field(min_length=1)
+
+
+def load_scopes(path: Path | None = None) -> dict[str, ScopeConfig]:
+    """Scopes from a TOML file, or the packaged defaults when ``path`` is None."""
+    source = resources.files("racer_online").joinpath(DEFAULT_SCOPES) if path is None else path
+    name = f"scopes file {path}" if path is not None else f"packaged {DEFAULT_SCOPES}"
+    try:
+        document = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{name}: cannot read: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{name}: invalid TOML: {error}") from None
+    try:
+        return dict(_ScopesFile.model_validate(document).scopes)
+    except ValidationError as error:
+        raise ConfigError(f"{name}: {_first_error(error)}") from None
+
+
+class TopicsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    queries: TopicName = "racer.queries"
+    decisions: TopicName = "racer.decisions"
+    feedback: TopicName = "racer.feedback"
+    thresholds: TopicName = "racer.thresholds"
+    alerts: TopicName = "racer.alerts"
+    dlq: TopicName = "racer.dlq"
+    partitions: int = Field(default=4, ge=1)
+
+
+_REDIS_DSN = TypeAdapter(RedisDsn)
+
+
+def _check_redis_url(value: Any) -> Any:
+    try:
+        _REDIS_DSN.validate_python(value)  # validate, but keep the str that redis-py wants
+    except ValidationError:
+        raise PydanticCustomError("redis_url", "must be a redis:// or rediss:// URL") from None
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RACER_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_ignore_empty=True,  # RACER_SCOPES_FILE= means unset, not Path(".")
+        extra="ignore",  # a shared .env (e.g. docker-compose's) holds other variables too
+        allow_inf_nan=False,
+    )
+
+    app_id: str = Field(default="racer-online", min_length=1)
+    kafka_broker: str = "kafka://127.0.0.1:9092"
+    redis_url: Annotated[str, BeforeValidator(_check_redis_url)] = "redis://127.0.0.1:6379/0"
+    topics: TopicsConfig = Field(default_factory=TopicsConfig)
+    scopes_file: Path | None = None
+    router_file: Path | None = None  # a trained text router, for queries that carry text
+
+    audit_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+    recalibrate_interval_s: Seconds = 10.0
+    recalibrate_every_records: int = Field(default=200, ge=1)
+    pending_ttl_s: Seconds = 86_400.0  # the feedback horizon
+    window_size: int = Field(default=10_000, ge=1)
+    window_max_age_s: Seconds = 7 * 86_400.0
+    min_records: int = Field(default=1, ge=1)  # 1: never stricter than the bound itself
+    threshold_poll_s: Seconds = 0.5
+    threshold_max_age_s: Seconds = 3600.0  # readiness fails past this
+    batch_size: int = Field(default=500, ge=1)
+    batch_timeout_s: Seconds = 0.05
+
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    web_enabled: bool = True
+    # None keeps Faust's defaults; tests and the demo use 2 / 0.5 / 2 (architecture.md).
+    broker_session_timeout_s: Seconds | None = None
+    broker_heartbeat_interval_s: Seconds | None = None
+    broker_rebalance_timeout_s: Seconds | None = None
+    log_level: LogLevel = "INFO"
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Self:
+        """Settings from the environment, with errors as one-line `ConfigError`s."""
+        try:
+            return cls(**overrides)
+        except ValidationError as error:
+            raise ConfigError(f"setting {_first_error(error, env=True)}") from None
+
+    @field_validator("kafka_broker")
+    @classmethod
+    def _check_broker(cls, value: str) -> str:
+        try:
+            _split_brokers(value)
+        except ValueError as error:
+            raise PydanticCustomError("kafka_broker", str(error)) from None
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("broker_heartbeat_interval_s")
+    @classmethod
+    def _heartbeat_within_session(cls, value: float | None, info: ValidationInfo) -> float | None:
+        session = info.data.get("broker_session_timeout_s")  # declared, so validated, first
+        if value is not None and session is not None and value >= session:
+            raise PydanticCustomError("heartbeat", "must be below the session timeout")
+        return value
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """``kafka://h1:p1,h2:p2`` as aiokafka's ``h1:p1,h2:p2``."""
+        return ",".join(_split_brokers(self.kafka_broker))
+
+    @cached_property
+    def scopes(self) -> dict[str, ScopeConfig]:
+        """Scopes keyed by name, read once from ``scopes_file`` or the packaged defaults."""
+        return load_scopes(self.scopes_file)
+
+
+def _split_brokers(url: str) -> list[str]:
+    """``kafka://h:p[,h:p]`` into ``["h:p", ...]``; like Faust, ``;`` also separates, the
+    scheme may be left out and the port defaults to 9092."""
+    hosts = []
+    for part in url.replace(";", ",").split(","):
+        address = part.strip().removeprefix("kafka://")
+        host, colon, port = address.rpartition(":")
+        if not colon or address.endswith("]"):  # no port (IPv6 hosts come in brackets)
+            host, port = address, "9092"
+        if not host or "/" in host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"broker {part.strip()!r} is not kafka://host:port")
+        hosts.append(f"{host}:{port}")
+    return hosts
