@@ -1,0 +1,27 @@
+"""Prometheus metrics, all prefixed ``racer_`` and labelled by scope where they have one."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+DECISIONS = Counter("racer_decisions", "Routing decisions published.", ["scope"])
+ABSTENTIONS = Counter("racer_abstentions", "Decisions that invoke no model.", ["scope"])
+AUDITS = Counter("racer_audits", "Decisions drawn for audit (every model invoked).", ["scope"])
+SET_SIZE = Histogram(
+    "racer_set_size", "Models per decision.", ["scope"], buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32)
+)
+ROUTE_SECONDS = Histogram("racer_route_batch_seconds", "Time to route one batch.")
+PENDING_WRITE_FAILURES = Counter(
+    "racer_pending_write_failures",
+    "Decisions published while Redis was unreachable (their feedback cannot join).",
+    ["scope"],
+)
+FEEDBACK = Counter("racer_feedback", "Feedback events by outcome.", ["scope", "outcome"])
+DLQ = Counter("racer_dlq", "Messages sent to the dead-letter topic.", ["topic", "reason"])
+
+THRESHOLD = Gauge("racer_threshold", "Current threshold lam.", ["scope"])
+THRESHOLD_VERSION = Gauge("racer_threshold_version", "Current threshold version.", ["scope"])
+CERTIFIED = Gauge("racer_certified", "1 when the current threshold is certified.", ["scope"])
+WINDOW_RECORDS = Gauge("racer_window_records", "Records in the calibration window.", ["scope"])
+EMPIRICAL_RISK = Gauge("racer_empirical_risk", "Window miss rate at the threshold.", ["scope"])
+RECALIBRATION_SECONDS = Histogram(
+    "racer_recalibration_seconds", "Time to recalibrate one scope.", ["scope"]
+)

@@ -1,0 +1,25 @@
+"""Where state lives: Redis in production, an in-memory twin in service tests."""
+
+from racer_online.store.base import (
+    FeedbackOutcome,
+    LabelWrite,
+    PendingWrite,
+    RouteResult,
+    Store,
+    StoreConfig,
+    WindowEntry,
+)
+from racer_online.store.memory import MemoryStore
+from racer_online.store.redis import RedisStore
+
+__all__ = [
+    "FeedbackOutcome",
+    "LabelWrite",
+    "MemoryStore",
+    "PendingWrite",
+    "RedisStore",
+    "RouteResult",
+    "Store",
+    "StoreConfig",
+    "WindowEntry",
+]

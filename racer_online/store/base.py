@@ -1,0 +1,90 @@
+"""The store interface: what the service needs from Redis, with an in-memory twin.
+
+A pending record holds a routed decision and the labels graded so far. A record enters
+the scope's window exactly once: when it was drawn for audit and every model of the
+scope's catalogue is graded, whichever of query and feedback came last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+class FeedbackOutcome(StrEnum):
+    ENTERED = "entered"  # completed an audited record: it joined the window
+    JOINED = "joined"  # new labels for a routed query
+    HELD = "held"  # no query yet: kept until it comes, within the feedback horizon
+    DUPLICATE = "duplicate"  # nothing new (a redelivery)
+    CONFLICT = "conflict"  # disagrees with an earlier label; the first label stands
+    LATE = "late"  # older than the feedback horizon: dropped
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    scope: str
+    query_id: str
+    decision: bytes  # the decision message, as published
+    scores: bytes  # packed model scores and the abstention score (see service.py)
+    lam: float  # the threshold the decision used
+    audit: bool
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    decision: bytes  # the first decision stored for this query (redeliveries get it back)
+    created: bool
+    entered: bool  # early feedback completed the record at once
+
+
+@dataclass(frozen=True)
+class LabelWrite:
+    scope: str
+    query_id: str
+    labels: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class WindowEntry:
+    id: str  # "<ms>-<seq>": the time the record entered the window
+    scores: bytes
+    labels: str  # one '0'/'1' per catalogue model
+    lam: float
+
+    @property
+    def entered_ms(self) -> int:
+        return int(self.id.split("-", 1)[0])
+
+
+class Store(Protocol):
+    """Both implementations are configured with each scope's catalogue, TTL and window size."""
+
+    async def route(self, writes: Sequence[PendingWrite]) -> list[RouteResult]: ...
+
+    async def feedback(self, writes: Sequence[LabelWrite]) -> list[FeedbackOutcome]: ...
+
+    async def read_window(
+        self, scope: str, *, after: str | None = None, count: int = 10_000
+    ) -> list[WindowEntry]: ...
+
+    async def trim_window(self, scope: str, *, min_id: str) -> None: ...
+
+    async def load_threshold(self, scope: str) -> bytes | None: ...
+
+    async def save_threshold(self, scope: str, version: int, threshold: bytes) -> bool: ...
+
+    async def threshold_history(self, scope: str, *, count: int = 1000) -> list[bytes]: ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    catalogues: Mapping[str, Sequence[str]]  # scope -> model names, in catalogue order
+    pending_ttl_s: float
+    window_size: int
+    history_size: int = 10_000

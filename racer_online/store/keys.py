@@ -1,0 +1,27 @@
+"""Every Redis key of racer-online, built here and nowhere else.
+
+Each key of a scope carries the scope as a hash tag (``racer:{scope}:...``) so that all of
+a scope's keys share one Redis Cluster slot and one Lua script may touch several of them.
+"""
+
+PREFIX = "racer"
+
+
+def pending(scope: str, query_id: str) -> str:
+    """Hash: a routed decision and the labels graded so far, until the feedback horizon."""
+    return f"{PREFIX}:{{{scope}}}:pending:{query_id}"
+
+
+def window(scope: str) -> str:
+    """Stream: fully graded audited records, oldest first; entry ids are entry times."""
+    return f"{PREFIX}:{{{scope}}}:window"
+
+
+def threshold(scope: str) -> str:
+    """Hash: the scope's current threshold (``version``, ``json``)."""
+    return f"{PREFIX}:{{{scope}}}:threshold"
+
+
+def history(scope: str) -> str:
+    """Stream: every threshold the scope has had, capped."""
+    return f"{PREFIX}:{{{scope}}}:history"

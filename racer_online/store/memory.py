@@ -1,0 +1,157 @@
+"""The in-memory twin of the Redis store: same semantics, for service tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from racer_online.errors import StoreUnavailableError
+from racer_online.store.base import (
+    FeedbackOutcome,
+    LabelWrite,
+    PendingWrite,
+    RouteResult,
+    StoreConfig,
+    WindowEntry,
+)
+
+
+@dataclass
+class _Pending:
+    expires: float
+    decision: bytes | None = None
+    scores: bytes = b""
+    lam: float = 1.0
+    audit: bool = False
+    entered: bool = False
+    labels: dict[str, int] = field(default_factory=dict)
+
+
+class MemoryStore:
+    def __init__(self, config: StoreConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.up = True  # tests set it to False to act as an unreachable Redis
+        self._pending: dict[tuple[str, str], _Pending] = {}
+        self._windows: dict[str, list[WindowEntry]] = {}
+        self._thresholds: dict[str, tuple[int, bytes]] = {}
+        self._history: dict[str, list[bytes]] = {}
+        self._last_id = (0, 0)
+
+    def _check(self) -> None:
+        if not self.up:
+            raise StoreUnavailableError("memory store is down")
+
+    def _live(self, scope: str, query_id: str) -> _Pending | None:
+        record = self._pending.get((scope, query_id))
+        if record is not None and record.expires <= self.clock():
+            del self._pending[(scope, query_id)]
+            return None
+        return record
+
+    def _next_id(self) -> str:
+        ms = int(self.clock() * 1000)
+        self._last_id = (ms, self._last_id[1] + 1) if ms <= self._last_id[0] else (ms, 0)
+        return f"{self._last_id[0]}-{self._last_id[1]}"
+
+    def _enter(self, scope: str, record: _Pending) -> bool:
+        models = self.config.catalogues[scope]
+        if record.decision is None or not record.audit or record.entered:
+            return False
+        if any(m not in record.labels for m in models):
+            return False
+        labels = "".join(str(record.labels[m]) for m in models)
+        window = self._windows.setdefault(scope, [])
+        window.append(WindowEntry(self._next_id(), record.scores, labels, record.lam))
+        del window[: max(0, len(window) - self.config.window_size)]
+        record.entered = True
+        return True
+
+    async def route(self, writes: Sequence[PendingWrite]) -> list[RouteResult]:
+        self._check()
+        results = []
+        for w in writes:
+            record = self._live(w.scope, w.query_id)
+            if record is not None and record.decision is not None:
+                results.append(RouteResult(record.decision, False, False))
+                continue
+            if record is None:
+                record = self._pending[(w.scope, w.query_id)] = _Pending(expires=0.0)
+            record.expires = self.clock() + self.config.pending_ttl_s
+            record.decision, record.scores, record.lam, record.audit = (
+                w.decision,
+                w.scores,
+                w.lam,
+                w.audit,
+            )
+            results.append(RouteResult(w.decision, True, self._enter(w.scope, record)))
+        return results
+
+    async def feedback(self, writes: Sequence[LabelWrite]) -> list[FeedbackOutcome]:
+        self._check()
+        return [self._merge(w) for w in writes]
+
+    def _merge(self, w: LabelWrite) -> FeedbackOutcome:
+        record = self._live(w.scope, w.query_id)
+        if record is None:
+            expires = self.clock() + self.config.pending_ttl_s
+            record = self._pending[(w.scope, w.query_id)] = _Pending(expires=expires)
+        added = {m: int(y) for m, y in w.labels.items() if m not in record.labels}
+        conflict = any(record.labels.get(m, y) != y for m, y in w.labels.items())
+        record.labels.update(added)
+        if record.decision is None:
+            if added:
+                return FeedbackOutcome.HELD
+            return FeedbackOutcome.CONFLICT if conflict else FeedbackOutcome.DUPLICATE
+        if self._enter(w.scope, record):
+            return FeedbackOutcome.ENTERED
+        if conflict:
+            return FeedbackOutcome.CONFLICT
+        return FeedbackOutcome.JOINED if added else FeedbackOutcome.DUPLICATE
+
+    async def read_window(
+        self, scope: str, *, after: str | None = None, count: int = 10_000
+    ) -> list[WindowEntry]:
+        self._check()
+        window = self._windows.get(scope, [])
+        start = 0
+        if after is not None:
+            key = _id_key(after)
+            start = next((i for i, e in enumerate(window) if _id_key(e.id) > key), len(window))
+        return window[start : start + count]
+
+    async def trim_window(self, scope: str, *, min_id: str) -> None:
+        self._check()
+        key = _id_key(min_id)
+        self._windows[scope] = [e for e in self._windows.get(scope, []) if _id_key(e.id) >= key]
+
+    async def load_threshold(self, scope: str) -> bytes | None:
+        self._check()
+        stored = self._thresholds.get(scope)
+        return None if stored is None else stored[1]
+
+    async def save_threshold(self, scope: str, version: int, threshold: bytes) -> bool:
+        self._check()
+        if version <= self._thresholds.get(scope, (0, b""))[0]:
+            return False
+        self._thresholds[scope] = (version, threshold)
+        history = self._history.setdefault(scope, [])
+        history.append(threshold)
+        del history[: max(0, len(history) - self.config.history_size)]
+        return True
+
+    async def threshold_history(self, scope: str, *, count: int = 1000) -> list[bytes]:
+        self._check()
+        return self._history.get(scope, [])[-count:]
+
+    async def ping(self) -> bool:
+        return self.up
+
+    async def close(self) -> None:
+        pass
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,141 @@
+"""The Redis store: one pipeline per batch, Lua where several keys change together."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Coroutine, Sequence
+from importlib.resources import files
+from typing import Any, ParamSpec, TypeVar, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from racer_online.errors import StoreUnavailableError
+from racer_online.store import keys
+from racer_online.store.base import (
+    FeedbackOutcome,
+    LabelWrite,
+    PendingWrite,
+    RouteResult,
+    StoreConfig,
+    WindowEntry,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _unavailable_when_unreachable(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Connection failures become `StoreUnavailableError`: the caller retries, no crash."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailableError(f"redis unreachable: {exc}") from exc
+
+    return wrapper
+
+
+def _lua(name: str) -> str:
+    source = files("racer_online.store").joinpath(name).read_text()
+    if name in ("route.lua", "feedback.lua"):
+        return _lua("enter_window.lua") + source
+    return source
+
+
+class RedisStore:
+    def __init__(self, client: aioredis.Redis, config: StoreConfig) -> None:
+        self.client = client
+        self.config = config
+        self._route = client.register_script(_lua("route.lua"))
+        self._feedback = client.register_script(_lua("feedback.lua"))
+        self._save = client.register_script(_lua("save_threshold.lua"))
+
+    @classmethod
+    def from_url(cls, url: str, config: StoreConfig) -> RedisStore:
+        return cls(aioredis.Redis.from_url(url, decode_responses=False), config)
+
+    def _keys(self, scope: str, query_id: str) -> list[str]:
+        return [keys.pending(scope, query_id), keys.window(scope)]
+
+    @property
+    def _ttl_ms(self) -> int:
+        return int(self.config.pending_ttl_s * 1000)
+
+    @_unavailable_when_unreachable
+    async def route(self, writes: Sequence[PendingWrite]) -> list[RouteResult]:
+        if not writes:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for w in writes:
+                models = self.config.catalogues[w.scope]
+                args: list[Any] = [w.decision, w.scores, repr(w.lam), int(w.audit), self._ttl_ms]
+                await self._route(
+                    keys=self._keys(w.scope, w.query_id),
+                    args=[*args, self.config.window_size, *models],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        return [RouteResult(bytes(d), bool(new), bool(entered)) for new, d, entered in replies]
+
+    @_unavailable_when_unreachable
+    async def feedback(self, writes: Sequence[LabelWrite]) -> list[FeedbackOutcome]:
+        if not writes:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for w in writes:
+                models = self.config.catalogues[w.scope]
+                pairs = [x for model, y in w.labels.items() for x in (model, int(y))]
+                await self._feedback(
+                    keys=self._keys(w.scope, w.query_id),
+                    args=[self._ttl_ms, self.config.window_size, len(models), *models, *pairs],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        return [FeedbackOutcome(r.decode()) for r in replies]
+
+    @_unavailable_when_unreachable
+    async def read_window(
+        self, scope: str, *, after: str | None = None, count: int = 10_000
+    ) -> list[WindowEntry]:
+        start = "-" if after is None else f"({after}"
+        rows: Any = await self.client.xrange(keys.window(scope), start, "+", count=count)
+        return [
+            WindowEntry(i.decode(), f[b"s"], f[b"y"].decode(), float(f[b"lam"])) for i, f in rows
+        ]
+
+    @_unavailable_when_unreachable
+    async def trim_window(self, scope: str, *, min_id: str) -> None:
+        await self.client.xtrim(keys.window(scope), minid=min_id, approximate=False)
+
+    @_unavailable_when_unreachable
+    async def load_threshold(self, scope: str) -> bytes | None:
+        stored: Any = await self.client.hget(keys.threshold(scope), "json")
+        return cast(bytes | None, stored)
+
+    @_unavailable_when_unreachable
+    async def save_threshold(self, scope: str, version: int, threshold: bytes) -> bool:
+        saved = await self._save(
+            keys=[keys.threshold(scope), keys.history(scope)],
+            args=[version, threshold, self.config.history_size],
+        )
+        return bool(saved)
+
+    @_unavailable_when_unreachable
+    async def threshold_history(self, scope: str, *, count: int = 1000) -> list[bytes]:
+        rows: Any = await self.client.xrevrange(keys.history(scope), "+", "-", count=count)
+        return [fields[b"json"] for _, fields in reversed(rows)]
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()

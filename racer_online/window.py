@@ -1,0 +1,63 @@
+"""The leader's in-memory copy of a scope's calibration window, read incrementally."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from racer_online.store import WindowEntry
+
+SCORE_DTYPE = np.dtype("<f8")  # exact: the window must reproduce decision-time entry levels
+
+
+def pack_scores(scores: NDArray[np.float64], p_abstain: NDArray[np.float64]) -> list[bytes]:
+    """One blob per query: K model scores, then the abstention score."""
+    rows = np.column_stack([scores, p_abstain]).astype(SCORE_DTYPE)
+    return [row.tobytes() for row in rows]
+
+
+@dataclass
+class WindowCache:
+    """Most recent records first trimmed by size and age; arrays in entry order."""
+
+    n_models: int
+    last_id: str | None = None
+    entered_ms: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    scores: NDArray[np.float64] = field(init=False)  # (n, K + 1): models, then ⊥
+    labels: NDArray[np.bool_] = field(init=False)  # (n, K)
+    lam: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))  # decision-time lam
+
+    def __post_init__(self) -> None:
+        self.scores = np.zeros((0, self.n_models + 1))
+        self.labels = np.zeros((0, self.n_models), dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.lam)
+
+    def append(self, entries: Sequence[WindowEntry]) -> None:
+        if not entries:
+            return
+        scores = np.frombuffer(b"".join(e.scores for e in entries), dtype=SCORE_DTYPE)
+        labels = np.frombuffer("".join(e.labels for e in entries).encode(), dtype=np.uint8)
+        self.scores = np.vstack([self.scores, scores.reshape(len(entries), -1)])
+        self.labels = np.vstack([self.labels, (labels == ord("1")).reshape(len(entries), -1)])
+        self.entered_ms = np.append(self.entered_ms, [e.entered_ms for e in entries])
+        self.lam = np.append(self.lam, [e.lam for e in entries])
+        self.last_id = entries[-1].id
+
+    def trim(self, *, max_records: int, min_ms: int) -> int:
+        """Keep the newest ``max_records`` not older than ``min_ms``; return how many left."""
+        start = max(len(self) - max_records, int(np.searchsorted(self.entered_ms, min_ms)))
+        self.keep_from(start)
+        return max(start, 0)
+
+    def keep_from(self, start: int) -> None:
+        if start <= 0:
+            return
+        self.entered_ms = self.entered_ms[start:]
+        self.scores = self.scores[start:]
+        self.labels = self.labels[start:]
+        self.lam = self.lam[start:]

@@ -1,0 +1,133 @@
+"""One contract, two stores: the in-memory twin must behave like Redis."""
+
+import pytest
+import redis.asyncio as aioredis
+
+from racer_online.store import (
+    FeedbackOutcome,
+    LabelWrite,
+    MemoryStore,
+    PendingWrite,
+    RedisStore,
+    StoreConfig,
+)
+from racer_online.store import keys as redis_keys
+
+MODELS = ("m0", "m1", "m2")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_700_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_store(request, redis_ns):
+    made = []
+
+    def factory(*, window_size=100, ttl=60.0):
+        config = StoreConfig({redis_ns: MODELS}, pending_ttl_s=ttl, window_size=window_size)
+        if request.param == "memory":
+            store = MemoryStore(config, clock=Clock())
+        else:
+            store = RedisStore.from_url(request.getfixturevalue("redis_url"), config)
+        made.append(store)
+        return store
+
+    factory.scope = redis_ns
+    yield factory
+    for store in made:
+        await store.close()
+
+
+def pending(scope, qid, *, audit=True, lam=0.5, decision=None):
+    return PendingWrite(scope, qid, decision or f"decision-{qid}".encode(), b"\x00\x01", lam, audit)
+
+
+def labels(scope, qid, **values):
+    return LabelWrite(scope, qid, values)
+
+
+async def test_route_is_idempotent(make_store):
+    store, scope = make_store(), make_store.scope
+    first = await store.route([pending(scope, "q1")])
+    again = await store.route([pending(scope, "q1", decision=b"other")])
+    assert first[0].created and not again[0].created
+    assert again[0].decision == b"decision-q1"
+
+
+async def test_audited_record_enters_once_whatever_the_order(make_store):
+    store, scope = make_store(), make_store.scope
+    await store.route([pending(scope, "q1", lam=0.25)])
+    outcomes = await store.feedback([labels(scope, "q1", m0=1), labels(scope, "q1", m1=0)])
+    assert outcomes == [FeedbackOutcome.JOINED, FeedbackOutcome.JOINED]
+    assert await store.feedback([labels(scope, "q1", m2=1)]) == [FeedbackOutcome.ENTERED]
+    assert await store.feedback([labels(scope, "q1", m0=1, m1=0, m2=1)]) == [
+        FeedbackOutcome.DUPLICATE
+    ]
+    [entry] = await store.read_window(scope)
+    assert (entry.labels, entry.lam, entry.scores) == ("101", 0.25, b"\x00\x01")
+
+
+async def test_feedback_before_its_query_is_held_then_joined(make_store):
+    store, scope = make_store(), make_store.scope
+    assert await store.feedback([labels(scope, "q2", m0=0, m1=1, m2=1)]) == [FeedbackOutcome.HELD]
+    assert await store.read_window(scope) == []
+    [result] = await store.route([pending(scope, "q2")])
+    assert result.created and result.entered
+    assert [e.labels for e in await store.read_window(scope)] == ["011"]
+
+
+async def test_unaudited_and_conflicting_feedback(make_store):
+    store, scope = make_store(), make_store.scope
+    await store.route([pending(scope, "q3", audit=False)])
+    assert await store.feedback([labels(scope, "q3", m0=1, m1=1, m2=1)]) == [FeedbackOutcome.JOINED]
+    assert await store.feedback([labels(scope, "q3", m0=0)]) == [FeedbackOutcome.CONFLICT]
+    assert await store.read_window(scope) == []
+
+
+async def test_window_reads_incrementally_and_trims(make_store):
+    store, scope = make_store(window_size=1000), make_store.scope
+    for i in range(5):
+        await store.route([pending(scope, f"q{i}")])
+        await store.feedback([labels(scope, f"q{i}", m0=1, m1=1, m2=0)])
+    entries = await store.read_window(scope)
+    assert len(entries) == 5
+    assert [e.id for e in await store.read_window(scope, after=entries[1].id)] == [
+        e.id for e in entries[2:]
+    ]
+    await store.trim_window(scope, min_id=entries[3].id)
+    assert [e.id for e in await store.read_window(scope)] == [e.id for e in entries[3:]]
+
+
+async def test_thresholds_keep_only_newer_versions(make_store):
+    store, scope = make_store(), make_store.scope
+    assert await store.load_threshold(scope) is None
+    assert await store.save_threshold(scope, 1, b"one")
+    assert await store.save_threshold(scope, 2, b"two")
+    assert not await store.save_threshold(scope, 2, b"stale leader")
+    assert await store.load_threshold(scope) == b"two"
+    assert await store.threshold_history(scope) == [b"one", b"two"]
+    assert await store.ping()
+
+
+async def test_redis_keys_share_one_cluster_slot(redis_url, redis_ns):
+    names = [
+        redis_keys.pending(redis_ns, "q"),
+        redis_keys.window(redis_ns),
+        redis_keys.threshold(redis_ns),
+        redis_keys.history(redis_ns),
+    ]
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        store = RedisStore(
+            client, StoreConfig({redis_ns: MODELS}, pending_ttl_s=60, window_size=10)
+        )
+        await store.route([pending(redis_ns, "q")])
+        assert 0 < await client.pttl(names[0]) <= 60_000  # the feedback horizon
+    finally:
+        await client.aclose()
+    assert all(f"{{{redis_ns}}}" in name for name in names)
