@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -13,8 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from racer_online import core
+from racer_online.core.scoring import check_choice
 from racer_online.errors import InvalidInputError, RacerError
 from racer_online.records import Records, read_records
+from racer_online.settings import Settings
 
 app = typer.Typer(
     help="Risk-controlled set-valued LLM routing on a stream (RACER, online).",
@@ -61,9 +67,7 @@ def calibrate(
         graded.labels.astype(bool),
         alpha=alpha,
         delta=delta,
-        bound=bound,  # type: ignore[arg-type]  # validated by the core
-        rule=rule,  # type: ignore[arg-type]
-        miss=miss,  # type: ignore[arg-type]
+        **_method(bound, rule, miss),
         p_abstain=graded.p_abstain,
         prices=graded.costs,
     )
@@ -121,9 +125,7 @@ def evaluate(
                 records,
                 alpha=alpha,
                 delta=delta,
-                bound=bound,
-                rule=rule,
-                miss=miss,  # type: ignore[arg-type]
+                **_method(bound, rule, miss),
                 n_calibration=n_calibration,
                 splits=splits,
                 seed=seed,
@@ -179,6 +181,114 @@ def evaluate(
             )
         )
     out.print(table)
+
+
+@app.command()
+def worker() -> None:
+    """Run the stream worker with the RACER_* settings (Ctrl-C stops it cleanly)."""
+    import faust
+
+    from worker.app import create_app
+
+    settings = Settings.load()
+    settings.scopes  # noqa: B018  # a bad scopes file fails here, as one line
+    faust.Worker(
+        create_app(settings), loglevel=settings.log_level.lower()
+    ).execute_from_commandline()
+
+
+@app.command()
+def publish(
+    source: Annotated[str, typer.Argument(help="Queries as JSONL, a records CSV, or - (stdin).")],
+) -> None:
+    """Publish queries to the queries topic."""
+    from racer_online.publishing import produce, read_queries
+
+    settings = Settings.load()
+    sent = asyncio.run(
+        produce(settings.kafka_bootstrap, settings.topics.queries, read_queries(source))
+    )
+    note(f"published {sent} queries to {settings.topics.queries}")
+
+
+@app.command()
+def feedback(
+    source: Annotated[str, typer.Argument(help="Labels as JSONL, a records CSV, or - (stdin).")],
+) -> None:
+    """Publish correctness feedback to the feedback topic."""
+    from racer_online.publishing import produce, read_feedback
+
+    settings = Settings.load()
+    sent = asyncio.run(
+        produce(settings.kafka_bootstrap, settings.topics.feedback, read_feedback(source))
+    )
+    note(f"published {sent} feedback events to {settings.topics.feedback}")
+
+
+@app.command()
+def thresholds(
+    scope: Annotated[str | None, typer.Option(help="Only this scope.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The current threshold of each scope, as stored in Redis."""
+    from racer_online.service import load_current_thresholds
+
+    settings = Settings.load()
+    names = [scope] if scope else list(settings.scopes)
+    current = asyncio.run(load_current_thresholds(settings, names))
+    if as_json:
+        print(json.dumps({name: t.model_dump() for name, t in current.items()}))
+        return
+    table = Table(
+        "scope",
+        "version",
+        "status",
+        "lam",
+        "n",
+        "alpha",
+        "delta",
+        "risk",
+        "set size",
+        "reason",
+        "age",
+        title="RACER thresholds",
+    )
+    for name, t in current.items():
+        age = f"{time.time() - t.computed_at:.0f} s" if t.version else "-"
+        table.add_row(
+            name,
+            str(t.version),
+            t.status,
+            _fmt(t.lam),
+            str(t.n),
+            _fmt(t.alpha),
+            _fmt(t.delta),
+            _fmt(t.empirical_risk),
+            _fmt(t.mean_set_size),
+            t.reason,
+            age,
+        )
+    out.print(table)
+
+
+@app.command("dev-services")
+def dev_services() -> None:
+    """Start a local broker and Redis; print RACER_* lines to source; run until stopped."""
+    from racer_online.embedded import embedded_services
+
+    with embedded_services(os.environ.get("RACER_REDIS_URL")) as services:
+        for name, value in services.env().items():
+            print(f"{name}={value}", flush=True)
+        note("dev services are up; Ctrl-C stops them")
+        threading.Event().wait()
+
+
+def _method(bound: str, rule: str, miss: str) -> dict[str, Any]:
+    """The method's choices, checked here so a typo fails before any work."""
+    check_choice("bound", bound, core.BOUNDS)
+    check_choice("rule", rule, core.RULES)
+    check_choice("miss definition", miss, core.MISSES)
+    return {"bound": bound, "rule": rule, "miss": miss}
 
 
 def _select_scope(records: Records, scope: str | None) -> Records:

@@ -1,0 +1,45 @@
+"""Shared fixtures: a real broker and a real Redis, started lazily, once per session.
+
+Redis isolation: the Redis may be shared (a developer's, CI's 127.0.0.1:6379, another test run
+going on at the same time), so no test may FLUSHDB or use fixed key names. Put the `redis_ns`
+string in every key a test writes (as the key prefix or as the scope name, e.g.
+f"{redis_ns}:racer:{{scope}}:window"); its keys are deleted after the test.
+"""
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from racer_online.embedded import EmbeddedBroker, EmbeddedRedis, redis_reachable
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """One Tansu broker for the session; tests use unique topic names (uuid) to stay apart."""
+    with EmbeddedBroker() as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """RACER_REDIS_URL if it answers, else a local Redis on 6379, else one started here."""
+    for url in (os.environ.get("RACER_REDIS_URL"), "redis://127.0.0.1:6379/0"):
+        if url and redis_reachable(url):
+            yield url
+            return
+    with EmbeddedRedis() as started:
+        yield started.url
+
+
+@pytest.fixture
+def redis_ns(redis_url: str) -> Iterator[str]:
+    """A key namespace unique to this test; every key containing it is deleted afterwards."""
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    yield namespace
+    with redis.Redis.from_url(redis_url) as client:
+        keys = list(client.scan_iter(match=f"*{namespace}*", count=1000))
+        if keys:
+            client.delete(*keys)

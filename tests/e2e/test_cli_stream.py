@@ -1,0 +1,83 @@
+"""The README's streaming walk-through, run as a user would: real processes only."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from racer_online.datasets import load_outcomes
+from racer_online.embedded import free_port
+from racer_online.evaluation import task_router_records
+from racer_online.records import write_records
+
+pytestmark = pytest.mark.e2e
+
+
+def cli(*args, env, timeout=60):
+    return subprocess.run(
+        [sys.executable, "-m", "racer_online", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_dev_services_worker_publish_feedback_thresholds(tmp_path):
+    records = task_router_records(load_outcomes()).take(np.arange(400))
+    path = tmp_path / "records.csv"
+    write_records(path, records)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RACER_")}
+    services = subprocess.Popen(
+        [sys.executable, "-m", "racer_online", "dev-services"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    worker = None
+    try:
+        lines = [services.stdout.readline().strip() for _ in range(2)]
+        assert [line.split("=", 1)[0] for line in lines] == [
+            "RACER_KAFKA_BROKER",
+            "RACER_REDIS_URL",
+        ]
+        env |= dict(line.split("=", 1) for line in lines) | {
+            "RACER_AUDIT_RATE": "1", "RACER_RECALIBRATE_INTERVAL_S": "1",
+            "RACER_WEB_PORT": str(free_port()), "RACER_BROKER_SESSION_TIMEOUT_S": "2",
+            "RACER_BROKER_HEARTBEAT_INTERVAL_S": "0.5", "RACER_BROKER_REBALANCE_TIMEOUT_S": "2",
+        }  # fmt: skip
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "racer_online", "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        published = cli("publish", str(path), env=env)
+        assert published.returncode == 0 and "published 400 queries" in published.stderr
+        graded = cli("feedback", str(path), env=env)
+        assert graded.returncode == 0 and "published 400 feedback events" in graded.stderr
+        deadline = time.monotonic() + 60
+        while True:
+            shown = cli("thresholds", "--json", env=env)
+            assert shown.returncode == 0, shown.stderr
+            current = json.loads(shown.stdout)["default"]
+            if current["n"] == 400 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert current["n"] == 400 and current["certified"] and current["version"] >= 1
+        assert 0 <= current["lam"] < 1
+        unknown = cli("thresholds", "--scope", "nope", env=env)
+        assert unknown.returncode == 1
+        assert unknown.stderr.strip() == "racer-online: error: unknown scope 'nope'"
+    finally:
+        for proc in (worker, services):
+            if proc is not None:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=30)
+    assert services.returncode is not None

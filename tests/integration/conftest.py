@@ -1,0 +1,147 @@
+"""A deployment of real workers on the session's broker and Redis, isolated per test.
+
+Each test gets its own consumer group, topics and scope (so its Redis keys), so tests
+never see each other's messages or state.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from racer_online.embedded import free_port
+
+TOPICS = ("queries", "decisions", "feedback", "thresholds", "alerts", "dlq")
+PARTITIONS = 4
+
+
+class Deployment:
+    def __init__(self, bootstrap, broker_url, redis_url, tmp_path: Path, scope: str):
+        self.bootstrap = bootstrap
+        self.scope = scope
+        self.tmp_path = tmp_path
+        self.topics = {name: f"{scope}.{name}" for name in TOPICS}
+        self.workers: list[subprocess.Popen] = []
+        self.env = (
+            os.environ
+            | {
+                "RACER_KAFKA_BROKER": broker_url,
+                "RACER_REDIS_URL": redis_url,
+                "RACER_APP_ID": f"racer-{scope}",
+                "RACER_SCOPES_FILE": str(tmp_path / "scopes.toml"),
+                "RACER_AUDIT_RATE": "1.0",
+                "RACER_RECALIBRATE_INTERVAL_S": "1",
+                "RACER_BROKER_SESSION_TIMEOUT_S": "2",
+                "RACER_BROKER_HEARTBEAT_INTERVAL_S": "0.5",
+                "RACER_BROKER_REBALANCE_TIMEOUT_S": "2",
+                "RACER_TOPICS__PARTITIONS": str(PARTITIONS),
+                "RACER_LOG_LEVEL": "INFO",
+            }
+            | {f"RACER_TOPICS__{name.upper()}": topic for name, topic in self.topics.items()}
+        )
+
+    def write_scopes(self, models, *, alpha=0.1, delta=0.1, rule="cumulative", miss="answerable"):
+        lines = [
+            f"[scopes.{self.scope}]",
+            f"alpha = {alpha}",
+            f"delta = {delta}",
+            f'rule = "{rule}"',
+            f'miss = "{miss}"',
+            f"[scopes.{self.scope}.models]",
+        ]
+        lines += [f'"{m}" = {{ price = 0.1 }}' for m in models]
+        (self.tmp_path / "scopes.toml").write_text("\n".join(lines) + "\n")
+
+    async def create_topics(self):
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in self.topics.values()])
+        finally:
+            await admin.close()
+
+    def start_worker(self, **env) -> subprocess.Popen:
+        index = len(self.workers)
+        log = open(self.tmp_path / f"worker-{index}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "racer_online", "worker"],
+            env=self.env | {"RACER_WEB_PORT": str(free_port())} | env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.tmp_path,
+        )
+        self.workers.append(proc)
+        return proc
+
+    def log(self, index=0) -> str:
+        return (self.tmp_path / f"worker-{index}.log").read_text(errors="replace")
+
+    async def send(self, topic, values, *, keys=None):
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            futures = []
+            for i, value in enumerate(values):
+                raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+                key = (
+                    keys[i]
+                    if keys
+                    else (value.get("query_id") if isinstance(value, dict) else None)
+                )
+                futures.append(
+                    await producer.send(
+                        self.topics[topic], raw, key=key.encode() if isinstance(key, str) else key
+                    )
+                )
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    async def collect(self, topic, count, *, timeout=60.0, until=None):
+        """Read ``topic`` from the start until ``count`` messages (or ``until``) or timeout."""
+        consumer = AIOKafkaConsumer(
+            self.topics[topic],
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await consumer.start()
+        got = []
+        deadline = time.monotonic() + timeout
+        try:
+            while len(got) < count and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=200)
+                got += [json.loads(m.value) for msgs in batch.values() for m in msgs]
+                if until is not None and got and until(got):
+                    break
+        finally:
+            await consumer.stop()
+        return got
+
+    def kill(self, proc, sig=signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        proc.wait(timeout=30)
+
+    def stop(self):
+        for proc in self.workers:
+            if proc.poll() is None:
+                self.kill(proc, signal.SIGTERM)
+
+
+@pytest.fixture
+async def deployment(broker, redis_url, redis_ns, tmp_path):
+    made = Deployment(broker.bootstrap, broker.url, redis_url, tmp_path, redis_ns)
+    await made.create_topics()
+    yield made
+    made.stop()

@@ -1,0 +1,1 @@
+"""The Faust worker of racer-online: topics, agents and timers. Wiring only."""

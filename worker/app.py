@@ -1,0 +1,171 @@
+"""The Faust app. Agents parse with the pydantic models, call the service, send results.
+
+Batches come from ``take_events`` and are acknowledged only after the body of the loop
+finished, and every send of a batch is awaited before that: a crash redelivers the batch,
+and the service's effects are idempotent (at-least-once, no loss, no double records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+import faust
+from faust.types import EventT
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from racer_online import metrics
+from racer_online.errors import StoreUnavailableError
+from racer_online.messages import (
+    DeadLetter,
+    FeedbackMessage,
+    MessageError,
+    QueryMessage,
+)
+from racer_online.service import RacerService, Rejected, store_config
+from racer_online.settings import Settings
+from racer_online.store import RedisStore
+
+log = logging.getLogger(__name__)
+RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # then 5 s until Redis answers
+LEADER_TICK_S = 1.0
+
+
+def create_app(settings: Settings) -> faust.App:
+    timings: dict[str, Any] = {
+        "broker_session_timeout": settings.broker_session_timeout_s,
+        "broker_heartbeat_interval": settings.broker_heartbeat_interval_s,
+        "broker_rebalance_timeout": settings.broker_rebalance_timeout_s,
+    }
+    app = faust.App(
+        settings.app_id,
+        broker=settings.kafka_broker,
+        processing_guarantee="at_least_once",
+        topic_partitions=settings.topics.partitions,
+        web_enabled=settings.web_enabled,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        **{k: v for k, v in timings.items() if v is not None},
+    )
+    service = RacerService(
+        settings, RedisStore.from_url(settings.redis_url, store_config(settings))
+    )
+    names = settings.topics
+
+    def topic(name: str) -> faust.TopicT:
+        return app.topic(
+            name,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=names.partitions,
+            internal=True,  # so Faust creates it with the configured partition count
+        )
+
+    queries, feedback = topic(names.queries), topic(names.feedback)
+    decisions, thresholds, dlq = topic(names.decisions), topic(names.thresholds), topic(names.dlq)
+
+    async def send(target: faust.TopicT, key: str | None, value: bytes) -> Awaitable[Any]:
+        return await app.producer.send(
+            target.get_topic_name(), key.encode() if key else None, value, None, None, None
+        )
+
+    def dead(event: EventT[bytes], error_class: str, reason: str) -> Awaitable[Any]:
+        message = event.message
+        letter = DeadLetter.from_error(
+            message.value, ValueError(reason), error_class=error_class, source_topic=message.topic,
+            partition=message.partition, offset=message.offset, key=message.key,
+        )  # fmt: skip
+        metrics.DLQ.labels(message.topic, error_class).inc()
+        return send(dlq, None, letter.to_bytes())
+
+    @app.agent(queries)
+    async def route(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(settings.batch_size, settings.batch_timeout_s):  # type: ignore[attr-defined]
+            parsed, sends = _parse(events, QueryMessage, dead)
+            results = await service.route([q for _, q in parsed])
+            for (event, query), result in zip(parsed, results, strict=True):
+                if isinstance(result, Rejected):
+                    sends.append(dead(event, result.kind, result.reason))
+                else:
+                    sends.append(send(decisions, query.query_id, result.to_bytes()))
+            await _delivered(sends)
+
+    @app.agent(feedback)
+    async def record_feedback(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(settings.batch_size, settings.batch_timeout_s):  # type: ignore[attr-defined]
+            parsed, sends = _parse(events, FeedbackMessage, dead)
+            outcomes = await _until_stored(service.record_feedback, [m for _, m in parsed])
+            for (event, _), outcome in zip(parsed, outcomes, strict=True):
+                if isinstance(outcome, Rejected):
+                    sends.append(dead(event, outcome.kind, outcome.reason))
+            await _delivered(sends)
+
+    @app.timer(settings.threshold_poll_s)  # type: ignore[untyped-decorator]
+    async def refresh_thresholds() -> None:
+        try:
+            await service.refresh_thresholds()
+        except StoreUnavailableError as exc:
+            log.warning("keeping the thresholds in memory: %s", exc)
+
+    last_tick = 0.0
+
+    @app.timer(min(LEADER_TICK_S, settings.recalibrate_interval_s), on_leader=True)  # type: ignore[untyped-decorator]
+    async def recalibrate() -> None:
+        nonlocal last_tick
+        if time.monotonic() - last_tick > 5 * LEADER_TICK_S:
+            service.forget_windows()  # leadership was elsewhere: re-read the whole window
+        last_tick = time.monotonic()
+        try:
+            updates = await service.recalibrate_due()
+        except StoreUnavailableError as exc:
+            log.warning("recalibration waits for Redis: %s", exc)
+            return
+        for u in updates:
+            log.info(
+                "scope %s: threshold v%d lam=%.4f %s (n=%d, %s)",
+                u.scope,
+                u.version,
+                u.lam,
+                u.status,
+                u.n,
+                u.reason,
+            )
+        await _delivered([send(thresholds, u.scope, u.to_bytes()) for u in updates])
+
+    @app.page("/metrics")
+    async def prometheus(web: Any, request: Any) -> Any:
+        # aiohttp sets the charset itself and refuses one inside content_type.
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    return app
+
+
+def _parse(events: Sequence[EventT[bytes]], model: Any, dead: Any) -> tuple[list[Any], list[Any]]:
+    parsed, sends = [], []
+    for event in events:
+        try:
+            parsed.append((event, model.parse(event.value)))
+        except MessageError as exc:
+            sends.append(dead(event, exc.reason.split(":", 1)[0], exc.reason))
+    return parsed, sends
+
+
+async def _until_stored(call: Any, items: list[Any]) -> Any:
+    """Retry with backoff while Redis is unreachable; the batch stays unacknowledged."""
+    for attempt in range(10**9):
+        try:
+            return await call(items)
+        except StoreUnavailableError as exc:
+            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+            log.warning("feedback waits %.1f s for Redis: %s", delay, exc)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+async def _delivered(sends: list[Awaitable[Awaitable[Any]]]) -> None:
+    """Await the scheduling of every send, then every acknowledgement by the broker."""
+    futures = [await s for s in sends]
+    await asyncio.gather(*futures)
