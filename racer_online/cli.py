@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -228,47 +229,59 @@ def feedback(
 @app.command()
 def thresholds(
     scope: Annotated[str | None, typer.Option(help="Only this scope.")] = None,
+    history: Annotated[bool, typer.Option("--history", help="Every recalibration.")] = False,
+    since: Annotated[
+        str | None, typer.Option(help="With --history: unix seconds or ISO time.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """The current threshold of each scope, as stored in Redis."""
-    from racer_online.service import load_current_thresholds
+    """The current threshold of each scope (or its history), as stored in Redis."""
+    from racer_online.service import load_current_thresholds, load_history
 
     settings = Settings.load()
     names = [scope] if scope else list(settings.scopes)
+    if scope is not None and scope not in settings.scopes:
+        raise InvalidInputError(f"unknown scope {scope!r}")
+    if history:
+        found = asyncio.run(load_history(settings, names, since=_parse_time(since)))
+        rows = {name: [t.model_dump() for t in h["thresholds"]] for name, h in found.items()}
+        if as_json:
+            print(json.dumps(rows))
+            return
+        for name, points in rows.items():
+            out.print(_threshold_table(f"{name}: threshold history", points))
+        return
     current = asyncio.run(load_current_thresholds(settings, names))
     if as_json:
         print(json.dumps({name: t.model_dump() for name, t in current.items()}))
         return
-    table = Table(
-        "scope",
-        "version",
-        "status",
-        "lam",
-        "n",
-        "alpha",
-        "delta",
-        "risk",
-        "set size",
-        "reason",
-        "age",
-        title="RACER thresholds",
-    )
-    for name, t in current.items():
-        age = f"{time.time() - t.computed_at:.0f} s" if t.version else "-"
-        table.add_row(
-            name,
-            str(t.version),
-            t.status,
-            _fmt(t.lam),
-            str(t.n),
-            _fmt(t.alpha),
-            _fmt(t.delta),
-            _fmt(t.empirical_risk),
-            _fmt(t.mean_set_size),
-            t.reason,
-            age,
-        )
-    out.print(table)
+    out.print(_threshold_table("RACER thresholds", [t.model_dump() for t in current.values()]))
+
+
+def _threshold_table(title: str, rows: list[dict[str, Any]]) -> Table:
+    table = Table("scope", "v", "status", "lam", "n", "risk", "realised", "set", "reason", "at",
+                  title=title)  # fmt: skip
+    for t in rows:
+        at = time.strftime("%H:%M:%S", time.localtime(t["computed_at"])) if t["version"] else "-"
+        table.add_row(t["scope"], str(t["version"]), t["status"], _fmt(t["lam"]), str(t["n"]),
+                      _fmt(t["empirical_risk"]), _fmt(t["realised_miss_rate"]),
+                      _fmt(t["mean_set_size"]), t["reason"], at)  # fmt: skip
+    return table
+
+
+def _parse_time(value: str | None) -> float:
+    if value is None:
+        return 0.0
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise InvalidInputError(
+            f"--since {value!r} is neither unix seconds nor an ISO time"
+        ) from None
 
 
 @app.command("dev-services")

@@ -193,6 +193,15 @@ class ThresholdMessage(_Message):
     window_start: float | None = None
     window_end: float | None = None
     reason: str  # what triggered it: "start", "timer", "records", "drift", ...
+    # Exact miss rate of the most recent audited live decisions, with a 95% interval.
+    realised_n: int = 0
+    realised_miss_rate: float | None = None
+    realised_low: float | None = None
+    realised_high: float | None = None
+    # Display only: non-audit decisions whose invoked models all failed (an upper bound).
+    upper_bound_n: int = 0
+    upper_bound_miss_rate: float | None = None
+    alpha_t: float | None = None  # the ACI working level, when the controller is on
     computed_at: float = Field(default_factory=time.time)
 
 

@@ -25,3 +25,16 @@ EMPIRICAL_RISK = Gauge("racer_empirical_risk", "Window miss rate at the threshol
 RECALIBRATION_SECONDS = Histogram(
     "racer_recalibration_seconds", "Time to recalibrate one scope.", ["scope"]
 )
+EXACT_OUTCOMES = Counter(
+    "racer_exact_outcomes", "Audited, fully graded live decisions (exact losses).", ["scope"]
+)
+EXACT_MISSES = Counter("racer_exact_misses", "Exact outcomes that were misroutes.", ["scope"])
+REALISED_MISS_RATE = Gauge(
+    "racer_realised_miss_rate", "Exact miss rate of the most recent audited decisions.", ["scope"]
+)
+ALERTS = Counter("racer_alerts", "Alerts published.", ["scope", "kind"])
+CONSUMER_LAG = Gauge(
+    "racer_consumer_lag",
+    "Messages behind the end of each assigned partition.",
+    ["topic", "partition"],
+)

@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     RedisDsn,
+    SecretStr,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -64,6 +65,8 @@ class ScopeConfig(BaseModel):
     bound: Bound = "binomial"
     rule: Rule = "cumulative"
     miss: Miss = "answerable"
+    # The adaptive conformal controller (racer-method.md section 5): None keeps it off.
+    aci_gamma: float | None = Field(default=None, gt=0.0, lt=1.0)
     # File order is the catalogue order, which breaks ties between equal scores or prices.
     models: dict[ModelName, ModelConfig] = Field(min_length=1, max_length=MAX_MODELS)
 
@@ -112,6 +115,31 @@ class TopicsConfig(BaseModel):
     partitions: int = Field(default=4, ge=1)
 
 
+KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class KafkaSecurityConfig(BaseModel):
+    """How to reach the brokers: ``RACER_KAFKA_SECURITY__*``. `racer_online.security` checks
+    that the fields fit together and builds the client options; secrets stay `SecretStr`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    protocol: KafkaProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism = "PLAIN"
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = None  # PEM bundle; None trusts the system CAs (SSL, SASL_SSL)
+    cert_file: Path | None = None  # client certificate (mutual TLS), PEM
+    key_file: Path | None = None  # its private key, when not inside cert_file
+    key_password: SecretStr | None = None
+
+    @field_validator("protocol", "sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
 _REDIS_DSN = TypeAdapter(RedisDsn)
 
 
@@ -136,6 +164,13 @@ class Settings(BaseSettings):
     app_id: str = Field(default="racer-online", min_length=1)
     kafka_broker: str = "kafka://127.0.0.1:9092"
     redis_url: Annotated[str, BeforeValidator(_check_redis_url)] = "redis://127.0.0.1:6379/0"
+    # Security (racer_online.security builds the client options from these).
+    kafka_security: KafkaSecurityConfig = Field(default_factory=KafkaSecurityConfig)
+    redis_username: str | None = None  # Redis ACL user; None: the default user
+    redis_password: SecretStr | None = None  # rather than a password inside RACER_REDIS_URL
+    redis_ca_file: Path | None = None  # rediss:// only; None trusts the system CAs
+    redis_cert_file: Path | None = None  # client certificate (mutual TLS), rediss:// only
+    redis_key_file: Path | None = None
     topics: TopicsConfig = Field(default_factory=TopicsConfig)
     scopes_file: Path | None = None
     router_file: Path | None = None  # a trained text router, for queries that carry text
@@ -148,6 +183,11 @@ class Settings(BaseSettings):
     window_max_age_s: Seconds = 7 * 86_400.0
     min_records: int = Field(default=1, ge=1)  # 1: never stricter than the bound itself
     threshold_poll_s: Seconds = 0.5
+    # Drift monitor (racer-method.md section 5): every k_test exact outcomes, test the last
+    # n_recent; delta_monitor is small because the test repeats.
+    k_test: int = Field(default=50, ge=1)
+    n_recent: int = Field(default=200, ge=1)
+    delta_monitor: float = Field(default=0.001, gt=0.0, lt=1.0)
     threshold_max_age_s: Seconds = 3600.0  # readiness fails past this
     batch_size: int = Field(default=500, ge=1)
     batch_timeout_s: Seconds = 0.05

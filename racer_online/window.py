@@ -25,6 +25,7 @@ class WindowCache:
 
     n_models: int
     last_id: str | None = None
+    ids: list[str] = field(default_factory=list)
     entered_ms: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     scores: NDArray[np.float64] = field(init=False)  # (n, K + 1): models, then ⊥
     labels: NDArray[np.bool_] = field(init=False)  # (n, K)
@@ -46,6 +47,7 @@ class WindowCache:
         self.labels = np.vstack([self.labels, (labels == ord("1")).reshape(len(entries), -1)])
         self.entered_ms = np.append(self.entered_ms, [e.entered_ms for e in entries])
         self.lam = np.append(self.lam, [e.lam for e in entries])
+        self.ids += [e.id for e in entries]
         self.last_id = entries[-1].id
 
     def trim(self, *, max_records: int, min_ms: int) -> int:
@@ -57,6 +59,7 @@ class WindowCache:
     def keep_from(self, start: int) -> None:
         if start <= 0:
             return
+        del self.ids[:start]
         self.entered_ms = self.entered_ms[start:]
         self.scores = self.scores[start:]
         self.labels = self.labels[start:]

@@ -15,7 +15,6 @@ from typing import Any
 
 import faust
 from faust.types import EventT
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from racer_online import metrics
 from racer_online.errors import StoreUnavailableError
@@ -28,6 +27,7 @@ from racer_online.messages import (
 from racer_online.service import RacerService, Rejected, store_config
 from racer_online.settings import Settings
 from racer_online.store import RedisStore
+from worker import web
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # then 5 s until Redis answers
@@ -66,6 +66,7 @@ def create_app(settings: Settings) -> faust.App:
 
     queries, feedback = topic(names.queries), topic(names.feedback)
     decisions, thresholds, dlq = topic(names.decisions), topic(names.thresholds), topic(names.dlq)
+    alerts = topic(names.alerts)
 
     async def send(target: faust.TopicT, key: str | None, value: bytes) -> Awaitable[Any]:
         return await app.producer.send(
@@ -123,23 +124,17 @@ def create_app(settings: Settings) -> faust.App:
         except StoreUnavailableError as exc:
             log.warning("recalibration waits for Redis: %s", exc)
             return
-        for u in updates:
-            log.info(
-                "scope %s: threshold v%d lam=%.4f %s (n=%d, %s)",
-                u.scope,
-                u.version,
-                u.lam,
-                u.status,
-                u.n,
-                u.reason,
-            )
-        await _delivered([send(thresholds, u.scope, u.to_bytes()) for u in updates])
+        for u in updates.thresholds:
+            log.info("scope %s: threshold v%d lam=%.4f %s (n=%d, %s)",
+                     u.scope, u.version, u.lam, u.status, u.n, u.reason)  # fmt: skip
+        for a in updates.alerts:
+            log.warning("scope %s: %s alert: %s", a.scope, a.kind, a.message)
+        await _delivered(
+            [send(thresholds, u.scope, u.to_bytes()) for u in updates.thresholds]
+            + [send(alerts, a.scope, a.to_bytes()) for a in updates.alerts]
+        )
 
-    @app.page("/metrics")
-    async def prometheus(web: Any, request: Any) -> Any:
-        # aiohttp sets the charset itself and refuses one inside content_type.
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
+    web.register(app, service)
     return app
 
 

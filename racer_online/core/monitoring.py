@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 from scipy.stats import binom, binomtest
 
 from racer_online.core.bounds import Bound, check_level
-from racer_online.core.calibration import FALLBACK_LAM, threshold_from_required
+from racer_online.core.calibration import FALLBACK_LAM, Threshold, threshold_from_required
 from racer_online.errors import InvalidInputError
 
 
@@ -73,15 +73,15 @@ def aci_level(alpha_t: float, misses: NDArray[np.bool_], *, alpha: float, gamma:
 
 def aci_threshold(
     required: NDArray[np.floating], *, alpha_t: float, delta: float, bound: Bound
-) -> tuple[float, bool]:
-    """Threshold at the working level ``alpha_t``; (lam, certified).
+) -> Threshold:
+    """Threshold at the ACI working level ``alpha_t``.
 
-    Outside (0, 1) the calibration is bypassed: ``alpha_t <= 0`` asks for every option,
-    ``alpha_t >= 1`` for none beyond the entry-level-zero ones.
+    Outside (0, 1) the calibration is bypassed (it rejects such levels): ``alpha_t <= 0``
+    asks for every option (``lam = 1``), ``alpha_t >= 1`` for ``lam = 0``.
     """
-    if alpha_t <= 0:
-        return FALLBACK_LAM, False
-    if alpha_t >= 1:
-        return 0.0, True
-    found = threshold_from_required(required, alpha=alpha_t, delta=delta, bound=bound)
-    return found.lam_hat, found.certified
+    t = np.asarray(required, dtype=np.float64)
+    if 0 < alpha_t < 1:
+        return threshold_from_required(t, alpha=alpha_t, delta=delta, bound=bound)
+    lam = FALLBACK_LAM if alpha_t <= 0 else 0.0
+    misses = int(np.count_nonzero(t > lam))
+    return Threshold(lam, t.size, -1 if alpha_t <= 0 else t.size, alpha_t >= 1, misses / t.size)

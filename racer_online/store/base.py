@@ -30,6 +30,7 @@ class PendingWrite:
     scores: bytes  # packed model scores and the abstention score (see service.py)
     lam: float  # the threshold the decision used
     audit: bool
+    invoked: tuple[int, ...] = ()  # catalogue indices of the models the decision invokes
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,16 @@ class Store(Protocol):
 
     async def threshold_history(self, scope: str, *, count: int = 1000) -> list[bytes]: ...
 
+    async def upper_bound(self, scope: str) -> tuple[int, int]: ...
+
+    async def save_alert(self, scope: str, alert: bytes) -> None: ...
+
+    async def alerts(self, scope: str, *, count: int = 1000) -> list[bytes]: ...
+
+    async def load_monitor(self, scope: str) -> dict[str, str]: ...
+
+    async def save_monitor(self, scope: str, state: Mapping[str, str]) -> None: ...
+
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
@@ -87,4 +98,4 @@ class StoreConfig:
     catalogues: Mapping[str, Sequence[str]]  # scope -> model names, in catalogue order
     pending_ttl_s: float
     window_size: int
-    history_size: int = 10_000
+    history_size: int = 10_000  # thresholds and alerts kept per scope

@@ -20,6 +20,7 @@ if fresh then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end  -- held until its que
 if redis.call('HEXISTS', KEYS[1], 'd') == 0 then
   return added > 0 and 'held' or (conflict and 'conflict' or 'duplicate')
 end
+count_invoked(models)
 if enter_window(ARGV[2], models) == 1 then return 'entered' end
 if conflict then return 'conflict' end
 return added > 0 and 'joined' or 'duplicate'

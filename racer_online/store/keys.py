@@ -25,3 +25,18 @@ def threshold(scope: str) -> str:
 def history(scope: str) -> str:
     """Stream: every threshold the scope has had, capped."""
     return f"{PREFIX}:{{{scope}}}:history"
+
+
+def upper_bound(scope: str) -> str:
+    """Hash: ``n`` graded non-audit decisions; ``misses``: all their invoked models failed."""
+    return f"{PREFIX}:{{{scope}}}:upper"
+
+
+def alerts(scope: str) -> str:
+    """Stream: the scope's alerts, capped."""
+    return f"{PREFIX}:{{{scope}}}:alerts"
+
+
+def monitor(scope: str) -> str:
+    """Hash: the drift monitor's and the ACI controller's state, so a new leader resumes it."""
+    return f"{PREFIX}:{{{scope}}}:monitor"

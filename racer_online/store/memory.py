@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from racer_online.errors import StoreUnavailableError
@@ -25,6 +25,8 @@ class _Pending:
     lam: float = 1.0
     audit: bool = False
     entered: bool = False
+    invoked: tuple[int, ...] = ()
+    counted: bool = False  # in the upper-bound counters
     labels: dict[str, int] = field(default_factory=dict)
 
 
@@ -37,6 +39,9 @@ class MemoryStore:
         self._windows: dict[str, list[WindowEntry]] = {}
         self._thresholds: dict[str, tuple[int, bytes]] = {}
         self._history: dict[str, list[bytes]] = {}
+        self._alerts: dict[str, list[bytes]] = {}
+        self._upper: dict[str, tuple[int, int]] = {}
+        self._monitor: dict[str, dict[str, str]] = {}
         self._last_id = (0, 0)
 
     def _check(self) -> None:
@@ -68,6 +73,16 @@ class MemoryStore:
         record.entered = True
         return True
 
+    def _count_invoked(self, scope: str, record: _Pending) -> None:
+        """Upper-bound counters of non-audit decisions (see common.lua)."""
+        models = self.config.catalogues[scope]
+        graded = [record.labels.get(models[i]) for i in record.invoked]
+        if record.decision is None or record.audit or record.counted or None in graded:
+            return
+        record.counted = True
+        n, misses = self._upper.get(scope, (0, 0))
+        self._upper[scope] = (n + 1, misses + int(1 not in graded))
+
     async def route(self, writes: Sequence[PendingWrite]) -> list[RouteResult]:
         self._check()
         results = []
@@ -79,12 +94,9 @@ class MemoryStore:
             if record is None:
                 record = self._pending[(w.scope, w.query_id)] = _Pending(expires=0.0)
             record.expires = self.clock() + self.config.pending_ttl_s
-            record.decision, record.scores, record.lam, record.audit = (
-                w.decision,
-                w.scores,
-                w.lam,
-                w.audit,
-            )
+            record.decision, record.scores, record.lam = w.decision, w.scores, w.lam
+            record.audit, record.invoked = w.audit, w.invoked
+            self._count_invoked(w.scope, record)
             results.append(RouteResult(w.decision, True, self._enter(w.scope, record)))
         return results
 
@@ -104,6 +116,7 @@ class MemoryStore:
             if added:
                 return FeedbackOutcome.HELD
             return FeedbackOutcome.CONFLICT if conflict else FeedbackOutcome.DUPLICATE
+        self._count_invoked(w.scope, record)
         if self._enter(w.scope, record):
             return FeedbackOutcome.ENTERED
         if conflict:
@@ -144,6 +157,28 @@ class MemoryStore:
     async def threshold_history(self, scope: str, *, count: int = 1000) -> list[bytes]:
         self._check()
         return self._history.get(scope, [])[-count:]
+
+    async def upper_bound(self, scope: str) -> tuple[int, int]:
+        self._check()
+        return self._upper.get(scope, (0, 0))
+
+    async def save_alert(self, scope: str, alert: bytes) -> None:
+        self._check()
+        kept = self._alerts.setdefault(scope, [])
+        kept.append(alert)
+        del kept[: max(0, len(kept) - self.config.history_size)]
+
+    async def alerts(self, scope: str, *, count: int = 1000) -> list[bytes]:
+        self._check()
+        return self._alerts.get(scope, [])[-count:]
+
+    async def load_monitor(self, scope: str) -> dict[str, str]:
+        self._check()
+        return dict(self._monitor.get(scope, {}))
+
+    async def save_monitor(self, scope: str, state: Mapping[str, str]) -> None:
+        self._check()
+        self._monitor.setdefault(scope, {}).update(state)
 
     async def ping(self) -> bool:
         return self.up

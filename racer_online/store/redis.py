@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from importlib.resources import files
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -44,7 +44,7 @@ def _unavailable_when_unreachable(
 def _lua(name: str) -> str:
     source = files("racer_online.store").joinpath(name).read_text()
     if name in ("route.lua", "feedback.lua"):
-        return _lua("enter_window.lua") + source
+        return _lua("common.lua") + source
     return source
 
 
@@ -61,7 +61,7 @@ class RedisStore:
         return cls(aioredis.Redis.from_url(url, decode_responses=False), config)
 
     def _keys(self, scope: str, query_id: str) -> list[str]:
-        return [keys.pending(scope, query_id), keys.window(scope)]
+        return [keys.pending(scope, query_id), keys.window(scope), keys.upper_bound(scope)]
 
     @property
     def _ttl_ms(self) -> int:
@@ -74,7 +74,9 @@ class RedisStore:
         async with self.client.pipeline(transaction=False) as pipe:
             for w in writes:
                 models = self.config.catalogues[w.scope]
-                args: list[Any] = [w.decision, w.scores, repr(w.lam), int(w.audit), self._ttl_ms]
+                invoked = ",".join(map(str, w.invoked))
+                args: list[Any] = [w.decision, w.scores, repr(w.lam), int(w.audit), invoked]
+                args.append(self._ttl_ms)
                 await self._route(
                     keys=self._keys(w.scope, w.query_id),
                     args=[*args, self.config.window_size, *models],
@@ -130,6 +132,32 @@ class RedisStore:
     async def threshold_history(self, scope: str, *, count: int = 1000) -> list[bytes]:
         rows: Any = await self.client.xrevrange(keys.history(scope), "+", "-", count=count)
         return [fields[b"json"] for _, fields in reversed(rows)]
+
+    @_unavailable_when_unreachable
+    async def upper_bound(self, scope: str) -> tuple[int, int]:
+        got: Any = await self.client.hmget(keys.upper_bound(scope), ["n", "misses"])
+        return int(got[0] or 0), int(got[1] or 0)
+
+    @_unavailable_when_unreachable
+    async def save_alert(self, scope: str, alert: bytes) -> None:
+        await self.client.xadd(
+            keys.alerts(scope), {"json": alert}, maxlen=self.config.history_size, approximate=True
+        )
+
+    @_unavailable_when_unreachable
+    async def alerts(self, scope: str, *, count: int = 1000) -> list[bytes]:
+        rows: Any = await self.client.xrevrange(keys.alerts(scope), "+", "-", count=count)
+        return [fields[b"json"] for _, fields in reversed(rows)]
+
+    @_unavailable_when_unreachable
+    async def load_monitor(self, scope: str) -> dict[str, str]:
+        got: Any = await self.client.hgetall(keys.monitor(scope))
+        return {k.decode(): v.decode() for k, v in got.items()}
+
+    @_unavailable_when_unreachable
+    async def save_monitor(self, scope: str, state: Mapping[str, str]) -> None:
+        mapping: dict[Any, Any] = dict(state)
+        await self.client.hset(keys.monitor(scope), mapping=mapping)
 
     async def ping(self) -> bool:
         try:

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from racer_online import core
 from racer_online.datasets import load_outcomes
+from racer_online.embedded import free_port
 from racer_online.evaluation import task_router_records
 from racer_online.messages import DeadLetter
 from racer_online.store import keys
@@ -22,28 +23,24 @@ def records():
     return data.take(np.random.default_rng(1).permutation(len(data))[:1500])
 
 
-def queries(records, rows):
+def queries(records, rows, scope):
     return [
-        {"query_id": records.query_ids[i], "scope": SCOPE[0],
+        {"query_id": records.query_ids[i], "scope": scope,
          "scores": dict(zip(records.models, records.scores[i].tolist(), strict=True))}
         for i in rows
     ]  # fmt: skip
 
 
-def labels(records, rows):
+def labels(records, rows, scope):
     return [
-        {"query_id": records.query_ids[i], "scope": SCOPE[0],
+        {"query_id": records.query_ids[i], "scope": scope,
          "labels": dict(zip(records.models, records.labels[i].astype(int).tolist(), strict=True))}
         for i in rows
     ]  # fmt: skip
 
 
-SCOPE = [""]  # the test's scope name, set by the autouse fixture below
-
-
 @pytest.fixture(autouse=True)
-def scope_name(deployment, records):
-    SCOPE[0] = deployment.scope
+def scopes_file(deployment, records):
     deployment.write_scopes(records.models)
 
 
@@ -57,7 +54,7 @@ async def window_length(redis_url, scope):
 
 async def test_queries_in_decisions_out_bad_messages_to_the_dlq(deployment, records):
     deployment.start_worker()
-    good = queries(records, range(200))
+    good = queries(records, range(200), deployment.scope)
     bad = [b"\xff\xfe not utf-8", b"{not json", b'{"query_id": "x"}',
            b'{"query_id": "y", "scope": "nope", "scores": {"a": 0.5}}',
            b'{"query_id": "z", "scores": {"a": NaN}}']  # fmt: skip
@@ -80,9 +77,9 @@ async def test_feedback_fills_the_window_and_the_threshold_matches_the_core(
 ):
     deployment.start_worker()
     rows = range(600)
-    await deployment.send("queries", queries(records, rows))
+    await deployment.send("queries", queries(records, rows, deployment.scope))
     await deployment.collect("decisions", 600)
-    await deployment.send("feedback", labels(records, rows))
+    await deployment.send("feedback", labels(records, rows, deployment.scope))
     updates = await deployment.collect("thresholds", 10**6, until=lambda got: got[-1]["n"] == 600)
     final = updates[-1]
     assert await window_length(redis_url, deployment.scope) == 600
@@ -92,7 +89,7 @@ async def test_feedback_fills_the_window_and_the_threshold_matches_the_core(
     assert final["status"] == "certified" and final["m_star"] == expected.m_star
     assert final["lam"] == pytest.approx(expected.lam_hat, abs=0)
     # Every worker applies it: new decisions carry the certificate.
-    await deployment.send("queries", queries(records, range(600, 610)))
+    await deployment.send("queries", queries(records, range(600, 610), deployment.scope))
     decisions = await deployment.collect(
         "decisions",
         10**6,
@@ -118,13 +115,15 @@ def metric(text, name, scope):
 
 
 async def test_two_workers_split_partitions_and_one_recalibrates(deployment, records):
-    ports = [free for free in (deployment_port(), deployment_port())]
+    ports = [free_port(), free_port()]
     workers = [deployment.start_worker(RACER_WEB_PORT=str(p)) for p in ports]
-    await asyncio.sleep(4)  # both join the group (session timeout 2 s)
+    # Both must be in the group before the stream starts; a join takes about a session
+    # timeout (2 s) and shows in no message we could wait for.
+    await asyncio.sleep(4)
     rows = range(800)
-    await deployment.send("queries", queries(records, rows))
+    await deployment.send("queries", queries(records, rows, deployment.scope))
     await deployment.collect("decisions", 800)
-    await deployment.send("feedback", labels(records, rows))
+    await deployment.send("feedback", labels(records, rows, deployment.scope))
     await deployment.collect("thresholds", 10**6, until=lambda got: got[-1]["n"] == 800)
     texts = [scrape(p) for p in ports]
     decided = [metric(t, "racer_decisions_total", deployment.scope) for t in texts]
@@ -133,18 +132,12 @@ async def test_two_workers_split_partitions_and_one_recalibrates(deployment, rec
     assert sum(recalibrating) == 1, recalibrating
 
 
-def deployment_port():
-    from racer_online.embedded import free_port
-
-    return free_port()
-
-
 async def test_sigkill_mid_stream_loses_and_doubles_nothing(deployment, records, redis_url):
     worker = deployment.start_worker()
     rows = np.arange(1500)
     for chunk in np.array_split(rows, 5):
-        await deployment.send("queries", queries(records, chunk))
-        await deployment.send("feedback", labels(records, chunk))
+        await deployment.send("queries", queries(records, chunk, deployment.scope))
+        await deployment.send("feedback", labels(records, chunk, deployment.scope))
         await asyncio.sleep(0.3)
         deployment.kill(worker)  # SIGKILL: no commit, no goodbye
         worker = deployment.start_worker()

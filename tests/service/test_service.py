@@ -47,6 +47,11 @@ def make(tmp_path):
     return factory
 
 
+async def tick(service):
+    """One leader tick; the thresholds it published."""
+    return (await service.recalibrate_due()).thresholds
+
+
 def query(qid, scores=(0.7, 0.2, 0.4), **kw):
     return QueryMessage(query_id=qid, scores=dict(zip(MODELS, scores, strict=True)), **kw)
 
@@ -108,7 +113,7 @@ async def test_feedback_before_its_query_joins_when_it_arrives(make):
     service = make()
     assert await service.record_feedback([feedback("early", m0=1, m1=1, m2=0)]) == ["held"]
     await service.route([query("early")])
-    [update] = await service.recalibrate_due()
+    [update] = await tick(service)
     assert update.n == 1
 
 
@@ -150,7 +155,7 @@ async def test_threshold_equals_the_core_on_the_same_records(make):
     service = make()
     scores, labels = synthetic(300)
     await feed(service, scores, labels)
-    [update] = await service.recalibrate_due()
+    [update] = await tick(service)
     expected = core.calibrate(
         scores,
         labels,
@@ -172,16 +177,16 @@ async def test_recalibration_triggers_by_records_and_by_timer(make):
     service = make(recalibrate_every_records=50, recalibrate_interval_s=30)
     scores, labels = synthetic(120)
     await feed(service, scores[:10], labels[:10], prefix="a")
-    assert [u.reason for u in await service.recalibrate_due()] == ["timer"]  # first look
+    assert [u.reason for u in await tick(service)] == ["timer"]  # first look
     await feed(service, scores[10:60], labels[10:60], prefix="b")
-    assert [u.reason for u in await service.recalibrate_due()] == ["records"]
+    assert [u.reason for u in await tick(service)] == ["records"]
     await feed(service, scores[60:70], labels[60:70], prefix="c")
-    assert await service.recalibrate_due() == []  # too few records, too early
+    assert await tick(service) == []  # too few records, too early
     service.clock.now += 31
-    [update] = await service.recalibrate_due()
+    [update] = await tick(service)
     assert (update.reason, update.n, update.version) == ("timer", 70, 3)
     service.clock.now += 31
-    assert await service.recalibrate_due() == []  # nothing new
+    assert await tick(service) == []  # nothing new
 
 
 async def test_window_is_trimmed_by_size_and_age(make):
@@ -190,11 +195,11 @@ async def test_window_is_trimmed_by_size_and_age(make):
     await feed(service, scores[:150], labels[:150], prefix="old")
     service.clock.now += 1800
     await feed(service, scores[150:], labels[150:], prefix="new")
-    [update] = await service.recalibrate_due()
+    [update] = await tick(service)
     assert update.n == 100
     np.testing.assert_allclose(service.scopes["default"].window.scores[:, :3], scores[150:])
     service.clock.now += 3601  # every record is now older than the maximum age
-    [update] = await service.recalibrate_due()
+    [update] = await tick(service)
     assert update.n == 0 and update.status == "stale"
     assert len(await service.store.read_window("default")) == 0
 
@@ -203,14 +208,14 @@ async def test_status_rule_fallback_certified_stale(make):
     service = make(window_max_age_s=3600)
     scores, labels = synthetic(300)
     await feed(service, scores[:5], labels[:5], prefix="a")  # 5 records certify nothing
-    [first] = await service.recalibrate_due()
+    [first] = await tick(service)
     assert (first.status, first.lam, first.m_star) == ("fallback", 1.0, -1)
     await feed(service, scores, labels, prefix="b")
-    [certified] = await service.recalibrate_due()
+    [certified] = await tick(service)
     assert (certified.status, certified.version) == ("certified", 2)
     service.clock.now += 3601  # the window empties by age; three new records remain
     await feed(service, scores[:3], labels[:3], prefix="c")
-    [stale] = await service.recalibrate_due()
+    [stale] = await tick(service)
     assert (stale.status, stale.lam, stale.certified, stale.n) == ("stale", certified.lam, False, 3)
 
 
@@ -219,7 +224,7 @@ async def test_workers_pick_up_the_leaders_threshold(make):
     follower = make(leader.store)
     scores, labels = synthetic(200)
     await feed(leader, scores, labels)
-    [update] = await leader.recalibrate_due()
+    [update] = await tick(leader)
     assert [t.version for t in await follower.refresh_thresholds()] == [update.version]
     assert await follower.refresh_thresholds() == []
     [decision] = await follower.route([query("z")])
@@ -230,7 +235,7 @@ async def test_redis_down_routing_goes_on_feedback_waits(make):
     service = make()
     scores, labels = synthetic(200)
     await feed(service, scores, labels)
-    [update] = await service.recalibrate_due()
+    [update] = await tick(service)
     service.store.up = False
     [decision] = await service.route([query("while-down")])
     assert decision.lam == update.lam

@@ -131,3 +131,29 @@ async def test_redis_keys_share_one_cluster_slot(redis_url, redis_ns):
     finally:
         await client.aclose()
     assert all(f"{{{redis_ns}}}" in name for name in names)
+
+
+async def test_upper_bound_counts_fully_graded_invoked_models(make_store):
+    store, scope = make_store(), make_store.scope
+
+    def routed(qid, invoked):
+        return PendingWrite(scope, qid, b"d", b"s", 0.5, False, invoked)
+
+    await store.route([routed("a", (0, 2)), routed("b", (1,)), routed("c", ())])
+    # c abstained: no invoked model, so its (vacuous) all-wrong counts at once.
+    assert await store.upper_bound(scope) == (1, 1)
+    await store.feedback([labels(scope, "a", m0=0)])
+    assert await store.upper_bound(scope) == (1, 1)  # m2 not graded yet
+    await store.feedback([labels(scope, "a", m2=0), labels(scope, "b", m1=1)])
+    await store.feedback([labels(scope, "a", m0=0, m2=0)])  # a redelivery counts nothing
+    assert await store.upper_bound(scope) == (3, 2)
+
+
+async def test_alerts_and_monitor_state(make_store):
+    store, scope = make_store(), make_store.scope
+    await store.save_alert(scope, b"first")
+    await store.save_alert(scope, b"second")
+    assert await store.alerts(scope) == [b"first", b"second"]
+    await store.save_monitor(scope, {"alpha_t": "0.1", "last_id": "5-0"})
+    await store.save_monitor(scope, {"alpha_t": "0.12"})
+    assert await store.load_monitor(scope) == {"alpha_t": "0.12", "last_id": "5-0"}

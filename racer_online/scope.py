@@ -1,0 +1,71 @@
+"""One scope's live state: configuration, current threshold, window and drift monitor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from racer_online import core, metrics
+from racer_online.messages import ThresholdMessage
+from racer_online.settings import ScopeConfig
+from racer_online.window import WindowCache
+
+
+@dataclass
+class Monitor:
+    """What the leader watches: exact outcomes of audited decisions, in entry order."""
+
+    recent: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
+    since_test: int = 0
+    last_id: str | None = None  # the last window record whose outcome was applied
+    alpha_t: float | None = None  # ACI working level
+    after_drift: bool = False  # fallback, not stale, until a window certifies again
+    loaded: bool = False  # state read back from the store (a new leader resumes it)
+    last_certified_at: float | None = None
+    stale_alerted_at: float = -np.inf
+
+
+class ScopeState:
+    def __init__(self, name: str, config: ScopeConfig) -> None:
+        self.name = name
+        self.config = config
+        self.models = config.model_names
+        self.prices = np.array(config.prices)
+        self.threshold = ThresholdMessage(
+            scope=name, version=0, lam=core.FALLBACK_LAM, status="fallback", certified=False,
+            n=0, alpha=config.alpha, delta=config.delta, bound=config.bound, rule=config.rule,
+            miss=config.miss, m_star=-1, reason="start",
+        )  # fmt: skip
+        self.window = WindowCache(len(self.models))
+        self.monitor = Monitor()
+        self.new_records = 0
+        self.calibrated_at = -np.inf  # by this process, as leader
+
+    def levels(
+        self, scores: NDArray[np.float64], p_abstain: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        cfg = self.config
+        return core.entry_levels(
+            scores, rule=cfg.rule, miss=cfg.miss, p_abstain=p_abstain, prices=self.prices
+        )
+
+    def window_levels(self, start: int = 0) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Entry levels and required thresholds of window records from ``start`` on."""
+        k = len(self.models)
+        scores, labels = self.window.scores[start:], self.window.labels[start:]
+        levels = self.levels(scores[:, :k], scores[:, k])
+        return levels, core.required_thresholds(levels, labels, miss=self.config.miss)
+
+    def apply(self, threshold: ThresholdMessage) -> None:
+        self.threshold = threshold
+        metrics.THRESHOLD.labels(self.name).set(threshold.lam)
+        metrics.THRESHOLD_VERSION.labels(self.name).set(threshold.version)
+        metrics.CERTIFIED.labels(self.name).set(int(threshold.status == "certified"))
+
+    def forget_window(self) -> None:
+        """Re-read the window from the store at the next leader tick."""
+        self.window = WindowCache(len(self.models))
+        self.monitor = Monitor()
+        self.calibrated_at = -np.inf

@@ -1,0 +1,134 @@
+"""Drift episodes, realised risk, alerts and ACI on the in-memory store."""
+
+import numpy as np
+import pytest
+
+from racer_online.messages import FeedbackMessage, QueryMessage
+from racer_online.service import RacerService, store_config
+from racer_online.settings import Settings
+from racer_online.store import MemoryStore
+
+MODELS = ("m0", "m1", "m2")
+
+
+def scopes_file(tmp_path, extra=""):
+    path = tmp_path / "scopes.toml"
+    path.write_text(
+        f"[scopes.default]\nalpha = 0.1\ndelta = 0.1\n{extra}\n"
+        "[scopes.default.models]\nm0 = { price = 1 }\nm1 = { price = 2 }\nm2 = { price = 3 }\n"
+    )
+    return path
+
+
+class Clock:
+    now = 1_800_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+def make(tmp_path, store=None, extra="", **overrides):
+    settings = Settings(
+        _env_file=None, scopes_file=scopes_file(tmp_path, extra), audit_rate=1.0, **overrides
+    )
+    clock = store.clock if store else Clock()
+    store = store or MemoryStore(store_config(settings), clock=clock)
+    return RacerService(settings, store, clock=clock)
+
+
+def phase(rng, n, *, flipped):
+    """Scores say m0 is best. Before the shift they are right; after it, m0 fails and the
+    models the router ranks last are the ones that answer."""
+    scores = np.tile([0.8, 0.15, 0.05], (n, 1)) + rng.uniform(0, 0.02, (n, 3))
+    correct = rng.uniform(size=(n, 3)) < (
+        np.array([0.05, 0.3, 0.9]) if flipped else [0.95, 0.3, 0.1]
+    )
+    return scores.round(4), correct
+
+
+async def stream(service, scores, labels, start):
+    ids = [f"q{start + i}" for i in range(len(scores))]
+    await service.route([
+        QueryMessage(query_id=q, scores=dict(zip(MODELS, s.tolist(), strict=True)))
+        for q, s in zip(ids, scores, strict=True)
+    ])  # fmt: skip
+    await service.record_feedback([
+        FeedbackMessage(query_id=q, labels={m: int(y) for m, y in zip(MODELS, row, strict=True)})
+        for q, row in zip(ids, labels, strict=True)
+    ])  # fmt: skip
+
+
+async def run(service, rng, n, *, flipped, start, batch=50):
+    alerts, thresholds = [], []
+    for offset in range(0, n, batch):
+        await stream(service, *phase(rng, batch, flipped=flipped), start + offset)
+        service.clock.now += 1
+        updates = await service.recalibrate_due()
+        alerts += updates.alerts
+        thresholds += updates.thresholds
+    return alerts, thresholds
+
+
+async def test_a_drift_episode_alerts_restarts_the_window_and_recalibrates(tmp_path):
+    service = make(tmp_path, recalibrate_every_records=50)
+    rng = np.random.default_rng(0)
+    calm_alerts, calm = await run(service, rng, 1000, flipped=False, start=0)
+    assert calm_alerts == [] and calm[-1].status == "certified"
+    lam_before = calm[-1].lam
+    assert calm[-1].realised_miss_rate < 0.1
+
+    alerts, after = await run(service, rng, 400, flipped=True, start=10_000)
+    drift = [a for a in alerts if a.kind == "drift"]
+    assert drift, "no drift alert after the accuracies flipped"
+    first = drift[0]
+    assert first.evidence["n"] == 200 and first.evidence["p_value"] < 0.001
+    at_drift = [t for t in after if t.reason == "drift"]
+    assert at_drift and at_drift[0].n == 200  # the window restarted from the recent segment
+    assert at_drift[0].computed_at == first.at  # recalibrated at once
+    assert after[-1].lam > lam_before  # larger sets for the new traffic
+    assert await service.store.alerts("default")  # alerts are kept for the monitor
+    history = await service.store.threshold_history("default")
+    assert len(history) == len(calm) + len(after)
+
+
+async def test_after_a_drift_nothing_certified_means_fallback(tmp_path):
+    service = make(tmp_path, recalibrate_every_records=50, n_recent=20, k_test=20)
+    rng = np.random.default_rng(1)
+    await run(service, rng, 600, flipped=False, start=0)
+    alerts, after = await run(service, rng, 60, flipped=True, start=10_000, batch=20)
+    assert any(a.kind == "drift" for a in alerts)
+    at_drift = next(t for t in after if t.reason == "drift")
+    # 20 records cannot certify alpha = delta = 0.1: all options, not the stale threshold.
+    assert (at_drift.status, at_drift.lam, at_drift.n) == ("fallback", 1.0, 20)
+
+
+async def test_stale_calibration_alert_once_per_limit(tmp_path):
+    service = make(tmp_path, threshold_max_age_s=600)
+    assert (await service.recalibrate_due()).alerts == []
+    service.clock.now += 601
+    [alert] = (await service.recalibrate_due()).alerts
+    assert alert.kind == "stale_calibration" and alert.evidence["status"] == "fallback"
+    service.clock.now += 10
+    assert (await service.recalibrate_due()).alerts == []
+
+
+async def test_upper_bound_of_non_audited_decisions_is_reported(tmp_path):
+    service = make(tmp_path)
+    service.settings.audit_rate = 0.0
+    await stream(service, np.tile([0.8, 0.15, 0.05], (10, 1)), np.zeros((10, 3), bool), 0)
+    [update] = (await service.recalibrate_due()).thresholds
+    assert (update.upper_bound_n, update.upper_bound_miss_rate) == (10, 1.0)
+    assert update.realised_n == 0 and update.realised_miss_rate is None
+
+
+async def test_aci_state_survives_a_restart(tmp_path):
+    extra = "aci_gamma = 0.01"
+    service = make(tmp_path, extra=extra, recalibrate_every_records=50)
+    rng = np.random.default_rng(2)
+    _, updates = await run(service, rng, 300, flipped=False, start=0)
+    level = service.scopes["default"].monitor.alpha_t
+    assert level != pytest.approx(0.1) and updates[-1].alpha_t == level
+    restarted = make(tmp_path, store=service.store, extra=extra)
+    await restarted.refresh_thresholds()
+    await restarted.recalibrate_due()
+    assert restarted.scopes["default"].monitor.alpha_t == level  # no outcome applied twice

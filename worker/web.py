@@ -1,0 +1,57 @@
+"""The worker's HTTP views: probes, Prometheus metrics and the history behind the charts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from racer_online import metrics
+from racer_online.errors import InvalidInputError, StoreUnavailableError
+from racer_online.service import RacerService
+
+
+def register(app: faust.App, service: RacerService) -> None:
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        """Liveness: the event loop answers."""
+        return web.json({"status": "ok"})
+
+    @app.page("/ready")
+    async def ready(web: Any, request: Any) -> Any:
+        """Readiness: consuming, Redis reachable, every scope's certified threshold fresh."""
+        fresh = service.fresh_thresholds()
+        checks = {
+            "consuming": bool(app.started and not app.rebalancing),
+            "redis": await service.store.ping(),
+            "thresholds_fresh": all(fresh.values()),
+        }
+        body = {"ready": all(checks.values()), **checks, "scopes": fresh}
+        return web.json(body, status=200 if body["ready"] else 503)
+
+    @app.page("/metrics")
+    async def prometheus(web: Any, request: Any) -> Any:
+        for tp, end in app.monitor.tp_end_offsets.items():
+            committed = app.monitor.tp_committed_offsets.get(tp, 0)
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(end - committed, 0))
+        # aiohttp sets the charset itself and refuses one inside content_type.
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/api/history")
+    async def history(web: Any, request: Any) -> Any:
+        """Thresholds and alerts of one scope (``?scope=``, ``&since=`` unix seconds)."""
+        scope = request.query.get("scope") or next(iter(service.scopes))
+        try:
+            since = float(request.query.get("since", 0))
+            found = await service.history(scope, since=since)
+        except (InvalidInputError, ValueError) as exc:
+            return web.json({"error": str(exc)}, status=400)
+        except StoreUnavailableError as exc:
+            return web.json({"error": str(exc)}, status=503)
+        return web.json({
+            "scope": scope,
+            "scopes": list(service.scopes),
+            "thresholds": [t.model_dump() for t in found["thresholds"]],
+            "alerts": [a.model_dump() for a in found["alerts"]],
+        })  # fmt: skip
