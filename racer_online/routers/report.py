@@ -1,0 +1,194 @@
+"""Train a router on a seeded split of an outcomes CSV and report held-out AUC and ECE.
+
+`train_router_command` is what ``racer-online train-router`` runs. The split is by
+question text, so a question that occurs twice in the data is never on both sides.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.metrics import roc_auc_score
+
+from racer_online.core.scoring import check_choice
+from racer_online.datasets import Outcomes, default_dataset_dir, load_outcomes
+from racer_online.errors import InvalidInputError
+from racer_online.routers.base import RouterScores
+from racer_online.routers.files import ROUTER_KINDS, router_paths, save_router
+from racer_online.routers.knn import KnnRouter, train_knn_router
+from racer_online.routers.text import DEFAULT_C, TextRouter, train_text_router
+
+ABSTAIN_ROW = "(no model correct)"
+ECE_BINS = 10
+
+
+@dataclass(frozen=True)
+class OptionQuality:
+    """Held-out quality of one score column (a model, or ``p_abstain``)."""
+
+    option: str
+    auc: float | None  # None when the held-out labels are all equal
+    ece: float
+    positive_rate: float  # share of held-out queries where the option is right
+    mean_score: float
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """What `train_router_command` did and how well the router scores held-out queries."""
+
+    kind: str
+    header_file: Path
+    arrays_file: Path
+    n_train: int
+    n_test: int
+    seed: int
+    train_fraction: float
+    train_seconds: float
+    score_ms_per_query: float  # one batch of all held-out queries, divided by their number
+    options: tuple[OptionQuality, ...]  # the models, then ABSTAIN_ROW
+
+    @property
+    def mean_model_auc(self) -> float | None:
+        """Mean AUC over the models (not ``p_abstain``) whose AUC is defined."""
+        aucs = [o.auc for o in self.options if o.auc is not None and o.option != ABSTAIN_ROW]
+        return float(np.mean(aucs)) if aucs else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mean_model_auc": self.mean_model_auc} | {
+            "header_file": str(self.header_file),
+            "arrays_file": str(self.arrays_file),
+        }
+
+    def render(self) -> str:
+        """A plain-text table, one line per option."""
+        width = max(len(o.option) for o in self.options)
+        lines = [
+            f"{self.kind} router saved to {self.header_file} (+ {self.arrays_file.name}); "
+            f"trained on {self.n_train} queries in {self.train_seconds:.1f} s, "
+            f"held out {self.n_test} (seed {self.seed})",
+            f"{'option':<{width}}  {'AUC':>6}  {'ECE':>6}  {'correct':>7}  {'mean p':>6}",
+        ]
+        for o in self.options:
+            auc = "-" if o.auc is None else f"{o.auc:.3f}"
+            lines.append(
+                f"{o.option:<{width}}  {auc:>6}  {o.ece:>6.3f}  {o.positive_rate:>7.3f}  "
+                f"{o.mean_score:>6.3f}"
+            )
+        mean_auc = "-" if self.mean_model_auc is None else f"{self.mean_model_auc:.3f}"
+        lines.append(
+            f"mean model AUC {mean_auc}; scoring "
+            f"{self.score_ms_per_query:.3f} ms per query in one batch"
+        )
+        return "\n".join(lines)
+
+
+def expected_calibration_error(
+    probabilities: NDArray[np.float64], outcomes: NDArray[np.bool_], bins: int = ECE_BINS
+) -> float:
+    """ECE with ``bins`` equal-width bins: ``sum_b (n_b / n) |mean(y_b) - mean(p_b)|``.
+
+    ``probabilities`` and ``outcomes`` have shape (n,); scikit-learn has no ECE.
+    """
+    which = np.minimum((probabilities * bins).astype(np.intp), bins - 1)
+    gap = np.bincount(which, weights=outcomes.astype(np.float64) - probabilities, minlength=bins)
+    return float(np.abs(gap).sum() / max(len(probabilities), 1))
+
+
+def held_out_quality(scores: RouterScores, labels: NDArray[np.bool_]) -> tuple[OptionQuality, ...]:
+    """AUC and ECE of every model column and of ``p_abstain``; ``labels`` is (n, K)."""
+    columns = [*scores.scores.T]
+    targets = [*labels.T]
+    names = [*scores.models]
+    if scores.p_abstain is not None:
+        columns.append(scores.p_abstain)
+        targets.append(~labels.any(axis=1))
+        names.append(ABSTAIN_ROW)
+    return tuple(
+        OptionQuality(
+            option=name,
+            auc=float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None,
+            ece=expected_calibration_error(p, y),
+            positive_rate=float(y.mean()),
+            mean_score=float(p.mean()),
+        )
+        for name, p, y in zip(names, columns, targets, strict=True)
+    )
+
+
+def split_rows(
+    outcomes: Outcomes, *, train_fraction: float, seed: int
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Seeded (train, test) row indices; all copies of a question fall on one side."""
+    if not 0.0 < train_fraction < 1.0:
+        raise InvalidInputError(f"train fraction must lie in (0, 1), got {train_fraction}")
+    _, question_ids = np.unique(np.array(outcomes.questions, dtype=object), return_inverse=True)
+    n_questions = int(question_ids.max()) + 1 if len(question_ids) else 0
+    rank = np.random.default_rng(seed).permutation(n_questions)[question_ids]
+    in_train = rank < round(train_fraction * n_questions)
+    train, test = np.flatnonzero(in_train), np.flatnonzero(~in_train)
+    if len(train) < 2 or len(test) < 1:
+        raise InvalidInputError(
+            f"a {train_fraction} split of {len(outcomes)} rows leaves {len(train)} to train "
+            f"and {len(test)} to test: need at least 2 and 1"
+        )
+    return train, test
+
+
+def train_router_command(
+    data: Path | None, out: Path, kind: str = "text", seed: int = 0, train_fraction: float = 0.4
+) -> TrainingReport:
+    """Train a ``kind`` router on a seeded split of ``data``, save it at ``out``, report.
+
+    ``data`` is an outcomes CSV or its folder (default: the shipped dataset). The router is
+    written to ``out`` with suffix ``.json`` (header) and ``.npz`` (arrays).
+    """
+    check_choice("router kind", kind, tuple(ROUTER_KINDS))
+    outcomes = _read_outcomes(data if data is not None else default_dataset_dir())
+    train, test = split_rows(outcomes, train_fraction=train_fraction, seed=seed)
+    started = time.perf_counter()
+    router: TextRouter | KnnRouter
+    if kind == "text":
+        settings: dict[str, Any] = {"regularisation_c": DEFAULT_C, "min_df": 2}
+        router = train_text_router(outcomes, train_rows=train, **settings)
+    else:
+        settings = {"neighbours": 25, "dimensions": 128, "prior_strength": 2.0, "min_df": 2}
+        router = train_knn_router(outcomes, train_rows=train, seed=seed, **settings)
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    scores = router.score_texts([outcomes.questions[i] for i in test])
+    score_ms = 1000 * (time.perf_counter() - started) / len(test)
+    training = {"data": str(data or default_dataset_dir()), "rows": len(outcomes), **settings}
+    training |= {"seed": seed, "train_fraction": train_fraction, "n_train": len(train)}
+    try:
+        header = save_router(router, out, training=training)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write the router to {out}: {exc}") from None
+    return TrainingReport(
+        kind=kind,
+        header_file=header,
+        arrays_file=router_paths(out)[1],
+        n_train=len(train),
+        n_test=len(test),
+        seed=seed,
+        train_fraction=train_fraction,
+        train_seconds=train_seconds,
+        score_ms_per_query=score_ms,
+        options=held_out_quality(scores, outcomes.labels[test]),
+    )
+
+
+def _read_outcomes(path: Path) -> Outcomes:
+    if not path.exists():
+        raise InvalidInputError(f"no outcomes file at {path}")
+    try:
+        return load_outcomes(path)
+    except InvalidInputError:
+        raise
+    except (ValueError, IndexError) as exc:  # a missing column or a non-numeric score
+        raise InvalidInputError(f"{path}: not a readable outcomes CSV ({exc})") from None
