@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from racer_online import metrics
 from racer_online.errors import InvalidInputError, StoreUnavailableError
 from racer_online.service import RacerService
+from worker import dashboard
 
 
 def register(app: faust.App, service: RacerService) -> None:
@@ -55,3 +56,5 @@ def register(app: faust.App, service: RacerService) -> None:
             "thresholds": [t.model_dump() for t in found["thresholds"]],
             "alerts": [a.model_dump() for a in found["alerts"]],
         })  # fmt: skip
+
+    dashboard.register(app, service)

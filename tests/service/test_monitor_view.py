@@ -1,0 +1,129 @@
+"""The terminal monitor: frames from a synthetic history, and ``--once`` on a real Redis."""
+
+import asyncio
+import io
+
+import pytest
+from rich.console import Console
+
+from racer_online.errors import InvalidInputError
+from racer_online.messages import AlertMessage, ThresholdMessage
+from racer_online.monitor import alert_marks, build_frame, run_monitor, sparkline
+from racer_online.service import store_config
+from racer_online.settings import Settings
+from racer_online.store import RedisStore
+
+T0 = 1_800_000_000.0
+DRIFT_MESSAGE = "31 misses in the last 50 audited decisions against alpha = 0.1: window restarted"
+
+
+def threshold(scope, version, lam, *, status="certified", reason="records", rate=0.07):
+    return ThresholdMessage(
+        scope=scope, version=version, lam=lam, status=status, certified=status == "certified",
+        n=300, alpha=0.1, delta=0.05, bound="binomial", rule="cumulative", miss="answerable",
+        m_star=17, empirical_risk=0.055, mean_set_size=1.84, abstain_rate=0.025, mean_price=0.3,
+        reason=reason, realised_n=200, realised_miss_rate=rate, realised_low=0.0431,
+        realised_high=0.1189, computed_at=T0 + 10 * version,
+    )  # fmt: skip
+
+
+def history(scope="default"):
+    lams = [0.30, 0.31, 0.32, 0.31, 1.0, 0.7, 0.72]
+    thresholds = [threshold(scope, v, lam) for v, lam in enumerate(lams, start=1)]
+    thresholds[4] = threshold(scope, 5, 1.0, status="fallback", reason="drift", rate=0.31)
+    alert = AlertMessage(scope=scope, kind="drift", at=T0 + 50, message=DRIFT_MESSAGE)
+    return {"thresholds": thresholds, "alerts": [alert]}
+
+
+def text_of(frame, width=200):
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(frame)
+    return console.file.getvalue()
+
+
+def test_frame_shows_threshold_risk_interval_and_alerts():
+    shown = text_of(build_frame({"default": history()}, now=T0 + 95))
+    assert "default" in shown and "certified" in shown and "v7" in shown
+    assert "0.7200" in shown  # current lam
+    assert "0.300 … 1.000 over the last 7" in shown
+    assert "α           0.1   δ 0.05" in shown
+    assert "7.0%   95% [4.3%, 11.9%]   n 200" in shown
+    assert "1.84" in shown and "2.5%" in shown and "n 300   m* 17" in shown
+    assert "25 s ago   (records)" in shown
+    assert "drift" in shown and DRIFT_MESSAGE in shown
+
+
+def test_alert_is_marked_under_the_recalibration_it_caused():
+    data = history()
+    line = sparkline([t.lam for t in data["thresholds"]])
+    marks = alert_marks(data["thresholds"], data["alerts"])
+    assert line[4] == "█" and marks == "    ▲"
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [([], ""), ([0.5, 0.5], "▄▄"), ([0.0, 1.0], "▁█"), ([0.0, None, 1.0], "▁ █"),
+     ([0.0, 0.5, 1.0], "▁▅█")],
+)  # fmt: skip
+def test_sparkline(values, expected):
+    assert sparkline(values) == expected
+
+
+def test_sparkline_keeps_the_most_recent_values():
+    assert sparkline([1.0] * 10 + [0.0, 1.0], width=2) == "▁█"
+
+
+def test_empty_scope_and_unreachable_redis_are_said():
+    empty = {"thresholds": [], "alerts": []}
+    shown = text_of(build_frame({"fresh": empty}, now=T0, error="redis unreachable: refused"))
+    assert "fresh" in shown and "no threshold recorded yet" in shown
+    assert "not updating: redis unreachable: refused" in shown
+
+
+def scopes_file(tmp_path, scope):
+    path = tmp_path / "scopes.toml"
+    path.write_text(
+        f"[scopes.{scope}]\nalpha = 0.1\ndelta = 0.05\n[scopes.{scope}.models]\n"
+        "m0 = { price = 0.1 }\nm1 = { price = 0.2 }\n"
+    )
+    return path
+
+
+async def store_history(settings, scope, data):
+    store = RedisStore.from_url(settings.redis_url, store_config(settings))
+    try:
+        for t in data["thresholds"]:
+            assert await store.save_threshold(scope, t.version, t.to_bytes())
+        for a in data["alerts"]:
+            await store.save_alert(scope, a.to_bytes())
+    finally:
+        await store.close()
+
+
+def test_once_prints_one_frame_from_redis(tmp_path, redis_url, redis_ns, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")
+    settings = Settings(
+        _env_file=None, redis_url=redis_url, scopes_file=scopes_file(tmp_path, redis_ns)
+    )
+    asyncio.run(store_history(settings, redis_ns, history(redis_ns)))
+    run_monitor(settings, once=True)
+    shown = capsys.readouterr().out
+    assert redis_ns in shown and "v7" in shown and "0.7200" in shown
+    assert "95% [4.3%, 11.9%]" in shown and DRIFT_MESSAGE[:40] in shown
+    assert "▲" in shown
+
+
+def test_once_on_a_scope_with_no_history(tmp_path, redis_url, redis_ns, capsys):
+    settings = Settings(
+        _env_file=None, redis_url=redis_url, scopes_file=scopes_file(tmp_path, redis_ns)
+    )
+    run_monitor(settings, scope=redis_ns, once=True)
+    assert "no threshold recorded yet" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_one_line(tmp_path):
+    settings = Settings(_env_file=None, scopes_file=scopes_file(tmp_path, "default"))
+    with pytest.raises(InvalidInputError, match="unknown scope 'nope'"):
+        run_monitor(settings, scope="nope", once=True)
+    with pytest.raises(InvalidInputError, match="--refresh must be > 0"):
+        run_monitor(settings, refresh_s=0)
