@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -204,10 +206,16 @@ def publish(
 ) -> None:
     """Publish queries to the queries topic."""
     from racer_online.publishing import produce, read_queries
+    from racer_online.security import aiokafka_options
 
     settings = Settings.load()
     sent = asyncio.run(
-        produce(settings.kafka_bootstrap, settings.topics.queries, read_queries(source))
+        produce(
+            settings.kafka_bootstrap,
+            settings.topics.queries,
+            read_queries(source),
+            **aiokafka_options(settings),
+        )
     )
     note(f"published {sent} queries to {settings.topics.queries}")
 
@@ -218,10 +226,16 @@ def feedback(
 ) -> None:
     """Publish correctness feedback to the feedback topic."""
     from racer_online.publishing import produce, read_feedback
+    from racer_online.security import aiokafka_options
 
     settings = Settings.load()
     sent = asyncio.run(
-        produce(settings.kafka_bootstrap, settings.topics.feedback, read_feedback(source))
+        produce(
+            settings.kafka_bootstrap,
+            settings.topics.feedback,
+            read_feedback(source),
+            **aiokafka_options(settings),
+        )
     )
     note(f"published {sent} feedback events to {settings.topics.feedback}")
 
@@ -284,6 +298,33 @@ def _parse_time(value: str | None) -> float:
         ) from None
 
 
+@app.command()
+def monitor(
+    scope: Annotated[str | None, typer.Option(help="Only this scope.")] = None,
+    refresh: Annotated[float, typer.Option(help="Seconds between redraws.")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+) -> None:
+    """Live view of each scope's threshold drift, read from Redis (Ctrl-C quits)."""
+    from racer_online.monitor import run_monitor
+
+    run_monitor(Settings.load(), scope=scope, refresh_s=refresh, once=once)
+
+
+@app.command()
+def report(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for report.html and one PNG per scope.")
+    ],
+    scope: Annotated[list[str] | None, typer.Option(help="Only this scope (repeatable).")] = None,
+    since: Annotated[str | None, typer.Option(help="Unix seconds or ISO time.")] = None,
+) -> None:
+    """The drift charts as a self-contained HTML page and PNG images."""
+    from racer_online.report import write_report
+
+    written = write_report(Settings.load(), out_dir, scopes=scope, since=_parse_time(since))
+    note(f"wrote {len(written)} files to {out_dir}: {', '.join(p.name for p in written)}")
+
+
 @app.command("dev-services")
 def dev_services() -> None:
     """Start a local broker and Redis; print RACER_* lines to source; run until stopped."""
@@ -294,6 +335,123 @@ def dev_services() -> None:
             print(f"{name}={value}", flush=True)
         note("dev services are up; Ctrl-C stops them")
         threading.Event().wait()
+
+
+@app.command("train-router")
+def train_router(
+    save_to: Annotated[
+        Path, typer.Option("--out", help="Where to save: writes OUT.json and OUT.npz.")
+    ],
+    data: Annotated[Path | None, typer.Option(help="Outcomes CSV or its folder.")] = None,
+    kind: Annotated[str, typer.Option(help="text (TF-IDF) or knn (embeddings).")] = "text",
+    seed: int = 0,
+    train_fraction: Annotated[float, typer.Option(help="Share of questions to train on.")] = 0.4,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a base router; report per-model AUC and calibration error on held-out rows."""
+    from racer_online.routers.report import train_router_command
+
+    report = train_router_command(data, save_to, kind, seed, train_fraction)
+    print(json.dumps(report.to_dict()) if as_json else report.render())
+
+
+@app.command()
+def replay(
+    data: Annotated[Path | None, typer.Option(help="Outcomes dataset folder or CSV.")] = None,
+    scope: Annotated[str, typer.Option(help="Scope the queries belong to.")] = "default",
+    schedule: Annotated[
+        str | None, typer.Option(help='Phases: "name=task,task;name=task" (default: 3 phases).')
+    ] = None,
+    per_phase: Annotated[
+        int | None, typer.Option(help="At most this many queries a phase.")
+    ] = None,
+    rate: Annotated[float, typer.Option(help="Queries per second.")] = 200.0,
+    delay_mean: Annotated[float, typer.Option(help="Mean feedback delay, seconds.")] = 0.2,
+    static_n: Annotated[int, typer.Option(help="Queries the static baseline calibrates on.")] = 500,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stream a real outcomes dataset through the running system, through a drift schedule."""
+    from racer_online import replay as replaying
+    from racer_online.datasets import load_outcomes
+
+    settings = Settings.load()
+    outcomes = load_outcomes(data)
+    phases = replaying.parse_schedule(schedule) if schedule else replaying.DEFAULT_SCHEDULE
+    rows = replaying.held_out_rows(outcomes, settings.router_file)
+    the_plan = replaying.plan(outcomes, phases, rows=rows, per_phase=per_phase, seed=seed)
+    with _progress(not as_json) as progress:
+        result = asyncio.run(replaying.replay(
+            settings, outcomes, the_plan, scope=scope, rate=rate, delay_mean_s=delay_mean,
+            static_n=static_n, seed=seed, on_progress=progress,
+        ))  # fmt: skip
+    _show_replay(result, as_json)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Router, logs and report.")] = Path(
+        "artifacts/demo"
+    ),
+    per_phase: Annotated[
+        int | None, typer.Option(help="At most this many queries a phase.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The whole system on the shipped data: services, router, worker, replay, report."""
+    from racer_online.demo import run_demo
+
+    with _progress(not as_json) as progress:
+        result = run_demo(out_dir, per_phase=per_phase, on_progress=progress)
+    _show_replay(result, as_json)
+    if not as_json:
+        note(f"report and logs in {out_dir}")
+
+
+def _show_replay(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(
+        "phase",
+        "router",
+        "n",
+        "miss rate",
+        "set size",
+        "abstain",
+        "price",
+        "coverage",
+        title=f"Replay: alpha = {result['alpha']}, delta = {result['delta']}",
+    )
+    rows = [("racer (online)", result["phases"]), *result["baselines"].items()]
+    for i, phase in enumerate(result["phases"]):
+        for name, figures in rows:
+            f = figures[i]
+            table.add_row(
+                phase["name"] if name.startswith("racer") else "",
+                name,
+                str(f["n"]),
+                _fmt(f["realised_miss_rate"]),
+                _fmt(f["mean_set_size"]),
+                _fmt(f["abstain_rate"]),
+                _fmt(f["mean_price"]),
+                _fmt(f["coverage"]),
+            )
+        table.add_section()
+    out.print(table)
+
+
+@contextlib.contextmanager
+def _progress(live: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr while decisions come back."""
+    if not live:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("replaying", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _method(bound: str, rule: str, miss: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import math
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
 
@@ -73,10 +73,16 @@ def _parse_lines(source: str, model: type[M]) -> Iterator[M]:
 
 
 async def produce(
-    bootstrap: str, topic: str, messages: Iterable[QueryMessage | FeedbackMessage]
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[QueryMessage | FeedbackMessage],
+    **options: Any,
 ) -> int:
-    """Send every message keyed by query id; return how many were acknowledged."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    """Send every message keyed by query id; return how many were acknowledged.
+
+    ``options``: aiokafka client options, e.g. credentials from `security.aiokafka_options`.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", **options)
     await producer.start()
     try:
         pending = [

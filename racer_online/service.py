@@ -28,6 +28,7 @@ from racer_online.messages import (
     Status,
     ThresholdMessage,
 )
+from racer_online.routers.base import Router
 from racer_online.scope import ScopeState
 from racer_online.settings import Settings
 from racer_online.store import FeedbackOutcome, LabelWrite, PendingWrite, Store, StoreConfig
@@ -60,10 +61,16 @@ def audit_draw(scope: str, query_id: str) -> float:
 
 class RacerService:
     def __init__(
-        self, settings: Settings, store: Store, *, clock: Callable[[], float] = time.time
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        router: Router | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.router = router  # scores queries that carry text or an embedding
         self.clock = clock
         self.scopes = {name: ScopeState(name, cfg) for name, cfg in settings.scopes.items()}
         self.started_at = clock()
@@ -105,7 +112,10 @@ class RacerService:
         if scope is None:
             return Rejected("unknown_scope", f"unknown scope {query.scope!r}")
         if query.scores is None:
-            return Rejected("no_scores", "the query has no scores and no base router is set")
+            if self.router is None:
+                return Rejected("no_scores", "the query has no scores and no base router is set")
+            problem = self.router.input_problem(query)
+            return None if problem is None else Rejected("router_input", problem)
         unknown = sorted(set(query.scores) - set(scope.models))
         if unknown:
             return Rejected(
@@ -119,22 +129,22 @@ class RacerService:
     def _decide(
         self, scope: ScopeState, batch: Sequence[QueryMessage]
     ) -> list[tuple[DecisionMessage, PendingWrite]]:
-        scores = np.array([[q.scores[m] for m in scope.models] for q in batch])  # type: ignore[index]
-        given = np.array([np.nan if q.p_abstain is None else q.p_abstain for q in batch])
+        scores, given = self._scores(scope, batch)
         p_abstain = np.where(np.isnan(given), np.prod(1.0 - scores, axis=1), given)
         levels = scope.levels(scores, p_abstain)
         th = scope.threshold
         decisions = core.decide(levels, th.lam, models=scope.models, prices=scope.prices)
         now = self.clock()
         out = []
-        for q, d, packed in zip(batch, decisions, pack_scores(scores, p_abstain), strict=True):
+        rows = zip(batch, decisions, scores.tolist(), given.tolist(), strict=True)
+        for (q, d, row, p_given), packed in zip(rows, pack_scores(scores, p_abstain), strict=True):
             audit = audit_draw(scope.name, q.query_id) < self.settings.audit_rate
             message = DecisionMessage(
                 query_id=q.query_id, scope=scope.name, models=list(d.models), abstain=d.abstain,
                 flag_unanswerable=d.flag_unanswerable, audit=audit, lam=th.lam,
                 threshold_version=th.version, threshold_status=th.status, alpha=th.alpha,
-                delta=th.delta, bound=th.bound, scores=q.scores or {}, p_abstain=q.p_abstain,
-                decided_at=now,
+                delta=th.delta, bound=th.bound, scores=dict(zip(scope.models, row, strict=True)),
+                p_abstain=None if np.isnan(p_given) else float(p_given), decided_at=now,
             )  # fmt: skip
             invoked = tuple(scope.models.index(m) for m in d.models)
             write = PendingWrite(
@@ -142,6 +152,27 @@ class RacerService:
             )
             out.append((message, write))
         return out
+
+    def _scores(
+        self, scope: ScopeState, batch: Sequence[QueryMessage]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (n, K) in catalogue order and the given p_abstain (NaN where none): from
+        the messages, or from the base router for queries that carry text or an embedding."""
+        scores = np.zeros((len(batch), len(scope.models)))
+        given = np.array([np.nan if q.p_abstain is None else q.p_abstain for q in batch])
+        carried = [i for i, q in enumerate(batch) if q.scores is not None]
+        for i in carried:
+            scores[i] = [batch[i].scores[m] for m in scope.models]  # type: ignore[index]
+        needing = [i for i, q in enumerate(batch) if q.scores is None]
+        if needing:
+            assert self.router is not None  # _reject let them through
+            routed = self.router.score([batch[i] for i in needing]).select(scope.models)
+            scores[needing] = routed.scores
+            if routed.p_abstain is not None:
+                given[needing] = np.where(
+                    np.isnan(given[needing]), routed.p_abstain, given[needing]
+                )
+        return scores, given
 
     # -- feedback ------------------------------------------------------------------------
 
@@ -412,9 +443,12 @@ def _id_key(stream_id: str | None) -> tuple[int, int]:
 @asynccontextmanager
 async def reading_service(settings: Settings) -> AsyncIterator[RacerService]:
     """A service on the configured Redis that only reads (CLI, monitor, report)."""
+    from racer_online.security import redis_options
     from racer_online.store import RedisStore
 
-    store = RedisStore.from_url(settings.redis_url, store_config(settings))
+    store = RedisStore.from_url(
+        settings.redis_url, store_config(settings), **redis_options(settings)
+    )
     try:
         service = RacerService(settings, store)
         await service.refresh_thresholds()

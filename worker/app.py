@@ -1,8 +1,10 @@
 """The Faust app. Agents parse with the pydantic models, call the service, send results.
 
-Batches come from ``take_events`` and are acknowledged only after the body of the loop
-finished, and every send of a batch is awaited before that: a crash redelivers the batch,
-and the service's effects are idempotent (at-least-once, no loss, no double records).
+Batches come from ``noack_take`` and are acknowledged one event at a time only after every
+effect of the batch is done (Redis written, every send acknowledged by the broker): a crash
+or a shutdown in the middle redelivers the batch, and the service's effects are idempotent
+(at-least-once, no loss, no double records). ``take_events`` would acknowledge a batch
+that a shutdown cancelled half-way.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from racer_online.messages import (
     MessageError,
     QueryMessage,
 )
+from racer_online.routers.files import load_router
+from racer_online.security import kafka_options, redis_options
 from racer_online.service import RacerService, Rejected, store_config
 from racer_online.settings import Settings
 from racer_online.store import RedisStore
@@ -31,7 +35,6 @@ from worker import web
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # then 5 s until Redis answers
-LEADER_TICK_S = 1.0
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -44,15 +47,19 @@ def create_app(settings: Settings) -> faust.App:
         settings.app_id,
         broker=settings.kafka_broker,
         processing_guarantee="at_least_once",
+        stream_wait_empty=False,  # a batch waiting for Redis must not block a shutdown
         topic_partitions=settings.topics.partitions,
         web_enabled=settings.web_enabled,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        **kafka_options(settings),
         **{k: v for k, v in timings.items() if v is not None},
     )
-    service = RacerService(
-        settings, RedisStore.from_url(settings.redis_url, store_config(settings))
+    router = load_router(settings.router_file) if settings.router_file else None
+    store = RedisStore.from_url(
+        settings.redis_url, store_config(settings), **redis_options(settings)
     )
+    service = RacerService(settings, store, router=router)
     names = settings.topics
 
     def topic(name: str) -> faust.TopicT:
@@ -84,7 +91,8 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(queries)
     async def route(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(settings.batch_size, settings.batch_timeout_s):  # type: ignore[attr-defined]
+        await _declare(decisions, dlq)
+        async for events in stream.noack_take(settings.batch_size, settings.batch_timeout_s):  # type: ignore[attr-defined]
             parsed, sends = _parse(events, QueryMessage, dead)
             results = await service.route([q for _, q in parsed])
             for (event, query), result in zip(parsed, results, strict=True):
@@ -93,16 +101,19 @@ def create_app(settings: Settings) -> faust.App:
                 else:
                     sends.append(send(decisions, query.query_id, result.to_bytes()))
             await _delivered(sends)
+            await _acknowledge(stream, events)
 
     @app.agent(feedback)
     async def record_feedback(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(settings.batch_size, settings.batch_timeout_s):  # type: ignore[attr-defined]
+        await _declare(dlq)
+        async for events in stream.noack_take(settings.batch_size, settings.batch_timeout_s):  # type: ignore[attr-defined]
             parsed, sends = _parse(events, FeedbackMessage, dead)
             outcomes = await _until_stored(service.record_feedback, [m for _, m in parsed])
             for (event, _), outcome in zip(parsed, outcomes, strict=True):
                 if isinstance(outcome, Rejected):
                     sends.append(dead(event, outcome.kind, outcome.reason))
             await _delivered(sends)
+            await _acknowledge(stream, events)
 
     @app.timer(settings.threshold_poll_s)  # type: ignore[untyped-decorator]
     async def refresh_thresholds() -> None:
@@ -113,10 +124,13 @@ def create_app(settings: Settings) -> faust.App:
 
     last_tick = 0.0
 
-    @app.timer(min(LEADER_TICK_S, settings.recalibrate_interval_s), on_leader=True)  # type: ignore[untyped-decorator]
+    # The leader looks at new window records as often as workers look for new thresholds.
+    tick_s = min(settings.threshold_poll_s, settings.recalibrate_interval_s)
+
+    @app.timer(tick_s, on_leader=True)  # type: ignore[untyped-decorator]
     async def recalibrate() -> None:
         nonlocal last_tick
-        if time.monotonic() - last_tick > 5 * LEADER_TICK_S:
+        if time.monotonic() - last_tick > 5 * max(tick_s, 1.0):
             service.forget_windows()  # leadership was elsewhere: re-read the whole window
         last_tick = time.monotonic()
         try:
@@ -129,6 +143,7 @@ def create_app(settings: Settings) -> faust.App:
                      u.scope, u.version, u.lam, u.status, u.n, u.reason)  # fmt: skip
         for a in updates.alerts:
             log.warning("scope %s: %s alert: %s", a.scope, a.kind, a.message)
+        await _declare(thresholds, alerts)
         await _delivered(
             [send(thresholds, u.scope, u.to_bytes()) for u in updates.thresholds]
             + [send(alerts, a.scope, a.to_bytes()) for a in updates.alerts]
@@ -158,6 +173,18 @@ async def _until_stored(call: Any, items: list[Any]) -> Any:
             log.warning("feedback waits %.1f s for Redis: %s", delay, exc)
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")
+
+
+async def _declare(*topics: faust.TopicT) -> None:
+    """Create output topics with the configured partitions (Faust only declares inputs);
+    Faust remembers, so later calls cost nothing."""
+    for topic in topics:
+        await topic.maybe_declare()
+
+
+async def _acknowledge(stream: faust.StreamT[bytes], events: Sequence[EventT[bytes]]) -> None:
+    for event in events:
+        await stream.ack(event)
 
 
 async def _delivered(sends: list[Awaitable[Awaitable[Any]]]) -> None:

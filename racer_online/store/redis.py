@@ -57,8 +57,9 @@ class RedisStore:
         self._save = client.register_script(_lua("save_threshold.lua"))
 
     @classmethod
-    def from_url(cls, url: str, config: StoreConfig) -> RedisStore:
-        return cls(aioredis.Redis.from_url(url, decode_responses=False), config)
+    def from_url(cls, url: str, config: StoreConfig, **options: Any) -> RedisStore:
+        """``options``: redis-py connection options, e.g. from `security.redis_options`."""
+        return cls(aioredis.Redis.from_url(url, decode_responses=False, **options), config)
 
     def _keys(self, scope: str, query_id: str) -> list[str]:
         return [keys.pending(scope, query_id), keys.window(scope), keys.upper_bound(scope)]

@@ -1,0 +1,274 @@
+"""Replay a real outcomes dataset through a running system, phase by phase.
+
+Queries go to the queries topic; each decision that comes back is graded from the
+dataset's labels after a random delay, the way a grader would: every model for an audited
+decision, the invoked models otherwise. The per-phase figures are computed from the
+decisions the system actually published; the baselines are computed on the same stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from numpy.typing import NDArray
+
+from racer_online import core
+from racer_online.datasets import Outcomes
+from racer_online.errors import InvalidInputError, RacerError
+from racer_online.messages import DecisionMessage, FeedbackMessage, QueryMessage
+from racer_online.routers.files import router_paths
+from racer_online.settings import ScopeConfig, Settings
+
+IDLE_TIMEOUT_S = 60.0  # no decision for this long: the system is not answering
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    tasks: tuple[str, ...]
+
+
+DEFAULT_SCHEDULE = (
+    Phase("knowledge QA", ("natural_qa", "trivia_qa", "mmlu", "commonsense_qa", "openbook_qa",
+                           "arc_challenge")),
+    Phase("math and code", ("gsm8k", "math", "mbpp", "human_eval", "agentverse-mgsm")),
+    Phase("hard tasks", ("gpqa", "agentverse-logicgrid", "commongen")),
+)  # fmt: skip
+
+
+def parse_schedule(text: str) -> tuple[Phase, ...]:
+    """``"name=task,task;name=task"`` into phases (the ``--schedule`` option)."""
+    phases = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, _, tasks = part.partition("=")
+        if not name.strip() or not tasks.strip():
+            raise InvalidInputError(f"schedule phase {part!r} is not name=task,task")
+        phases.append(Phase(name.strip(), tuple(t.strip() for t in tasks.split(",") if t.strip())))
+    if not phases:
+        raise InvalidInputError("the schedule has no phase")
+    return tuple(phases)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which dataset rows stream, in order, and the phase of each."""
+
+    rows: NDArray[np.intp]
+    phase: NDArray[np.intp]
+    phases: tuple[Phase, ...]
+
+
+def plan(
+    outcomes: Outcomes,
+    schedule: Sequence[Phase] = DEFAULT_SCHEDULE,
+    *,
+    rows: NDArray[np.intp] | None = None,
+    per_phase: int | None = None,
+    seed: int = 0,
+) -> Plan:
+    """Rows (by default all) grouped by phase, shuffled within each phase."""
+    rng = np.random.default_rng(seed)
+    pool = np.arange(len(outcomes)) if rows is None else np.asarray(rows)
+    chosen, phase_of = [], []
+    for index, phase in enumerate(schedule):
+        unknown = set(phase.tasks) - set(outcomes.tasks.tolist())
+        if unknown:
+            raise InvalidInputError(f"phase {phase.name!r}: no task {sorted(unknown)[0]!r} in data")
+        members = rng.permutation(pool[np.isin(outcomes.tasks[pool], phase.tasks)])[:per_phase]
+        chosen.append(members)
+        phase_of.append(np.full(len(members), index))
+    return Plan(np.concatenate(chosen), np.concatenate(phase_of), tuple(schedule))
+
+
+@dataclass(frozen=True)
+class PhaseFigures:
+    name: str
+    n: int
+    realised_miss_rate: float
+    mean_set_size: float
+    abstain_rate: float
+    mean_price: float
+    coverage: float  # share of queries whose set holds a correct model
+
+
+def phase_figures(
+    plan: Plan, chosen: NDArray[np.bool_], labels: NDArray[np.bool_], prices: NDArray[np.float64],
+    *, miss: core.Miss,
+) -> list[PhaseFigures]:  # fmt: skip
+    """Exact figures of sets (n, K, or K + 1 with ⊥ last) against the full labels."""
+    k = labels.shape[1]
+    misses = core.set_misses(chosen, labels, miss=miss)
+    sizes = chosen[:, :k].sum(axis=1)
+    price = (chosen[:, :k] * prices).sum(axis=1)
+    covered = np.asarray((chosen[:, :k] & labels).any(axis=1))
+    out = []
+    for index, phase in enumerate(plan.phases):
+        at = plan.phase == index
+        out.append(PhaseFigures(
+            phase.name, int(at.sum()), float(misses[at].mean()), float(sizes[at].mean()),
+            float((sizes[at] == 0).mean()), float(price[at].mean()), float(covered[at].mean()),
+        ))  # fmt: skip
+    return out
+
+
+def baselines(
+    plan: Plan, decisions: Sequence[DecisionMessage], labels: NDArray[np.bool_],
+    scope: ScopeConfig, *, static_n: int, alpha: float, delta: float,
+) -> dict[str, list[PhaseFigures]]:  # fmt: skip
+    """Static RACER (calibrated once on the first ``static_n`` queries, before any shift),
+    top-1 by base score, all models and the cheapest model, on the same stream."""
+    models, prices = scope.model_names, np.array(scope.prices)
+    scores = np.array([[d.scores[m] for m in models] for d in decisions])
+    given = np.array([np.nan if d.p_abstain is None else d.p_abstain for d in decisions])
+    p_abstain = np.where(np.isnan(given), np.prod(1.0 - scores, axis=1), given)
+    levels = core.entry_levels(
+        scores, rule=scope.rule, miss=scope.miss, p_abstain=p_abstain, prices=prices
+    )
+    first = min(static_n, int((plan.phase == 0).sum()))
+    required = core.required_thresholds(levels[:first], labels[:first], miss=scope.miss)
+    static = core.threshold_from_required(required, alpha=alpha, delta=delta, bound=scope.bound)
+    n, width = len(decisions), levels.shape[1]
+    top1, cheapest = np.zeros((n, width), bool), np.zeros((n, width), bool)
+    top1[np.arange(n), scores.argmax(axis=1)] = True
+    cheapest[:, int(np.argmin(prices))] = True
+    sets = {"static": core.members(levels, static.lam_hat), "top1": top1,
+            "all": np.ones((n, width), bool), "cheapest": cheapest}  # fmt: skip
+    return {
+        name: phase_figures(plan, s, labels, prices, miss=scope.miss) for name, s in sets.items()
+    }
+
+
+async def replay(
+    settings: Settings,
+    outcomes: Outcomes,
+    the_plan: Plan,
+    *,
+    scope: str = "default",
+    rate: float = 200.0,
+    delay_mean_s: float = 0.2,
+    static_n: int = 500,
+    seed: int = 0,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Stream the plan through the running system and return the replay's JSON object."""
+    config = settings.scopes.get(scope)
+    if config is None:
+        raise InvalidInputError(f"unknown scope {scope!r}")
+    missing = set(config.model_names) - set(outcomes.models)
+    if missing:
+        raise InvalidInputError(f"scope {scope!r} has model {sorted(missing)[0]!r}, not in data")
+    columns = [outcomes.models.index(m) for m in config.model_names]
+    labels = outcomes.labels[the_plan.rows][:, columns]
+    run = uuid.uuid4().hex[:8]
+    ids = [f"replay-{run}-{i}" for i in range(len(the_plan.rows))]
+    position = {qid: i for i, qid in enumerate(ids)}
+    decided: dict[int, DecisionMessage] = {}
+    rng = np.random.default_rng(seed)
+    bootstrap, topics = settings.kafka_bootstrap, settings.topics
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    consumer = AIOKafkaConsumer(
+        topics.decisions, bootstrap_servers=bootstrap, group_id=f"racer-replay-{run}"
+    )
+    await producer.start()
+    await consumer.start()
+    grading: set[asyncio.Task[None]] = set()
+
+    async def grade(i: int, decision: DecisionMessage) -> None:
+        await asyncio.sleep(rng.exponential(delay_mean_s) if delay_mean_s > 0 else 0)
+        graded = config.model_names if decision.audit else decision.models
+        if graded:
+            event = FeedbackMessage(query_id=ids[i], scope=scope, labels={
+                m: int(labels[i, config.model_names.index(m)]) for m in graded})  # fmt: skip
+            await producer.send(topics.feedback, event.to_bytes(), key=ids[i].encode())
+
+    async def collect() -> None:
+        last_progress = time.monotonic()
+        while len(decided) < len(ids):
+            if time.monotonic() - last_progress > IDLE_TIMEOUT_S:
+                raise RacerError(
+                    f"{len(ids) - len(decided)} of {len(ids)} queries got no decision within "
+                    f"{IDLE_TIMEOUT_S:.0f} s: is a worker running with a base router for text "
+                    f"queries? Rejected queries are on {topics.dlq}"
+                )
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                last_progress = time.monotonic()
+                for record in records:
+                    decision = DecisionMessage.parse(record.value)
+                    i = position.get(decision.query_id)
+                    if i is None or i in decided:
+                        continue  # another run's decision, or a redelivery
+                    decided[i] = decision
+                    task = asyncio.create_task(grade(i, decision))
+                    grading.add(task)
+                    task.add_done_callback(grading.discard)
+                    if on_progress:
+                        on_progress(len(decided), len(ids))
+
+    try:
+        await _until_assigned(consumer)
+        collecting = asyncio.create_task(collect())
+        started = time.monotonic()
+        for i, row in enumerate(the_plan.rows):
+            query = QueryMessage(query_id=ids[i], scope=scope, text=outcomes.questions[row])
+            await producer.send(topics.queries, query.to_bytes(), key=ids[i].encode())
+            ahead = (i + 1) / rate - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        await collecting
+        await asyncio.gather(*grading)
+        await producer.flush()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+    decisions = [decided[i] for i in range(len(ids))]
+    chosen = np.zeros((len(ids), len(columns) + 1), bool)
+    for i, d in enumerate(decisions):
+        chosen[i, [config.model_names.index(m) for m in d.models]] = True
+        chosen[i, -1] = d.flag_unanswerable
+    prices = np.array(config.prices)
+    online = phase_figures(the_plan, chosen, labels, prices, miss=config.miss)
+    others = baselines(the_plan, decisions, labels, config, static_n=static_n,
+                       alpha=config.alpha, delta=config.delta)  # fmt: skip
+    return {
+        "alpha": config.alpha,
+        "delta": config.delta,
+        "phases": [asdict(f) for f in online],
+        "baselines": {name: [asdict(f) for f in figs] for name, figs in others.items()},
+        "run": run,  # query ids are replay-<run>-<position>
+        "thresholds": sorted({(d.threshold_version, d.lam) for d in decisions}),
+    }
+
+
+async def _until_assigned(consumer: AIOKafkaConsumer) -> None:
+    """Wait until the consumer owns its partitions and sits at their end."""
+    while not consumer.assignment():
+        await asyncio.sleep(0.05)
+    for tp in consumer.assignment():
+        await consumer.position(tp)
+
+
+def held_out_rows(outcomes: Outcomes, router_file: Path | None) -> NDArray[np.intp] | None:
+    """Rows the router was not trained on, from the split kept in its header; None: all."""
+    if router_file is None:
+        return None
+    from racer_online.routers.report import split_rows
+
+    header = json.loads(router_paths(router_file)[0].read_text())
+    training = header.get("training") or {}
+    if training.get("rows") != len(outcomes) or "seed" not in training:
+        return None  # trained on other data: every row is new to it
+    _, test = split_rows(
+        outcomes, train_fraction=float(training["train_fraction"]), seed=int(training["seed"])
+    )
+    return test
