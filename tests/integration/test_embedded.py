@@ -137,7 +137,7 @@ def test_embedded_redis_with_aof_keeps_data_across_restarts(use_redis_server: bo
         assert client.get("kept") == b"2"
         client.close()
         last_pid = server.pid
-    assert last_pid is not None and gone(last_pid) and not server.data_dir.exists()
+    assert last_pid is not None and gone(last_pid) and not server.workdir.exists()
 
 
 @pytest.mark.usefixtures("no_env_redis")
