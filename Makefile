@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/racer-online evaluate
+	$(BIN)/racer-online demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check racer_online worker tests benchmarks

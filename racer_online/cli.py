@@ -401,11 +401,10 @@ def demo(
     """The whole system on the shipped data: services, router, worker, replay, report."""
     from racer_online.demo import run_demo
 
-    with _progress(not as_json) as progress:
-        result = run_demo(out_dir, per_phase=per_phase, on_progress=progress)
+    result = run_demo(out_dir, live=not as_json, per_phase=per_phase)
     _show_replay(result, as_json)
     if not as_json:
-        note(f"report and logs in {out_dir}")
+        note(f"report in {out_dir / 'report'}, worker log in {out_dir / 'worker.log'}")
 
 
 def _show_replay(result: dict[str, Any], as_json: bool) -> None:

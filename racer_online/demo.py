@@ -16,12 +16,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from racer_online import replay
+from racer_online.datasets import Outcomes
 from racer_online.embedded import embedded_services, free_port
 from racer_online.errors import RacerError
+from racer_online.settings import Settings
 
 # Demo tuning, said out loud (docs/results.md): the dataset holds every label, so every
 # decision is audited; the drift monitor tests the last 60 exact outcomes every 10
@@ -102,16 +105,11 @@ def router_file(out_dir: Path, *, seed: int = 0, train_fraction: float = 0.4) ->
 
 
 def run_demo(
-    out_dir: Path,
-    *,
-    per_phase: int | None = None,
-    rate: float = 30.0,
-    on_progress: Callable[[int, int], None] | None = None,
+    out_dir: Path, *, live: bool, per_phase: int | None = None, rate: float = 30.0
 ) -> dict[str, Any]:
     """Everything end to end; returns the replay's JSON object and writes the report."""
-    from racer_online import replay
     from racer_online.datasets import load_outcomes
-    from racer_online.settings import Settings
+    from racer_online.report import write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
     router = router_file(out_dir)
@@ -126,7 +124,42 @@ def run_demo(
         the_plan = replay.plan(
             outcomes, rows=replay.held_out_rows(outcomes, router), per_phase=per_phase
         )
+        started = time.time()
         with worker(env, out_dir / "worker.log"):
-            return asyncio.run(
-                replay.replay(settings, outcomes, the_plan, rate=rate, on_progress=on_progress)
-            )
+            result = asyncio.run(_replay(settings, outcomes, the_plan, rate=rate, live=live))
+        write_report(settings, out_dir / "report", since=started)
+    return result
+
+
+async def _replay(
+    settings: Settings, outcomes: Outcomes, the_plan: replay.Plan, *, rate: float, live: bool
+) -> dict[str, Any]:
+    """The replay; with ``live``, the monitor's view of every scope above a progress bar."""
+    if not live:
+        return await replay.replay(settings, outcomes, the_plan, rate=rate)
+    from rich.console import Group
+    from rich.live import Live
+    from rich.progress import Progress
+
+    from racer_online.monitor import build_frame
+    from racer_online.service import reading_service
+
+    progress = Progress()
+    task = progress.add_task("replaying", total=len(the_plan.rows))
+    async with reading_service(settings) as reader:
+        with Live(progress, refresh_per_second=4) as view:
+
+            async def watch() -> None:
+                while True:
+                    histories = {name: await reader.history(name) for name in reader.scopes}
+                    view.update(Group(build_frame(histories, time.time()), progress))
+                    await asyncio.sleep(1.0)
+
+            watching = asyncio.create_task(watch())
+            try:
+                return await replay.replay(
+                    settings, outcomes, the_plan, rate=rate,
+                    on_progress=lambda done, _: progress.update(task, completed=done),
+                )  # fmt: skip
+            finally:
+                watching.cancel()
