@@ -330,7 +330,10 @@ def dev_services() -> None:
     """Start a local broker and Redis; print RACER_* lines to source; run until stopped."""
     from racer_online.embedded import embedded_services
 
-    with embedded_services(os.environ.get("RACER_REDIS_URL")) as services:
+    with (
+        contextlib.suppress(KeyboardInterrupt),  # Ctrl-C is how they stop: exit 0
+        embedded_services(os.environ.get("RACER_REDIS_URL")) as services,
+    ):
         for name, value in services.env().items():
             print(f"{name}={value}", flush=True)
         note("dev services are up; Ctrl-C stops them")
@@ -487,7 +490,10 @@ def _fmt(value: object) -> str:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # commands return None; an abort (Ctrl-C) 130
+        if isinstance(code, int) and code:
+            note("racer-online: aborted")
+            sys.exit(code)
     except typer.Abort:
         note("racer-online: aborted")
         sys.exit(130)

@@ -125,10 +125,23 @@ def run_demo(
             outcomes, rows=replay.held_out_rows(outcomes, router), per_phase=per_phase
         )
         started = time.time()
-        with worker(env, out_dir / "worker.log"):
+        with worker(env, out_dir / "worker.log"), _ctrl_c_cancels_tasks():
             result = asyncio.run(_replay(settings, outcomes, the_plan, rate=rate, live=live))
         write_report(settings, out_dir / "report", since=started)
     return result
+
+
+@contextlib.contextmanager
+def _ctrl_c_cancels_tasks() -> Iterator[None]:
+    """asyncio turns Ctrl-C into a cancellation, so that clients close cleanly, only under
+    Python's own SIGINT handler; the embedded services install theirs."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous != signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 async def _replay(

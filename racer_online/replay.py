@@ -214,6 +214,7 @@ async def replay(
                     if on_progress:
                         on_progress(len(decided), len(ids))
 
+    collecting = None
     try:
         await _until_assigned(consumer)
         collecting = asyncio.create_task(collect())
@@ -228,6 +229,10 @@ async def replay(
         await asyncio.gather(*grading)
         await producer.flush()
     finally:
+        unfinished = [t for t in (collecting, *grading) if t is not None and not t.done()]
+        for task in unfinished:  # an error or Ctrl-C: stop reading and grading first
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
         await consumer.stop()
         await producer.stop()
 

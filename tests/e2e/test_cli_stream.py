@@ -28,6 +28,24 @@ def cli(*args, env, timeout=60):
     )
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """Children of a background shell start with SIGINT ignored; a terminal's do not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def stop(*procs):
+    """Ctrl-C each in turn, as a user would; kill what does not stop in 30 s."""
+    for proc in procs:
+        if proc is None:
+            continue
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def test_dev_services_worker_publish_feedback_thresholds(tmp_path):
     records = task_router_records(load_outcomes()).take(np.arange(400))
     path = tmp_path / "records.csv"
@@ -39,6 +57,7 @@ def test_dev_services_worker_publish_feedback_thresholds(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,
     )
     worker = None
     try:
@@ -57,6 +76,7 @@ def test_dev_services_worker_publish_feedback_thresholds(tmp_path):
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=ctrl_c_as_in_a_terminal,
         )
         published = cli("publish", str(path), env=env)
         assert published.returncode == 0 and "published 400 queries" in published.stderr
@@ -76,8 +96,5 @@ def test_dev_services_worker_publish_feedback_thresholds(tmp_path):
         assert unknown.returncode == 1
         assert unknown.stderr.strip() == "racer-online: error: unknown scope 'nope'"
     finally:
-        for proc in (worker, services):
-            if proc is not None:
-                proc.send_signal(signal.SIGINT)
-                proc.wait(timeout=30)
-    assert services.returncode is not None
+        stop(worker, services)
+    assert services.returncode == 0

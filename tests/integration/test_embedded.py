@@ -170,7 +170,12 @@ with embedded_services() as s:
 def child_with_services() -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
     env = {k: v for k, v in os.environ.items() if k != "RACER_REDIS_URL"}
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", CHILD],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        # A terminal's children take Ctrl-C; a background shell's start with it ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert child.stdout is not None
     pids = [int(pid) for pid in child.stdout.readline().split()]
