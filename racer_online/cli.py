@@ -195,9 +195,11 @@ def worker() -> None:
 
     settings = Settings.load()
     settings.scopes  # noqa: B018  # a bad scopes file fails here, as one line
-    faust.Worker(
-        create_app(settings), loglevel=settings.log_level.lower()
-    ).execute_from_commandline()
+    # redirect_stdouts=False: print() stays print(), not a WARNING log line.
+    worker_process = faust.Worker(
+        create_app(settings), loglevel=settings.log_level.lower(), redirect_stdouts=False
+    )
+    worker_process.execute_from_commandline()
 
 
 @app.command()
@@ -206,17 +208,9 @@ def publish(
 ) -> None:
     """Publish queries to the queries topic."""
     from racer_online.publishing import produce, read_queries
-    from racer_online.security import aiokafka_options
 
     settings = Settings.load()
-    sent = asyncio.run(
-        produce(
-            settings.kafka_bootstrap,
-            settings.topics.queries,
-            read_queries(source),
-            **aiokafka_options(settings),
-        )
-    )
+    sent = asyncio.run(produce(settings, settings.topics.queries, read_queries(source)))
     note(f"published {sent} queries to {settings.topics.queries}")
 
 
@@ -226,17 +220,9 @@ def feedback(
 ) -> None:
     """Publish correctness feedback to the feedback topic."""
     from racer_online.publishing import produce, read_feedback
-    from racer_online.security import aiokafka_options
 
     settings = Settings.load()
-    sent = asyncio.run(
-        produce(
-            settings.kafka_bootstrap,
-            settings.topics.feedback,
-            read_feedback(source),
-            **aiokafka_options(settings),
-        )
-    )
+    sent = asyncio.run(produce(settings, settings.topics.feedback, read_feedback(source)))
     note(f"published {sent} feedback events to {settings.topics.feedback}")
 
 

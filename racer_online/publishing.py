@@ -6,13 +6,15 @@ import math
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiokafka import AIOKafkaProducer
 
 from racer_online.errors import InvalidInputError
 from racer_online.messages import FeedbackMessage, MessageError, QueryMessage
 from racer_online.records import read_records
+from racer_online.security import aiokafka_options
+from racer_online.settings import Settings
 
 M = TypeVar("M", QueryMessage, FeedbackMessage)
 
@@ -73,16 +75,15 @@ def _parse_lines(source: str, model: type[M]) -> Iterator[M]:
 
 
 async def produce(
-    bootstrap: str,
-    topic: str,
-    messages: Iterable[QueryMessage | FeedbackMessage],
-    **options: Any,
+    settings: Settings, topic: str, messages: Iterable[QueryMessage | FeedbackMessage]
 ) -> int:
-    """Send every message keyed by query id; return how many were acknowledged.
-
-    ``options``: aiokafka client options, e.g. credentials from `security.aiokafka_options`.
-    """
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", **options)
+    """Send every message keyed by query id; return how many were acknowledged."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        linger_ms=5,
+        acks="all",
+        **aiokafka_options(settings),
+    )
     await producer.start()
     try:
         pending = [

@@ -131,10 +131,10 @@ def create_app(settings: Settings) -> faust.App:
     async def recalibrate() -> None:
         nonlocal last_tick
         if time.monotonic() - last_tick > 5 * max(tick_s, 1.0):
-            service.forget_windows()  # leadership was elsewhere: re-read the whole window
+            service.leader.forget_windows()  # leadership was elsewhere: re-read the whole window
         last_tick = time.monotonic()
         try:
-            updates = await service.recalibrate_due()
+            updates = await service.leader.recalibrate_due()
         except StoreUnavailableError as exc:
             log.warning("recalibration waits for Redis: %s", exc)
             return

@@ -63,7 +63,7 @@ async def run(service, rng, n, *, flipped, start, batch=50):
     for offset in range(0, n, batch):
         await stream(service, *phase(rng, batch, flipped=flipped), start + offset)
         service.clock.now += 1
-        updates = await service.recalibrate_due()
+        updates = await service.leader.recalibrate_due()
         alerts += updates.alerts
         thresholds += updates.thresholds
     return alerts, thresholds
@@ -104,19 +104,19 @@ async def test_after_a_drift_nothing_certified_means_fallback(tmp_path):
 
 async def test_stale_calibration_alert_once_per_limit(tmp_path):
     service = make(tmp_path, threshold_max_age_s=600)
-    assert (await service.recalibrate_due()).alerts == []
+    assert (await service.leader.recalibrate_due()).alerts == []
     service.clock.now += 601
-    [alert] = (await service.recalibrate_due()).alerts
+    [alert] = (await service.leader.recalibrate_due()).alerts
     assert alert.kind == "stale_calibration" and alert.evidence["status"] == "fallback"
     service.clock.now += 10
-    assert (await service.recalibrate_due()).alerts == []
+    assert (await service.leader.recalibrate_due()).alerts == []
 
 
 async def test_upper_bound_of_non_audited_decisions_is_reported(tmp_path):
     service = make(tmp_path)
     service.settings.audit_rate = 0.0
     await stream(service, np.tile([0.8, 0.15, 0.05], (10, 1)), np.zeros((10, 3), bool), 0)
-    [update] = (await service.recalibrate_due()).thresholds
+    [update] = (await service.leader.recalibrate_due()).thresholds
     assert (update.upper_bound_n, update.upper_bound_miss_rate) == (10, 1.0)
     assert update.realised_n == 0 and update.realised_miss_rate is None
 
@@ -130,5 +130,5 @@ async def test_aci_state_survives_a_restart(tmp_path):
     assert level != pytest.approx(0.1) and updates[-1].alpha_t == level
     restarted = make(tmp_path, store=service.store, extra=extra)
     await restarted.refresh_thresholds()
-    await restarted.recalibrate_due()
+    await restarted.leader.recalibrate_due()
     assert restarted.scopes["default"].monitor.alpha_t == level  # no outcome applied twice

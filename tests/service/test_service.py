@@ -49,7 +49,7 @@ def make(tmp_path):
 
 async def tick(service):
     """One leader tick; the thresholds it published."""
-    return (await service.recalibrate_due()).thresholds
+    return (await service.leader.recalibrate_due()).thresholds
 
 
 def query(qid, scores=(0.7, 0.2, 0.4), **kw):
