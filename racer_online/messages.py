@@ -9,6 +9,7 @@ infinities are rejected even where the JSON parser accepts them (``NaN``, ``1e40
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import time
 from typing import Annotated, Any, Literal, Self
@@ -32,6 +33,7 @@ from racer_online.core.scoring import Miss, Rule
 from racer_online.errors import InvalidInputError
 
 MAX_MESSAGE_BYTES = 1 << 20  # checked before parsing, so a huge payload costs nothing
+MAX_DEAD_LETTER_RAW = 256 * 1024  # raw bytes kept in a dead letter (base64 grows them)
 MAX_TEXT_CHARS = 32 * 1024
 MAX_EMBEDDING_DIM = 8192
 MAX_MODELS = 256
@@ -221,6 +223,9 @@ class DeadLetter(_Message):
     error_class: str
     reason: str
     raw_b64: str | None  # None: the record had no value (a tombstone)
+    raw_size: int = 0
+    raw_sha256: str | None = None  # identifies the message even when raw_b64 is cut
+    raw_truncated: bool = False  # raw_b64 holds the first MAX_DEAD_LETTER_RAW bytes only
     at: float = Field(default_factory=time.time)
 
     @classmethod
@@ -241,6 +246,7 @@ class DeadLetter(_Message):
         ``error_class`` defaults to the exception's class name.
         """
         name = error_class or type(error).__name__
+        kept = MAX_DEAD_LETTER_RAW  # a dead letter must fit a Kafka record itself
         reason = error.reason if isinstance(error, MessageError) else str(error)
         if isinstance(key, bytes):
             key = key.decode(errors="backslashreplace")
@@ -251,7 +257,10 @@ class DeadLetter(_Message):
             key=key,
             error_class=name,
             reason=(reason or name)[:1000],
-            raw_b64=None if raw is None else base64.b64encode(raw).decode("ascii"),
+            raw_b64=None if raw is None else base64.b64encode(raw[:kept]).decode("ascii"),
+            raw_size=0 if raw is None else len(raw),
+            raw_sha256=None if raw is None else hashlib.sha256(raw).hexdigest(),
+            raw_truncated=raw is not None and len(raw) > kept,
             at=time.time() if at is None else at,
         )
 

@@ -11,8 +11,11 @@ SET_SIZE = Histogram(
 ROUTE_SECONDS = Histogram("racer_route_batch_seconds", "Time to route one batch.")
 PENDING_WRITE_FAILURES = Counter(
     "racer_pending_write_failures",
-    "Decisions published while Redis was unreachable (their feedback cannot join).",
+    "Decisions never stored: Redis was down and the in-memory backlog full.",
     ["scope"],
+)
+UNSTORED_DECISIONS = Gauge(
+    "racer_unstored_decisions", "Decisions published while Redis is down, not yet stored."
 )
 FEEDBACK = Counter("racer_feedback", "Feedback events by outcome.", ["scope", "outcome"])
 DLQ = Counter("racer_dlq", "Messages sent to the dead-letter topic.", ["topic", "reason"])

@@ -37,6 +37,9 @@ from racer_online.window import pack_scores
 log = logging.getLogger(__name__)
 
 
+MAX_UNSTORED = 100_000  # decisions kept in memory while Redis is down
+
+
 @dataclass(frozen=True)
 class Rejected:
     """A message the service cannot use; it goes to the dead-letter topic with this reason."""
@@ -74,6 +77,7 @@ class RacerService:
         self.clock = clock
         self.scopes = {name: ScopeState(name, cfg) for name, cfg in settings.scopes.items()}
         self.leader = Leader(settings, store, self.scopes, clock=clock)  # used on the leader
+        self._unstored: dict[tuple[str, str], PendingWrite] = {}
 
     # -- routing -------------------------------------------------------------------------
 
@@ -92,11 +96,11 @@ class RacerService:
                 results[i] = decision
                 writes.append((i, write))
         try:
+            await self.store_unstored()
             stored = await self.store.route([w for _, w in writes])
         except StoreUnavailableError as exc:
             log.warning("routing on the in-memory thresholds: %s", exc)
-            for _, w in writes:
-                metrics.PENDING_WRITE_FAILURES.labels(w.scope).inc()
+            self._keep_unstored([w for _, w in writes])
         else:
             for (i, _), kept in zip(writes, stored, strict=True):
                 if not kept.created:  # a redelivery: publish the first decision again
@@ -106,6 +110,29 @@ class RacerService:
                 _count_decision(result)
         metrics.ROUTE_SECONDS.observe(time.perf_counter() - started)
         return [r for r in results if r is not None]
+
+    def _keep_unstored(self, writes: Sequence[PendingWrite]) -> None:
+        """Decisions published while Redis was down: stored when it answers again, so that
+        their feedback still joins. Bounded; the first decision of a query is kept."""
+        for w in writes:
+            key = (w.scope, w.query_id)
+            if key in self._unstored:
+                continue
+            if len(self._unstored) >= MAX_UNSTORED:
+                metrics.PENDING_WRITE_FAILURES.labels(w.scope).inc()  # lost for calibration
+                continue
+            self._unstored[key] = w
+        metrics.UNSTORED_DECISIONS.set(len(self._unstored))
+
+    async def store_unstored(self) -> None:
+        """Write the decisions kept while Redis was down (route.lua is idempotent)."""
+        if not self._unstored:
+            return
+        batch = dict(self._unstored)  # route() may add more while this one is awaited
+        await self.store.route(list(batch.values()))
+        for key in batch:
+            self._unstored.pop(key, None)
+        metrics.UNSTORED_DECISIONS.set(len(self._unstored))
 
     def _reject(self, query: QueryMessage) -> Rejected | None:
         scope = self.scopes.get(query.scope)
@@ -244,12 +271,9 @@ class RacerService:
 @asynccontextmanager
 async def reading_service(settings: Settings) -> AsyncIterator[RacerService]:
     """A service on the configured Redis that only reads (CLI, monitor, report)."""
-    from racer_online.security import redis_options
     from racer_online.store import RedisStore
 
-    store = RedisStore.from_url(
-        settings.redis_url, store_config(settings), **redis_options(settings)
-    )
+    store = RedisStore.from_settings(settings, store_config(settings))
     try:
         service = RacerService(settings, store)
         await service.refresh_thresholds()

@@ -171,6 +171,8 @@ class Settings(BaseSettings):
     redis_ca_file: Path | None = None  # rediss:// only; None trusts the system CAs
     redis_cert_file: Path | None = None  # client certificate (mutual TLS), rediss:// only
     redis_key_file: Path | None = None
+    # A hung Redis must not stall routing for redis-py's default 5 s per batch.
+    redis_timeout_s: Seconds = 1.0
     topics: TopicsConfig = Field(default_factory=TopicsConfig)
     scopes_file: Path | None = None
     router_file: Path | None = None  # a trained text router, for queries that carry text

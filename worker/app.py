@@ -27,7 +27,7 @@ from racer_online.messages import (
     QueryMessage,
 )
 from racer_online.routers.files import load_router
-from racer_online.security import kafka_options, redis_options
+from racer_online.security import kafka_options
 from racer_online.service import RacerService, Rejected, store_config
 from racer_online.settings import Settings
 from racer_online.store import RedisStore
@@ -56,9 +56,7 @@ def create_app(settings: Settings) -> faust.App:
         **{k: v for k, v in timings.items() if v is not None},
     )
     router = load_router(settings.router_file) if settings.router_file else None
-    store = RedisStore.from_url(
-        settings.redis_url, store_config(settings), **redis_options(settings)
-    )
+    store = RedisStore.from_settings(settings, store_config(settings))
     service = RacerService(settings, store, router=router)
     names = settings.topics
 
@@ -118,6 +116,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(settings.threshold_poll_s)  # type: ignore[untyped-decorator]
     async def refresh_thresholds() -> None:
         try:
+            await service.store_unstored()
             await service.refresh_thresholds()
         except StoreUnavailableError as exc:
             log.warning("keeping the thresholds in memory: %s", exc)
@@ -156,6 +155,9 @@ def create_app(settings: Settings) -> faust.App:
 def _parse(events: Sequence[EventT[bytes]], model: Any, dead: Any) -> tuple[list[Any], list[Any]]:
     parsed, sends = [], []
     for event in events:
+        if event.value is None:  # a tombstone: nothing to parse
+            sends.append(dead(event, "EmptyValue", "the record has no value"))
+            continue
         try:
             parsed.append((event, model.parse(event.value)))
         except MessageError as exc:

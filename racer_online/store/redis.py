@@ -12,6 +12,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from racer_online.errors import StoreUnavailableError
+from racer_online.security import redis_options
+from racer_online.settings import Settings
 from racer_online.store import keys
 from racer_online.store.base import (
     FeedbackOutcome,
@@ -55,6 +57,17 @@ class RedisStore:
         self._route = client.register_script(_lua("route.lua"))
         self._feedback = client.register_script(_lua("feedback.lua"))
         self._save = client.register_script(_lua("save_threshold.lua"))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, config: StoreConfig) -> RedisStore:
+        """The configured Redis, with its credentials, TLS and timeouts."""
+        return cls.from_url(
+            settings.redis_url,
+            config,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            **redis_options(settings),
+        )
 
     @classmethod
     def from_url(cls, url: str, config: StoreConfig, **options: Any) -> RedisStore:

@@ -242,4 +242,17 @@ async def test_redis_down_routing_goes_on_feedback_waits(make):
     with pytest.raises(StoreUnavailableError):
         await service.record_feedback([feedback("while-down", m0=1)])
     service.store.up = True
-    assert await service.record_feedback([feedback("while-down", m0=1)]) == ["held"]
+    await service.store_unstored()  # the worker's threshold timer does this every 0.5 s
+    graded = await service.record_feedback([feedback("while-down", m0=1, m1=0, m2=1)])
+    assert graded == [FeedbackOutcome.ENTERED]  # the decision made while down was kept
+
+
+async def test_decisions_kept_while_redis_is_down_are_stored_by_the_next_batch(make):
+    service = make()
+    service.store.up = False
+    [first] = await service.route([query("a")])
+    await service.route([query("a")])  # redelivered while down: the first one is kept
+    service.store.up = True
+    await service.route([query("b")])
+    [again] = await service.route([query("a")])
+    assert again == first
