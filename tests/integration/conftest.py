@@ -136,12 +136,64 @@ class Deployment:
     def stop(self):
         for proc in self.workers:
             if proc.poll() is None:
-                self.kill(proc, signal.SIGTERM)
+                try:
+                    self.kill(proc, signal.SIGTERM)
+                except subprocess.TimeoutExpired:
+                    self.kill(proc)  # SIGKILL: leave nothing behind
 
 
 @pytest.fixture
 async def deployment(broker, redis_url, redis_ns, tmp_path):
     made = Deployment(broker.bootstrap, broker.url, redis_url, tmp_path, redis_ns)
+    await made.create_topics()
+    yield made
+    made.stop()
+
+
+# -- Fault tests: services of the test's own ------------------------------------------------
+
+
+class FaultServices:
+    """A broker and an append-only Redis that only this test uses, so it may kill, pause
+    and restart them without touching the session's services."""
+
+    def __init__(self, tmp_path: Path):
+        from racer_online.embedded import EmbeddedBroker, EmbeddedRedis
+
+        for name in ("broker", "redis"):
+            (tmp_path / name).mkdir()
+        self.broker = EmbeddedBroker(log_dir=tmp_path / "broker")
+        self.redis = EmbeddedRedis(appendonly=True, data_dir=tmp_path / "redis")
+
+    def stop(self):
+        self.broker.stop()
+        self.redis.stop()
+
+
+@pytest.fixture
+def fault_services(tmp_path, monkeypatch):
+    monkeypatch.delenv("RACER_REDIS_URL", raising=False)  # start a Redis that may be restarted
+    services = FaultServices(tmp_path)
+    try:
+        services.broker.start()
+        services.redis.start()
+        yield services
+    finally:
+        services.stop()
+
+
+@pytest.fixture
+async def fault_deployment(fault_services, tmp_path):
+    """Like `deployment`, on `fault_services`; the drift monitor is off so that no window
+    record is ever trimmed (the tests count every record)."""
+    import uuid
+
+    broker = fault_services.broker
+    made = Deployment(
+        broker.bootstrap, broker.url, fault_services.redis.url, tmp_path,
+        f"fault-{uuid.uuid4().hex[:12]}",
+    )  # fmt: skip
+    made.env |= {"RACER_K_TEST": str(10**9)}
     await made.create_topics()
     yield made
     made.stop()
