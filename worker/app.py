@@ -167,14 +167,15 @@ def _parse(events: Sequence[EventT[bytes]], model: Any, dead: Any) -> tuple[list
 
 async def _until_stored(call: Any, items: list[Any]) -> Any:
     """Retry with backoff while Redis is unreachable; the batch stays unacknowledged."""
-    for attempt in range(10**9):
+    attempt = 0
+    while True:
         try:
             return await call(items)
         except StoreUnavailableError as exc:
             delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
             log.warning("feedback waits %.1f s for Redis: %s", delay, exc)
             await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
+            attempt += 1
 
 
 async def _declare(*topics: faust.TopicT) -> None:
