@@ -1,13 +1,15 @@
-"""The Redis store: one pipeline per batch, Lua where several keys change together."""
+"""The Redis store: one Lua call per scope and batch, so several keys change together."""
 
 from __future__ import annotations
 
 import functools
+from collections import defaultdict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from importlib.resources import files
 from typing import Any, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -26,6 +28,8 @@ from racer_online.store.base import (
 
 P = ParamSpec("P")
 T = TypeVar("T")
+W = TypeVar("W", PendingWrite, LabelWrite)
+OUTCOMES = {outcome.value[0]: outcome for outcome in FeedbackOutcome}  # feedback.lua's letters
 
 
 def _unavailable_when_unreachable(
@@ -74,46 +78,56 @@ class RedisStore:
         """``options``: redis-py connection options, e.g. from `security.redis_options`."""
         return cls(aioredis.Redis.from_url(url, decode_responses=False, **options), config)
 
-    def _keys(self, scope: str, query_id: str) -> list[str]:
-        return [keys.pending(scope, query_id), keys.window(scope), keys.upper_bound(scope)]
-
     @property
     def _ttl_ms(self) -> int:
         return int(self.config.pending_ttl_s * 1000)
 
-    @_unavailable_when_unreachable
-    async def route(self, writes: Sequence[PendingWrite]) -> list[RouteResult]:
-        if not writes:
-            return []
+    async def _per_scope(
+        self, script: AsyncScript, items: Sequence[W], args: Callable[[W], list[Any]]
+    ) -> list[tuple[list[int], Any]]:
+        """One script call per scope, all in one pipeline: (positions in ``items``, reply)."""
+        by_scope: dict[str, list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            by_scope[item.scope].append(i)
         async with self.client.pipeline(transaction=False) as pipe:
-            for w in writes:
-                models = self.config.catalogues[w.scope]
-                invoked = ",".join(map(str, w.invoked))
-                args: list[Any] = [w.decision, w.scores, repr(w.lam), int(w.audit), invoked]
-                args.append(self._ttl_ms)
-                await self._route(
-                    keys=self._keys(w.scope, w.query_id),
-                    args=[*args, self.config.window_size, *models],
+            for scope, rows in by_scope.items():
+                models: Sequence[str] = self.config.catalogues[scope]
+                head: list[Any] = [self._ttl_ms, self.config.window_size, len(models), *models]
+                pending: list[str] = [keys.pending(scope, items[i].query_id) for i in rows]
+                await script(
+                    keys=[keys.window(scope), keys.upper_bound(scope), *pending],
+                    args=head + [a for i in rows for a in args(items[i])],
                     client=pipe,
                 )
-            replies = await pipe.execute()
-        return [RouteResult(bytes(d), bool(new), bool(entered)) for new, d, entered in replies]
+            replies = await pipe.execute() if by_scope else []
+        return list(zip(by_scope.values(), replies, strict=True))
+
+    @_unavailable_when_unreachable
+    async def route(self, writes: Sequence[PendingWrite]) -> list[RouteResult]:
+        def args(w: PendingWrite) -> list[Any]:
+            invoked = ",".join(map(str, w.invoked))
+            return [w.decision, w.scores, repr(w.lam), int(w.audit), invoked]
+
+        results: list[Any] = [None] * len(writes)
+        for rows, (codes, *firsts) in await self._per_scope(self._route, writes, args):
+            stored_before = iter(firsts)
+            for i, code in zip(rows, codes.decode(), strict=True):
+                if code == "r":
+                    results[i] = RouteResult(bytes(next(stored_before)), False, False)
+                else:
+                    results[i] = RouteResult(writes[i].decision, True, code == "e")
+        return results
 
     @_unavailable_when_unreachable
     async def feedback(self, writes: Sequence[LabelWrite]) -> list[FeedbackOutcome]:
-        if not writes:
-            return []
-        async with self.client.pipeline(transaction=False) as pipe:
-            for w in writes:
-                models = self.config.catalogues[w.scope]
-                pairs = [x for model, y in w.labels.items() for x in (model, int(y))]
-                await self._feedback(
-                    keys=self._keys(w.scope, w.query_id),
-                    args=[self._ttl_ms, self.config.window_size, len(models), *models, *pairs],
-                    client=pipe,
-                )
-            replies = await pipe.execute()
-        return [FeedbackOutcome(r.decode()) for r in replies]
+        def args(w: LabelWrite) -> list[Any]:
+            return [len(w.labels), *(x for model, y in w.labels.items() for x in (model, int(y)))]
+
+        results: list[Any] = [None] * len(writes)
+        for rows, codes in await self._per_scope(self._feedback, writes, args):
+            for i, code in zip(rows, codes.decode(), strict=True):
+                results[i] = OUTCOMES[code]
+        return results
 
     @_unavailable_when_unreachable
     async def read_window(

@@ -1,12 +1,21 @@
--- Store a routed decision once. A redelivered query gets the first decision back.
--- ARGV: decision, packed scores, lam, audit (0/1), invoked model indices ("0,3"), ttl_ms,
--- window maxlen, catalogue models...
-local stored = redis.call('HGET', KEYS[1], 'd')
-if stored then return {0, stored, 0} end
-redis.call('HSET', KEYS[1], 'd', ARGV[1], 's', ARGV[2], 'lam', ARGV[3], 'a', ARGV[4],
-           'm', ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-local models = {}
-for i = 8, #ARGV do models[#models + 1] = ARGV[i] end
-count_invoked(models)
-return {1, ARGV[1], enter_window(ARGV[7], models)}
+-- Store each routed decision of a batch once; a redelivered query gets its first decision
+-- back. ARGV after the catalogue, 5 per query: decision, packed scores, lam, audit (0/1),
+-- invoked model indices ("0,3"). Returns one letter per query, n (stored now), e (stored
+-- now and early feedback completed it: it entered the window) or r (stored before), then
+-- the first decision of each r, in order.
+local codes, firsts = {}, {}
+for q = 3, #KEYS do
+  local pending, a = KEYS[q], first_item + (q - 3) * 5
+  local stored = redis.call('HGET', pending, 'd')
+  if stored then
+    codes[#codes + 1] = 'r'
+    firsts[#firsts + 1] = stored
+  else
+    redis.call('HSET', pending, 'd', ARGV[a], 's', ARGV[a + 1], 'lam', ARGV[a + 2],
+               'a', ARGV[a + 3], 'm', ARGV[a + 4])
+    redis.call('PEXPIRE', pending, ttl)
+    count_invoked(pending)
+    codes[#codes + 1] = enter_window(pending) == 1 and 'e' or 'n'
+  end
+end
+return {table.concat(codes), unpack(firsts)}

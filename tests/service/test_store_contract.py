@@ -29,7 +29,8 @@ async def make_store(request, redis_ns):
     made = []
 
     def factory(*, window_size=100, ttl=60.0):
-        config = StoreConfig({redis_ns: MODELS}, pending_ttl_s=ttl, window_size=window_size)
+        catalogues = {redis_ns: MODELS, f"{redis_ns}-b": ("x", "y")}
+        config = StoreConfig(catalogues, pending_ttl_s=ttl, window_size=window_size)
         if request.param == "memory":
             store = MemoryStore(config, clock=Clock())
         else:
@@ -38,6 +39,7 @@ async def make_store(request, redis_ns):
         return store
 
     factory.scope = redis_ns
+    factory.other_scope = f"{redis_ns}-b"
     yield factory
     for store in made:
         await store.close()
@@ -57,6 +59,26 @@ async def test_route_is_idempotent(make_store):
     again = await store.route([pending(scope, "q1", decision=b"other")])
     assert first[0].created and not again[0].created
     assert again[0].decision == b"decision-q1"
+
+
+async def test_a_batch_mixes_scopes_and_repeats_in_order(make_store):
+    store, a, b = make_store(), make_store.scope, make_store.other_scope
+    await store.feedback([labels(b, "q1", x=1, y=0)])  # held: completes q1 of b when routed
+    writes = [pending(a, "q1"), pending(b, "q1"), pending(a, "q1", decision=b"again")]
+    results = await store.route([*writes, pending(b, "q2")])
+    assert [(r.decision, r.created, r.entered) for r in results] == [
+        (b"decision-q1", True, False),
+        (b"decision-q1", True, True),
+        (b"decision-q1", False, False),
+        (b"decision-q2", True, False),
+    ]
+    outcomes = await store.feedback([
+        labels(a, "q1", m0=1), labels(b, "q2", x=0, y=0), labels(a, "q1", m0=0),
+        labels(a, "q1", m1=1, m2=1),
+    ])  # fmt: skip
+    assert outcomes == ["joined", "entered", "conflict", "entered"]
+    assert [e.labels for e in await store.read_window(b)] == ["10", "00"]
+    assert [e.labels for e in await store.read_window(a)] == ["111"]
 
 
 async def test_audited_record_enters_once_whatever_the_order(make_store):
