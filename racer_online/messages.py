@@ -41,11 +41,12 @@ MAX_METADATA_ITEMS = 64
 MAX_METADATA_VALUE_CHARS = 1024
 
 SAFE_NAME_PATTERN = r"[A-Za-z0-9._-]{1,128}"
+_SAFE_NAME = re.compile(SAFE_NAME_PATTERN)
 
 
 def _safe_name(value: str) -> str:
     # Scope names end up in Redis keys, metric labels and URLs: keep them plain.
-    if not re.fullmatch(SAFE_NAME_PATTERN, value):
+    if not _SAFE_NAME.fullmatch(value):
         raise PydanticCustomError(
             "safe_name", "use 1 to 128 letters, digits, '.', '_' or '-' characters"
         )

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 
 
 MAX_UNSTORED = 100_000  # decisions kept in memory while Redis is down
+
+
+class Routed(NamedTuple):
+    decision: DecisionMessage
+    raw: bytes  # encoded once: what is stored and what is published
 
 
 @dataclass(frozen=True)
@@ -81,10 +86,10 @@ class RacerService:
 
     # -- routing -------------------------------------------------------------------------
 
-    async def route(self, queries: Sequence[QueryMessage]) -> list[DecisionMessage | Rejected]:
+    async def route(self, queries: Sequence[QueryMessage]) -> list[Routed | Rejected]:
         """Decide every query of a batch; one store round trip for the whole batch."""
         started = time.perf_counter()
-        results: list[DecisionMessage | Rejected | None] = [self._reject(q) for q in queries]
+        results: list[Routed | Rejected | None] = [self._reject(q) for q in queries]
         by_scope: dict[str, list[int]] = defaultdict(list)
         for i, (query, result) in enumerate(zip(queries, results, strict=True)):
             if result is None:
@@ -92,8 +97,8 @@ class RacerService:
         writes: list[tuple[int, PendingWrite]] = []
         for name, rows in by_scope.items():
             decided = self._decide(self.scopes[name], [queries[i] for i in rows])
-            for i, (decision, write) in zip(rows, decided, strict=True):
-                results[i] = decision
+            for i, (routed, write) in zip(rows, decided, strict=True):
+                results[i] = routed
                 writes.append((i, write))
         try:
             await self.store_unstored()
@@ -104,10 +109,8 @@ class RacerService:
         else:
             for (i, _), kept in zip(writes, stored, strict=True):
                 if not kept.created:  # a redelivery: publish the first decision again
-                    results[i] = DecisionMessage.parse(kept.decision)
-        for result in results:
-            if isinstance(result, DecisionMessage):
-                _count_decision(result)
+                    results[i] = Routed(DecisionMessage.parse(kept.decision), kept.decision)
+        _count_decisions([r.decision for r in results if isinstance(r, Routed)])
         metrics.ROUTE_SECONDS.observe(time.perf_counter() - started)
         return [r for r in results if r is not None]
 
@@ -155,7 +158,7 @@ class RacerService:
 
     def _decide(
         self, scope: ScopeState, batch: Sequence[QueryMessage]
-    ) -> list[tuple[DecisionMessage, PendingWrite]]:
+    ) -> list[tuple[Routed, PendingWrite]]:
         scores, given = self._scores(scope, batch)
         p_abstain = np.where(np.isnan(given), np.prod(1.0 - scores, axis=1), given)
         levels = scope.levels(scores, p_abstain)
@@ -166,7 +169,8 @@ class RacerService:
         rows = zip(batch, decisions, scores.tolist(), given.tolist(), strict=True)
         for (q, d, row, p_given), packed in zip(rows, pack_scores(scores, p_abstain), strict=True):
             audit = audit_draw(scope.name, q.query_id) < self.settings.audit_rate
-            message = DecisionMessage(
+            # Built from validated parts: construct without validating again (hot path).
+            message = DecisionMessage.model_construct(
                 query_id=q.query_id, scope=scope.name, models=list(d.models), abstain=d.abstain,
                 flag_unanswerable=d.flag_unanswerable, audit=audit, lam=th.lam,
                 threshold_version=th.version, threshold_status=th.status, alpha=th.alpha,
@@ -174,10 +178,9 @@ class RacerService:
                 p_abstain=None if np.isnan(p_given) else float(p_given), decided_at=now,
             )  # fmt: skip
             invoked = tuple(scope.models.index(m) for m in d.models)
-            write = PendingWrite(
-                scope.name, q.query_id, message.to_bytes(), packed, th.lam, audit, invoked
-            )
-            out.append((message, write))
+            raw = message.to_bytes()
+            write = PendingWrite(scope.name, q.query_id, raw, packed, th.lam, audit, invoked)
+            out.append((Routed(message, raw), write))
         return out
 
     def _scores(
@@ -301,10 +304,14 @@ async def load_history(
         return {name: await service.history(name, since=since) for name in scopes}
 
 
-def _count_decision(decision: DecisionMessage) -> None:
-    metrics.DECISIONS.labels(decision.scope).inc()
-    metrics.SET_SIZE.labels(decision.scope).observe(len(decision.models))
-    if decision.abstain:
-        metrics.ABSTENTIONS.labels(decision.scope).inc()
-    if decision.audit:
-        metrics.AUDITS.labels(decision.scope).inc()
+def _count_decisions(decisions: Sequence[DecisionMessage]) -> None:
+    by_scope: dict[str, list[DecisionMessage]] = defaultdict(list)
+    for d in decisions:
+        by_scope[d.scope].append(d)
+    for scope, batch in by_scope.items():
+        metrics.DECISIONS.labels(scope).inc(len(batch))
+        metrics.ABSTENTIONS.labels(scope).inc(sum(d.abstain for d in batch))
+        metrics.AUDITS.labels(scope).inc(sum(d.audit for d in batch))
+        set_size = metrics.SET_SIZE.labels(scope)
+        for d in batch:
+            set_size.observe(len(d.models))

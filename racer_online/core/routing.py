@@ -77,20 +77,17 @@ def decide(
 ) -> list[Decision]:
     """Decisions from precomputed entry levels (the worker computes them once per batch)."""
     k = len(models)
-    order = np.argsort(levels[:, :k], axis=1, kind="stable")  # ties keep catalogue order
     chosen = members(levels, lam)
-    price_rows = np.broadcast_to(0.0 if prices is None else prices, (levels.shape[0], k))
-    decisions = []
-    for row, rank in enumerate(order):
-        picked = [int(j) for j in rank if chosen[row, j]]
-        decisions.append(
-            Decision(
-                models=tuple(models[j] for j in picked),
-                flag_unanswerable=bool(levels.shape[1] > k and chosen[row, k]),
-                price=float(price_rows[row, picked].sum()),
-            )
-        )
-    return decisions
+    # The sets are nested: the models in a set are those whose entry level is at most lam,
+    # so ranked by entry level (ties in catalogue order) they are a prefix of the ranking.
+    ranking = np.argsort(levels[:, :k], axis=1, kind="stable").tolist()
+    sizes = chosen[:, :k].sum(axis=1).tolist()
+    flags = chosen[:, k].tolist() if levels.shape[1] > k else [False] * len(ranking)
+    costs = (chosen[:, :k] @ (np.zeros(k) if prices is None else prices)).tolist()
+    return [
+        Decision(tuple(models[j] for j in rank[:size]), flag, cost)
+        for rank, size, flag, cost in zip(ranking, sizes, flags, costs, strict=True)
+    ]
 
 
 def set_misses(

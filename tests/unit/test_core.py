@@ -58,15 +58,16 @@ def test_sets_and_losses_agree_and_sets_are_nested(window, rule, miss, lam):
 
 
 @settings(max_examples=100, deadline=None)
-@given(windows(), st.sampled_from(RULES), st.sampled_from(MISSES))
-def test_decisions_are_ordered_by_entry_level(window, rule, miss):
+@given(windows(), st.sampled_from(RULES), st.sampled_from(MISSES), st.floats(0, 1))
+def test_decisions_are_ordered_by_entry_level(window, rule, miss, lam):
     scores, _, p_abstain, prices = window
     kw = {"rule": rule, "miss": miss, "p_abstain": p_abstain, "prices": prices}
     levels = entry_levels(scores, **kw)
     models = [f"m{j}" for j in range(scores.shape[1])]
-    for row, d in enumerate(route(scores, 1.0, models=models, **kw)):
+    for row, d in enumerate(route(scores, lam, models=models, **kw)):
         picked = [models.index(m) for m in d.models]
-        assert sorted(picked, key=lambda j: (levels[row, j], j)) == picked
+        inside = [j for j in range(len(models)) if levels[row, j] <= lam]
+        assert sorted(inside, key=lambda j: (levels[row, j], j)) == picked
         assert d.abstain == (not d.models)
         assert d.price == pytest.approx(prices[picked].sum())
 
