@@ -1,10 +1,7 @@
-"""The Faust app. Agents parse with the pydantic models, call the service, send results.
-
-Batches come from ``noack_take`` and are acknowledged one event at a time only after every
-effect of the batch is done (Redis written, every send acknowledged by the broker): a crash
-or a shutdown in the middle redelivers the batch, and the service's effects are idempotent
-(at-least-once, no loss, no double records). ``take_events`` would acknowledge a batch
-that a shutdown cancelled half-way.
+"""The Faust app: wiring only. Handlers parse with the pydantic models, call the service
+and send the results; `worker.batches` feeds them whole fetches and commits a batch once
+every effect is done (Redis written, every send acknowledged by the broker). Faust runs
+the producer, the leader election, the timers and the web views.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import faust
-from faust.types import EventT
 
 from racer_online import metrics
 from racer_online.errors import StoreUnavailableError
@@ -32,6 +28,7 @@ from racer_online.service import RacerService, Rejected, store_config
 from racer_online.settings import Settings
 from racer_online.store import RedisStore
 from worker import web
+from worker.batches import BatchConsumer, Record
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # then 5 s until Redis answers
@@ -47,7 +44,6 @@ def create_app(settings: Settings) -> faust.App:
         settings.app_id,
         broker=settings.kafka_broker,
         processing_guarantee="at_least_once",
-        stream_wait_empty=False,  # a batch waiting for Redis must not block a shutdown
         topic_partitions=settings.topics.partitions,
         web_enabled=settings.web_enabled,
         web_host=settings.web_host,
@@ -78,40 +74,41 @@ def create_app(settings: Settings) -> faust.App:
             target.get_topic_name(), key.encode() if key else None, value, None, None, None
         )
 
-    def dead(event: EventT[bytes], error_class: str, reason: str) -> Awaitable[Any]:
-        message = event.message
+    def dead(record: Record, error_class: str, reason: str) -> Awaitable[Any]:
         letter = DeadLetter.from_error(
-            message.value, ValueError(reason), error_class=error_class, source_topic=message.topic,
-            partition=message.partition, offset=message.offset, key=message.key,
+            record.value, ValueError(reason), error_class=error_class, source_topic=record.topic,
+            partition=record.partition, offset=record.offset, key=record.key,
         )  # fmt: skip
-        metrics.DLQ.labels(message.topic, error_class).inc()
+        metrics.DLQ.labels(record.topic, error_class).inc()
         return send(dlq, None, letter.to_bytes())
 
-    @app.agent(queries)
-    async def route(stream: faust.StreamT[bytes]) -> None:
-        await _declare(decisions, dlq)
-        async for events in stream.noack_take(settings.batch_size, settings.batch_timeout_s):  # type: ignore[attr-defined]
-            parsed, sends = _parse(events, QueryMessage, dead)
-            results = await service.route([q for _, q in parsed])
-            for (event, query), result in zip(parsed, results, strict=True):
-                if isinstance(result, Rejected):
-                    sends.append(dead(event, result.kind, result.reason))
-                else:
-                    sends.append(send(decisions, query.query_id, result.to_bytes()))
-            await _delivered(sends)
-            await _acknowledge(stream, events)
+    async def route(records: Sequence[Record]) -> None:
+        parsed, sends = _parse(records, QueryMessage, dead)
+        results = await service.route([q for _, q in parsed])
+        for (record, query), result in zip(parsed, results, strict=True):
+            if isinstance(result, Rejected):
+                sends.append(dead(record, result.kind, result.reason))
+            else:
+                sends.append(send(decisions, query.query_id, result.raw))
+        await _delivered(sends)
 
-    @app.agent(feedback)
-    async def record_feedback(stream: faust.StreamT[bytes]) -> None:
-        await _declare(dlq)
-        async for events in stream.noack_take(settings.batch_size, settings.batch_timeout_s):  # type: ignore[attr-defined]
-            parsed, sends = _parse(events, FeedbackMessage, dead)
-            outcomes = await _until_stored(service.record_feedback, [m for _, m in parsed])
-            for (event, _), outcome in zip(parsed, outcomes, strict=True):
-                if isinstance(outcome, Rejected):
-                    sends.append(dead(event, outcome.kind, outcome.reason))
-            await _delivered(sends)
-            await _acknowledge(stream, events)
+    async def record_feedback(records: Sequence[Record]) -> None:
+        parsed, sends = _parse(records, FeedbackMessage, dead)
+        outcomes = await _until_stored(service.record_feedback, [m for _, m in parsed])
+        for (record, _), outcome in zip(parsed, outcomes, strict=True):
+            if isinstance(outcome, Rejected):
+                sends.append(dead(record, outcome.kind, outcome.reason))
+        await _delivered(sends)
+
+    consumers = [
+        BatchConsumer(settings, names.queries, f"{settings.app_id}.route", route),
+        BatchConsumer(settings, names.feedback, f"{settings.app_id}.feedback", record_feedback),
+    ]
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def consume() -> None:
+        await _declare(queries, feedback, decisions, dlq)
+        await asyncio.gather(*(app.add_runtime_dependency(c) for c in consumers))
 
     @app.timer(settings.threshold_poll_s)  # type: ignore[untyped-decorator]
     async def refresh_thresholds() -> None:
@@ -148,20 +145,20 @@ def create_app(settings: Settings) -> faust.App:
             + [send(alerts, a.scope, a.to_bytes()) for a in updates.alerts]
         )
 
-    web.register(app, service)
+    web.register(app, service, consumers)
     return app
 
 
-def _parse(events: Sequence[EventT[bytes]], model: Any, dead: Any) -> tuple[list[Any], list[Any]]:
+def _parse(records: Sequence[Record], model: Any, dead: Any) -> tuple[list[Any], list[Any]]:
     parsed, sends = [], []
-    for event in events:
-        if event.value is None:  # a tombstone: nothing to parse
-            sends.append(dead(event, "EmptyValue", "the record has no value"))
+    for record in records:
+        if record.value is None:  # a tombstone: nothing to parse
+            sends.append(dead(record, "EmptyValue", "the record has no value"))
             continue
         try:
-            parsed.append((event, model.parse(event.value)))
+            parsed.append((record, model.parse(record.value)))
         except MessageError as exc:
-            sends.append(dead(event, exc.reason.split(":", 1)[0], exc.reason))
+            sends.append(dead(record, exc.reason.split(":", 1)[0], exc.reason))
     return parsed, sends
 
 
@@ -183,11 +180,6 @@ async def _declare(*topics: faust.TopicT) -> None:
     Faust remembers, so later calls cost nothing."""
     for topic in topics:
         await topic.maybe_declare()
-
-
-async def _acknowledge(stream: faust.StreamT[bytes], events: Sequence[EventT[bytes]]) -> None:
-    for event in events:
-        await stream.ack(event)
 
 
 async def _delivered(sends: list[Awaitable[Awaitable[Any]]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import faust
@@ -11,9 +12,10 @@ from racer_online import metrics
 from racer_online.errors import InvalidInputError, StoreUnavailableError
 from racer_online.service import RacerService
 from worker import dashboard
+from worker.batches import BatchConsumer
 
 
-def register(app: faust.App, service: RacerService) -> None:
+def register(app: faust.App, service: RacerService, consumers: Sequence[BatchConsumer]) -> None:
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         """Liveness: the event loop answers."""
@@ -24,7 +26,7 @@ def register(app: faust.App, service: RacerService) -> None:
         """Readiness: consuming, Redis reachable, every scope's certified threshold fresh."""
         fresh = service.fresh_thresholds()
         checks = {
-            "consuming": bool(app.started and not app.rebalancing),
+            "consuming": bool(app.started and all(c.consuming for c in consumers)),
             "redis": await service.store.ping(),
             "thresholds_fresh": all(fresh.values()),
         }
@@ -33,9 +35,9 @@ def register(app: faust.App, service: RacerService) -> None:
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
-        for tp, end in app.monitor.tp_end_offsets.items():
-            committed = app.monitor.tp_committed_offsets.get(tp, 0)
-            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(end - committed, 0))
+        for consumer in consumers:
+            for tp, lag in consumer.lag().items():
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
         # aiohttp sets the charset itself and refuses one inside content_type.
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 

@@ -2,9 +2,11 @@
 recalibrating, and a SIGKILLed leader replaced by a survivor within a session timeout.
 
 Signals, all from the real processes: the partition assignment each worker logs after a
-rebalance (aiokafka's "Setting newly assigned partitions" table, with the generation it
-synced), each worker's ``racer_decisions_total`` on ``/metrics``, and the ``threshold v<N>``
-lines that only the Faust leader logs when it recalibrates.
+rebalance (aiokafka's "Setting newly assigned partitions ... for group G" table, with the
+generation G synced): the queries topic in the routing group ``<app>.route``, the leader
+topic in Faust's own group ``<app>``; each worker's ``racer_decisions_total`` on
+``/metrics``; and the ``threshold v<N>`` lines that only the Faust leader logs when it
+recalibrates.
 """
 
 import asyncio
@@ -37,6 +39,7 @@ T = TypeVar("T")
 
 SYNCED = re.compile(r"Successfully synced group (\S+) with generation (\d+)")
 ROW = re.compile(r"^\|\s*(\S+)\s*\|\s*\{([^}]*)\}\s*\|")
+FOR_GROUP = re.compile(r"for group (\S+)")
 VERSION = re.compile(r"threshold v(\d+) ")
 
 
@@ -56,19 +59,21 @@ def partitions(text: str) -> set[int]:
 
 
 def last_assignment(log: str, group: str) -> Assignment:
-    """The partitions the worker was given in the last generation it synced."""
+    """The partitions the worker was given in ``group``'s last generation it synced."""
     current, generation = Assignment(), -1
     table: dict[str, set[int]] | None = None
     for line in log.splitlines():
         if (synced := SYNCED.search(line)) and synced.group(1) == group:
             generation = int(synced.group(2))
-        elif "Setting newly assigned partitions" in line:
-            table = {}
-        elif table is not None and (row := ROW.match(line)):
-            if row.group(1) != "topic":
-                table[row.group(1)] = partitions(row.group(2))
-        elif table is not None and "for group" in line:
-            current, table = Assignment(generation, table), None
+            continue
+        if "Setting newly assigned partitions" in line:
+            table = {}  # an empty assignment closes on the same line: "set() for group G"
+        elif table is not None and (row := ROW.match(line)) and row.group(1) != "topic":
+            table[row.group(1)] = partitions(row.group(2))
+        if table is not None and (closing := FOR_GROUP.search(line)):
+            if closing.group(1) == group:
+                current = Assignment(generation, table)
+            table = None
     return current
 
 
@@ -128,21 +133,23 @@ async def test_three_workers_share_four_partitions_and_one_leader_recalibrates(
     ports = [free_port() for _ in range(WORKERS)]
     procs = [deployment.start_worker(RACER_WEB_PORT=str(port)) for port in ports]
 
-    def stable() -> list[Assignment] | None:
-        """All workers synced the same generation and split the partitions between them."""
+    def stable(group: str, topic: str, partition_count: int) -> list[Assignment] | None:
+        """All workers synced the same generation of the group and split the topic."""
         got = [last_assignment(deployment.log(i), group) for i in range(WORKERS)]
         if len({a.generation for a in got}) != 1 or got[0].generation < 0:
             return None
-        served = [a.partitions.get(queries_topic, set()) for a in got]
-        if sorted(p for s in served for p in s) != list(range(PARTITIONS)):
+        served = [a.partitions.get(topic, set()) for a in got]
+        if sorted(p for s in served for p in s) != list(range(partition_count)):
             return None  # a partition unserved or served twice: still rebalancing
         return got
 
-    assignments = await until(stable, timeout=30, what="a stable three-way assignment")
-    assert assignments is not None
-    assert all(a.partitions.get(queries_topic) for a in assignments)  # nobody idles
-    leaders = [i for i, a in enumerate(assignments) if a.partitions.get(leader_topic)]
-    assert len(leaders) == 1, assignments
+    routing = await until(lambda: stable(f"{group}.route", queries_topic, PARTITIONS),
+                          timeout=30, what="a stable three-way assignment")  # fmt: skip
+    assert all(a.partitions.get(queries_topic) for a in routing)  # nobody idles
+    election = await until(lambda: stable(group, leader_topic, 1),
+                           timeout=30, what="one leader")  # fmt: skip
+    leaders = [i for i, a in enumerate(election) if a.partitions.get(leader_topic)]
+    assert len(leaders) == 1, election
     leader = leaders[0]
     seen_at_stable = [len(deployment.log(i)) for i in range(WORKERS)]
 
