@@ -165,6 +165,7 @@ class RacerService:
         th = scope.threshold
         decisions = core.decide(levels, th.lam, models=scope.models, prices=scope.prices)
         now = self.clock()
+        position = {m: j for j, m in enumerate(scope.models)}
         out = []
         rows = zip(batch, decisions, scores.tolist(), given.tolist(), strict=True)
         for (q, d, row, p_given), packed in zip(rows, pack_scores(scores, p_abstain), strict=True):
@@ -177,7 +178,7 @@ class RacerService:
                 delta=th.delta, bound=th.bound, scores=dict(zip(scope.models, row, strict=True)),
                 p_abstain=None if np.isnan(p_given) else float(p_given), decided_at=now,
             )  # fmt: skip
-            invoked = tuple(scope.models.index(m) for m in d.models)
+            invoked = tuple(position[m] for m in d.models)
             raw = message.to_bytes()
             write = PendingWrite(scope.name, q.query_id, raw, packed, th.lam, audit, invoked)
             out.append((Routed(message, raw), write))
@@ -191,8 +192,9 @@ class RacerService:
         scores = np.zeros((len(batch), len(scope.models)))
         given = np.array([np.nan if q.p_abstain is None else q.p_abstain for q in batch])
         carried = [i for i, q in enumerate(batch) if q.scores is not None]
-        for i in carried:
-            scores[i] = [batch[i].scores[m] for m in scope.models]  # type: ignore[index]
+        if carried:
+            rows = [[batch[i].scores[m] for m in scope.models] for i in carried]  # type: ignore[index]
+            scores[carried] = rows
         needing = [i for i, q in enumerate(batch) if q.scores is None]
         if needing:
             assert self.router is not None  # _reject let them through

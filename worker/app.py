@@ -82,7 +82,7 @@ def create_app(settings: Settings) -> faust.App:
         metrics.DLQ.labels(record.topic, error_class).inc()
         return send(dlq, None, letter.to_bytes())
 
-    async def route(records: Sequence[Record]) -> None:
+    async def route(records: Sequence[Record]) -> Awaitable[Any]:
         parsed, sends = _parse(records, QueryMessage, dead)
         results = await service.route([q for _, q in parsed])
         for (record, query), result in zip(parsed, results, strict=True):
@@ -90,15 +90,15 @@ def create_app(settings: Settings) -> faust.App:
                 sends.append(dead(record, result.kind, result.reason))
             else:
                 sends.append(send(decisions, query.query_id, result.raw))
-        await _delivered(sends)
+        return await _scheduled(sends)
 
-    async def record_feedback(records: Sequence[Record]) -> None:
+    async def record_feedback(records: Sequence[Record]) -> Awaitable[Any]:
         parsed, sends = _parse(records, FeedbackMessage, dead)
         outcomes = await _until_stored(service.record_feedback, [m for _, m in parsed])
         for (record, _), outcome in zip(parsed, outcomes, strict=True):
             if isinstance(outcome, Rejected):
                 sends.append(dead(record, outcome.kind, outcome.reason))
-        await _delivered(sends)
+        return await _scheduled(sends)
 
     consumers = [
         BatchConsumer(settings, names.queries, f"{settings.app_id}.route", route),
@@ -140,10 +140,10 @@ def create_app(settings: Settings) -> faust.App:
         for a in updates.alerts:
             log.warning("scope %s: %s alert: %s", a.scope, a.kind, a.message)
         await _declare(thresholds, alerts)
-        await _delivered(
+        await (await _scheduled(
             [send(thresholds, u.scope, u.to_bytes()) for u in updates.thresholds]
             + [send(alerts, a.scope, a.to_bytes()) for a in updates.alerts]
-        )
+        ))  # fmt: skip
 
     web.register(app, service, consumers)
     return app
@@ -182,7 +182,6 @@ async def _declare(*topics: faust.TopicT) -> None:
         await topic.maybe_declare()
 
 
-async def _delivered(sends: list[Awaitable[Awaitable[Any]]]) -> None:
-    """Await the scheduling of every send, then every acknowledgement by the broker."""
-    futures = [await s for s in sends]
-    await asyncio.gather(*futures)
+async def _scheduled(sends: list[Awaitable[Awaitable[Any]]]) -> Awaitable[Any]:
+    """Hand every send to the producer, in order; the result waits for the broker's acks."""
+    return asyncio.gather(*[await s for s in sends])

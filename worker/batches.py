@@ -2,9 +2,11 @@
 
 Faust's stream layer costs about 120 µs of CPU per event (docs/benchmarks.md) against 20 µs
 for aiokafka, which caps a worker far below the throughput the service reaches in batches.
-So the two input topics are read here: ``getmany`` hands a whole fetch to the handler, and
-the batch's offsets are committed only after the handler returns (every Redis write and
-every send acknowledged). A crash, a shutdown or a rebalance in the middle redelivers the
+So the two input topics are read here: ``getmany`` hands a whole fetch to the handler,
+which returns once the batch's Redis writes are done and its sends are handed to the
+producer, with an awaitable for the broker's acknowledgements. The batch's offsets are
+committed after those, while the next batch is already being worked on (one batch in
+flight, commits in order). A crash, a shutdown or a rebalance in the middle redelivers the
 batch, and the handlers are idempotent: at-least-once, nothing lost, nothing doubled.
 Faust still runs the app: producer, leader election, timers and the web views.
 """
@@ -25,8 +27,9 @@ from racer_online.settings import Settings
 
 log = logging.getLogger(__name__)
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-Handler: TypeAlias = Callable[[Sequence[Record]], Awaitable[None]]
+Handler: TypeAlias = Callable[[Sequence[Record]], Awaitable[Awaitable[Any]]]
 MAX_FETCH_BYTES = 4 << 20  # per partition: room for the largest message the DLQ reports
+FINISH_WAIT_S = 5.0  # for the batches in flight, on a rebalance or a shutdown
 
 
 class BatchConsumer(Service):
@@ -36,9 +39,11 @@ class BatchConsumer(Service):
         super().__init__(**kwargs)
         self.settings, self.topic, self.group_id, self.handle = settings, topic, group_id, handle
         self.consumer: AIOKafkaConsumer | None = None
-        self._idle = asyncio.Event()  # no batch in flight: a revocation need not wait
-        self._idle.set()
         self._task: asyncio.Future[None] | None = None
+        self._committing: asyncio.Future[None] | None = None  # the last batch handled
+        self._uncommitted = 0  # batches fetched and not yet committed
+        self._settled = asyncio.Event()  # set while that is 0
+        self._settled.set()
         self._committed: dict[TopicPartition, int] = {}
 
     @property
@@ -67,44 +72,62 @@ class BatchConsumer(Service):
             **{k: int(v * 1000) for k, v in timeouts.items() if v is not None},
             **aiokafka_options(s),
         )
-        self.consumer.subscribe([self.topic], listener=_FinishBatchFirst(self._idle))
+        self.consumer.subscribe([self.topic], listener=_FinishBatchesFirst(self))
         await self.consumer.start()
         # mode crashes the service (and the worker, for its supervisor to restart) when a
         # handler raises: a batch is never skipped.
         self._task = self.add_future(self._consume())
 
     async def on_stop(self) -> None:
-        # Before the consumer stops: an unfinished batch is dropped uncommitted (redelivered).
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        # Finish and commit the batch in hand, within a bound: one that waits for Redis is
+        # dropped uncommitted (redelivered). Then leave the group.
+        await self.finish(FINISH_WAIT_S)
+        for task in (self._task, self._committing):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.consumer is not None:
             await self.consumer.stop()
 
     async def _consume(self) -> None:
         assert self.consumer is not None
         timeout_ms = int(self.settings.batch_timeout_s * 1000)
-        while True:
+        while not self.should_stop:
             fetched = await self.consumer.getmany(
                 timeout_ms=timeout_ms, max_records=self.settings.batch_size
             )
             if not fetched:
                 continue
-            self._idle.clear()
-            try:
-                await self.handle([r for records in fetched.values() for r in records])
-                await self._commit({tp: records[-1].offset + 1 for tp, records in fetched.items()})
-            finally:
-                self._idle.set()
+            self._uncommitted += 1
+            self._settled.clear()
+            delivered = await self.handle([r for records in fetched.values() for r in records])
+            if self._committing is not None:
+                await self._committing  # raises if a send failed: the worker stops
+            offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items()}
+            self._committing = asyncio.ensure_future(self._commit(delivered, offsets))
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+    async def finish(self, timeout: float) -> None:
+        """Wait, within ``timeout``, until every batch fetched so far is committed."""
+        try:
+            await asyncio.wait_for(self._settled.wait(), timeout)
+        except TimeoutError:
+            log.warning("%s: moving on with a batch in flight: it is redelivered", self.label)
+
+    async def _commit(self, delivered: Awaitable[Any], offsets: dict[TopicPartition, int]) -> None:
         assert self.consumer is not None
         try:
-            await self.consumer.commit(offsets)
-            self._committed.update(offsets)
-        except (CommitFailedError, KafkaError) as exc:
-            # The partitions moved on; their new owner redelivers the batch (idempotent).
-            log.warning("%s: batch not committed, it will be redelivered: %s", self.label, exc)
+            await delivered  # a failed send raises: the worker stops before a later commit
+            try:
+                await self.consumer.commit(offsets)
+                self._committed.update(offsets)
+            except (CommitFailedError, KafkaError) as exc:
+                # The batch is done: a later commit covers it, or its partitions moved on
+                # and their new owner redelivers it (the handlers are idempotent).
+                log.warning("%s: batch not committed, may be redelivered: %s", self.label, exc)
+        finally:
+            self._uncommitted -= 1
+            if not self._uncommitted:
+                self._settled.set()
 
     def lag(self) -> dict[TopicPartition, int]:
         """Records between what this worker committed and each assigned partition's end (as
@@ -119,20 +142,16 @@ class BatchConsumer(Service):
         return out
 
 
-class _FinishBatchFirst(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Let the batch in flight finish and commit before its partitions move, within a bound
-    (a batch that waits for Redis must not hold up the group's rebalance)."""
+class _FinishBatchesFirst(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Let the batches in flight finish and commit before their partitions move, within a
+    bound (a batch that waits for Redis must not hold up the group's rebalance; if it is
+    not done by then, the partitions' next owner redelivers it)."""
 
-    WAIT_S = 5.0
-
-    def __init__(self, idle: asyncio.Event) -> None:
-        self.idle = idle
+    def __init__(self, batches: BatchConsumer) -> None:
+        self.batches = batches
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        try:
-            await asyncio.wait_for(self.idle.wait(), self.WAIT_S)
-        except TimeoutError:
-            log.warning("rebalancing with a batch in flight: it will be redelivered")
+        await self.batches.finish(FINISH_WAIT_S)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         pass

@@ -1,6 +1,7 @@
 """Real workers on the real broker and Redis: routing, feedback, recalibration, failures."""
 
 import asyncio
+import re
 import urllib.request
 
 import numpy as np
@@ -106,6 +107,15 @@ def scrape(port) -> str:
         return response.read().decode()
 
 
+def consumer_lags(text) -> dict[tuple[str, int], float]:
+    lags = {}
+    for line in text.splitlines():
+        if line.startswith("racer_consumer_lag{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            lags[labels["topic"], int(labels["partition"])] = float(line.rsplit(" ", 1)[1])
+    return lags
+
+
 def metric(text, name, scope):
     total = 0.0
     for line in text.splitlines():
@@ -128,6 +138,11 @@ async def test_two_workers_split_partitions_and_one_recalibrates(deployment, rec
     texts = [scrape(p) for p in ports]
     decided = [metric(t, "racer_decisions_total", deployment.scope) for t in texts]
     assert sum(decided) == 800 and min(decided) > 0, decided  # both served partitions
+    # Every input partition reports its lag on the worker that owns it: nothing left.
+    lags = {key: value for t in texts for key, value in consumer_lags(t).items()}
+    for name in ("queries", "feedback"):
+        assert {p for topic, p in lags if topic == deployment.topics[name]} == {0, 1, 2, 3}
+    assert set(lags.values()) == {0.0}, lags
     recalibrating = ["threshold v" in deployment.log(i) for i in range(len(workers))]
     assert sum(recalibrating) == 1, recalibrating
 
