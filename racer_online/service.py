@@ -8,15 +8,17 @@ threshold in memory, so routing goes on when Redis does not answer.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
+import pydantic_core
 
 from racer_online import core, metrics
 from racer_online.errors import InvalidInputError, StoreUnavailableError
@@ -40,9 +42,26 @@ log = logging.getLogger(__name__)
 MAX_UNSTORED = 100_000  # decisions kept in memory while Redis is down
 
 
-class Routed(NamedTuple):
-    decision: DecisionMessage
-    raw: bytes  # encoded once: what is stored and what is published
+@dataclass(frozen=True)
+class Routed:
+    """A decision, encoded once: these bytes are stored and published as they are."""
+
+    fields: dict[str, Any]  # the fields of a `DecisionMessage`, as JSON values
+    raw: bytes
+
+    @classmethod
+    def encode(cls, fields: dict[str, Any]) -> Routed:
+        # Built from validated parts: serialise without building and validating a model,
+        # which would cost about five times as much on the hot path.
+        return cls(fields, pydantic_core.to_json(fields))
+
+    @classmethod
+    def stored(cls, raw: bytes) -> Routed:
+        return cls(json.loads(raw), raw)
+
+    @property
+    def decision(self) -> DecisionMessage:
+        return DecisionMessage.model_validate(self.fields)
 
 
 @dataclass(frozen=True)
@@ -109,8 +128,8 @@ class RacerService:
         else:
             for (i, _), kept in zip(writes, stored, strict=True):
                 if not kept.created:  # a redelivery: publish the first decision again
-                    results[i] = Routed(DecisionMessage.parse(kept.decision), kept.decision)
-        _count_decisions([r.decision for r in results if isinstance(r, Routed)])
+                    results[i] = Routed.stored(kept.decision)
+        _count_decisions([r.fields for r in results if isinstance(r, Routed)])
         metrics.ROUTE_SECONDS.observe(time.perf_counter() - started)
         return [r for r in results if r is not None]
 
@@ -170,18 +189,17 @@ class RacerService:
         rows = zip(batch, decisions, scores.tolist(), given.tolist(), strict=True)
         for (q, d, row, p_given), packed in zip(rows, pack_scores(scores, p_abstain), strict=True):
             audit = audit_draw(scope.name, q.query_id) < self.settings.audit_rate
-            # Built from validated parts: construct without validating again (hot path).
-            message = DecisionMessage.model_construct(
-                query_id=q.query_id, scope=scope.name, models=list(d.models), abstain=d.abstain,
-                flag_unanswerable=d.flag_unanswerable, audit=audit, lam=th.lam,
-                threshold_version=th.version, threshold_status=th.status, alpha=th.alpha,
-                delta=th.delta, bound=th.bound, scores=dict(zip(scope.models, row, strict=True)),
-                p_abstain=None if np.isnan(p_given) else float(p_given), decided_at=now,
-            )  # fmt: skip
+            routed = Routed.encode({
+                "query_id": q.query_id, "scope": scope.name, "models": list(d.models),
+                "abstain": d.abstain, "flag_unanswerable": d.flag_unanswerable, "audit": audit,
+                "lam": th.lam, "threshold_version": th.version, "threshold_status": th.status,
+                "alpha": th.alpha, "delta": th.delta, "bound": th.bound,
+                "scores": dict(zip(scope.models, row, strict=True)),
+                "p_abstain": None if np.isnan(p_given) else float(p_given), "decided_at": now,
+            })  # fmt: skip
             invoked = tuple(position[m] for m in d.models)
-            raw = message.to_bytes()
-            write = PendingWrite(scope.name, q.query_id, raw, packed, th.lam, audit, invoked)
-            out.append((Routed(message, raw), write))
+            write = PendingWrite(scope.name, q.query_id, routed.raw, packed, th.lam, audit, invoked)
+            out.append((routed, write))
         return out
 
     def _scores(
@@ -306,14 +324,14 @@ async def load_history(
         return {name: await service.history(name, since=since) for name in scopes}
 
 
-def _count_decisions(decisions: Sequence[DecisionMessage]) -> None:
-    by_scope: dict[str, list[DecisionMessage]] = defaultdict(list)
+def _count_decisions(decisions: Sequence[dict[str, Any]]) -> None:
+    by_scope: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for d in decisions:
-        by_scope[d.scope].append(d)
+        by_scope[d["scope"]].append(d)
     for scope, batch in by_scope.items():
         metrics.DECISIONS.labels(scope).inc(len(batch))
-        metrics.ABSTENTIONS.labels(scope).inc(sum(d.abstain for d in batch))
-        metrics.AUDITS.labels(scope).inc(sum(d.audit for d in batch))
+        metrics.ABSTENTIONS.labels(scope).inc(sum(d["abstain"] for d in batch))
+        metrics.AUDITS.labels(scope).inc(sum(d["audit"] for d in batch))
         set_size = metrics.SET_SIZE.labels(scope)
         for d in batch:
-            set_size.observe(len(d.models))
+            set_size.observe(len(d["models"]))

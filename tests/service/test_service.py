@@ -61,8 +61,9 @@ def feedback(qid, **labels):
 
 
 async def test_a_fresh_scope_routes_to_every_option(make):
-    [(decision, raw)] = await make().route([query("q1")])
-    assert DecisionMessage.parse(raw) == decision  # what is published is what was decided
+    [routed] = await make().route([query("q1")])
+    decision = routed.decision
+    assert DecisionMessage.parse(routed.raw) == decision  # published = decided
     assert decision.threshold_status == "fallback" and decision.lam == 1.0
     assert decision.models == ["m0", "m2", "m1"]  # most promising first
     assert decision.flag_unanswerable and decision.threshold_version == 0
@@ -76,7 +77,8 @@ async def test_a_redelivered_query_gets_the_same_decision(make):
     )
     [again] = await service.route([query("q1")])
     assert again == first
-    [(other, _)] = await service.route([query("q2")])
+    [routed] = await service.route([query("q2")])
+    other = routed.decision
     assert other.threshold_version == 7 and other.models == ["m0"]
 
 
@@ -170,7 +172,8 @@ async def test_threshold_equals_the_core_on_the_same_records(make):
     assert update.lam == expected.lam_hat and update.version == 1
     assert update.empirical_risk == pytest.approx(expected.empirical_risk)
     assert update.mean_set_size == pytest.approx(expected.mean_set_size)
-    [(decision, _)] = await service.route([query("after")])
+    [routed] = await service.route([query("after")])
+    decision = routed.decision
     assert decision.lam == update.lam and decision.threshold_status == "certified"
 
 
@@ -228,7 +231,8 @@ async def test_workers_pick_up_the_leaders_threshold(make):
     [update] = await tick(leader)
     assert [t.version for t in await follower.refresh_thresholds()] == [update.version]
     assert await follower.refresh_thresholds() == []
-    [(decision, _)] = await follower.route([query("z")])
+    [routed] = await follower.route([query("z")])
+    decision = routed.decision
     assert decision.threshold_version == update.version
 
 
@@ -238,7 +242,8 @@ async def test_redis_down_routing_goes_on_feedback_waits(make):
     await feed(service, scores, labels)
     [update] = await tick(service)
     service.store.up = False
-    [(decision, _)] = await service.route([query("while-down")])
+    [routed] = await service.route([query("while-down")])
+    decision = routed.decision
     assert decision.lam == update.lam
     with pytest.raises(StoreUnavailableError):
         await service.record_feedback([feedback("while-down", m0=1)])
