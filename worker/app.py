@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
@@ -28,7 +28,7 @@ from racer_online.service import RacerService, Rejected, store_config
 from racer_online.settings import Settings
 from racer_online.store import RedisStore
 from worker import web
-from worker.batches import BatchConsumer, Record
+from worker.batches import BatchConsumer, BatchProducer, Outgoing, Record
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # then 5 s until Redis answers
@@ -69,36 +69,34 @@ def create_app(settings: Settings) -> faust.App:
     decisions, thresholds, dlq = topic(names.decisions), topic(names.thresholds), topic(names.dlq)
     alerts = topic(names.alerts)
 
-    async def send(target: faust.TopicT, key: str | None, value: bytes) -> Awaitable[Any]:
-        return await app.producer.send(
-            target.get_topic_name(), key.encode() if key else None, value, None, None, None
-        )
+    producer = BatchProducer(settings)
+    app.add_dependency(producer)  # so it starts before the timers
 
-    def dead(record: Record, error_class: str, reason: str) -> Awaitable[Any]:
+    def dead(record: Record, error_class: str, reason: str) -> Outgoing:
         letter = DeadLetter.from_error(
             record.value, ValueError(reason), error_class=error_class, source_topic=record.topic,
             partition=record.partition, offset=record.offset, key=record.key,
         )  # fmt: skip
         metrics.DLQ.labels(record.topic, error_class).inc()
-        return send(dlq, None, letter.to_bytes())
+        return (names.dlq, None, letter.to_bytes())
 
     async def route(records: Sequence[Record]) -> Awaitable[Any]:
-        parsed, sends = _parse(records, QueryMessage, dead)
+        parsed, out = _parse(records, QueryMessage, dead)
         results = await service.route([q for _, q in parsed])
         for (record, query), result in zip(parsed, results, strict=True):
             if isinstance(result, Rejected):
-                sends.append(dead(record, result.kind, result.reason))
+                out.append(dead(record, result.kind, result.reason))
             else:
-                sends.append(send(decisions, query.query_id, result.raw))
-        return await _scheduled(sends)
+                out.append((names.decisions, query.query_id.encode(), result.raw))
+        return await producer.send(out)
 
     async def record_feedback(records: Sequence[Record]) -> Awaitable[Any]:
-        parsed, sends = _parse(records, FeedbackMessage, dead)
+        parsed, out = _parse(records, FeedbackMessage, dead)
         outcomes = await _until_stored(service.record_feedback, [m for _, m in parsed])
         for (record, _), outcome in zip(parsed, outcomes, strict=True):
             if isinstance(outcome, Rejected):
-                sends.append(dead(record, outcome.kind, outcome.reason))
-        return await _scheduled(sends)
+                out.append(dead(record, outcome.kind, outcome.reason))
+        return await producer.send(out)
 
     consumers = [
         BatchConsumer(settings, names.queries, f"{settings.app_id}.route", route),
@@ -140,26 +138,29 @@ def create_app(settings: Settings) -> faust.App:
         for a in updates.alerts:
             log.warning("scope %s: %s alert: %s", a.scope, a.kind, a.message)
         await _declare(thresholds, alerts)
-        await (await _scheduled(
-            [send(thresholds, u.scope, u.to_bytes()) for u in updates.thresholds]
-            + [send(alerts, a.scope, a.to_bytes()) for a in updates.alerts]
+        await (await producer.send(
+            [(names.thresholds, u.scope.encode(), u.to_bytes()) for u in updates.thresholds]
+            + [(names.alerts, a.scope.encode(), a.to_bytes()) for a in updates.alerts]
         ))  # fmt: skip
 
     web.register(app, service, consumers)
     return app
 
 
-def _parse(records: Sequence[Record], model: Any, dead: Any) -> tuple[list[Any], list[Any]]:
-    parsed, sends = [], []
+def _parse(
+    records: Sequence[Record], model: Any, dead: Callable[[Record, str, str], Outgoing]
+) -> tuple[list[Any], list[Outgoing]]:
+    """(record, message) for the valid records; a dead letter for each of the others."""
+    parsed, letters = [], []
     for record in records:
         if record.value is None:  # a tombstone: nothing to parse
-            sends.append(dead(record, "EmptyValue", "the record has no value"))
+            letters.append(dead(record, "EmptyValue", "the record has no value"))
             continue
         try:
             parsed.append((record, model.parse(record.value)))
         except MessageError as exc:
-            sends.append(dead(record, exc.reason.split(":", 1)[0], exc.reason))
-    return parsed, sends
+            letters.append(dead(record, exc.reason.split(":", 1)[0], exc.reason))
+    return parsed, letters
 
 
 async def _until_stored(call: Any, items: list[Any]) -> Any:
@@ -180,8 +181,3 @@ async def _declare(*topics: faust.TopicT) -> None:
     Faust remembers, so later calls cost nothing."""
     for topic in topics:
         await topic.maybe_declare()
-
-
-async def _scheduled(sends: list[Awaitable[Awaitable[Any]]]) -> Awaitable[Any]:
-    """Hand every send to the producer, in order; the result waits for the broker's acks."""
-    return asyncio.gather(*[await s for s in sends])
