@@ -5,16 +5,18 @@ for aiokafka, which caps a worker far below the throughput the service reaches i
 So the two input topics are read here: ``getmany`` hands a whole fetch to the handler,
 which returns once the batch's Redis writes are done and its sends are handed to the
 producer, with an awaitable for the broker's acknowledgements. The batch's offsets are
-committed after those, while the next batch is already being worked on (one batch in
-flight, commits in order). A crash, a shutdown or a rebalance in the middle redelivers the
-batch, and the handlers are idempotent: at-least-once, nothing lost, nothing doubled.
-Faust still runs the app: producer, leader election, timers and the web views.
+committed after those and after the previous batch's commit. Two batches are in flight at
+once, so that one is computed while the other waits for Redis or the broker. A crash, a
+shutdown or a rebalance in the middle redelivers what is uncommitted, and the handlers are
+idempotent: at-least-once, nothing lost, nothing doubled. Faust still runs the app: topic
+creation, leader election, timers and the web views.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 
@@ -39,6 +41,7 @@ Handler: TypeAlias = Callable[[Sequence[Record]], Awaitable[Awaitable[Any]]]
 Outgoing: TypeAlias = tuple[str, bytes | None, bytes]  # topic, key, value
 MAX_FETCH_BYTES = 4 << 20  # per partition: room for the largest message the DLQ reports
 MAX_BATCH_BYTES = 256 << 10  # per partition and request
+MAX_IN_FLIGHT = 2  # batches handled at once
 FINISH_WAIT_S = 5.0  # for the batches in flight, on a rebalance or a shutdown
 
 
@@ -50,7 +53,7 @@ class BatchConsumer(Service):
         self.settings, self.topic, self.group_id, self.handle = settings, topic, group_id, handle
         self.consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Future[None] | None = None
-        self._committing: asyncio.Future[None] | None = None  # the last batch handled
+        self._in_flight: deque[asyncio.Future[None]] = deque()  # oldest first
         self._uncommitted = 0  # batches fetched and not yet committed
         self._settled = asyncio.Event()  # set while that is 0
         self._settled.set()
@@ -92,7 +95,7 @@ class BatchConsumer(Service):
         # Finish and commit the batch in hand, within a bound: one that waits for Redis is
         # dropped uncommitted (redelivered). Then leave the group.
         await self.finish(FINISH_WAIT_S)
-        for task in (self._task, self._committing):
+        for task in (self._task, *self._in_flight):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -103,18 +106,19 @@ class BatchConsumer(Service):
         assert self.consumer is not None
         timeout_ms = int(self.settings.batch_timeout_s * 1000)
         while not self.should_stop:
+            while self._in_flight and self._in_flight[0].done():
+                await self._in_flight.popleft()  # a batch that failed stops the worker here
             fetched = await self.consumer.getmany(
                 timeout_ms=timeout_ms, max_records=self.settings.batch_size
             )
             if not fetched:
                 continue
+            if len(self._in_flight) >= MAX_IN_FLIGHT:
+                await self._in_flight.popleft()
             self._uncommitted += 1
             self._settled.clear()
-            delivered = await self.handle([r for records in fetched.values() for r in records])
-            if self._committing is not None:
-                await self._committing  # raises if a send failed: the worker stops
-            offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items()}
-            self._committing = asyncio.ensure_future(self._commit(delivered, offsets))
+            previous = self._in_flight[-1] if self._in_flight else None
+            self._in_flight.append(asyncio.ensure_future(self._process(fetched, previous)))
 
     async def finish(self, timeout: float) -> None:
         """Wait, within ``timeout``, until every batch fetched so far is committed."""
@@ -123,10 +127,16 @@ class BatchConsumer(Service):
         except TimeoutError:
             log.warning("%s: moving on with a batch in flight: it is redelivered", self.label)
 
-    async def _commit(self, delivered: Awaitable[Any], offsets: dict[TopicPartition, int]) -> None:
+    async def _process(
+        self, fetched: dict[TopicPartition, list[Record]], previous: Awaitable[None] | None
+    ) -> None:
         assert self.consumer is not None
         try:
+            delivered = await self.handle([r for records in fetched.values() for r in records])
+            if previous is not None:
+                await previous  # commits in fetch order; raises if the previous one failed
             await delivered  # a failed send raises: the worker stops before a later commit
+            offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items()}
             try:
                 await self.consumer.commit(offsets)
                 self._committed.update(offsets)
