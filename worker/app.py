@@ -100,7 +100,10 @@ def create_app(settings: Settings) -> faust.App:
         return await producer.send(out)
 
     consumers = [
-        BatchConsumer(settings, names.queries, f"{settings.app_id}.route", route),
+        # Two routed batches commute (Redis keeps a query's first decision and every copy
+        # publishes it), so one is computed while the other waits for Redis. Feedback
+        # must reach Redis in partition order: the first label of a model wins.
+        BatchConsumer(settings, names.queries, f"{settings.app_id}.route", route, max_in_flight=2),
         BatchConsumer(settings, names.feedback, f"{settings.app_id}.feedback", record_feedback),
     ]
 

@@ -5,11 +5,12 @@ for aiokafka, which caps a worker far below the throughput the service reaches i
 So the two input topics are read here: ``getmany`` hands a whole fetch to the handler,
 which returns once the batch's Redis writes are done and its sends are handed to the
 producer, with an awaitable for the broker's acknowledgements. The batch's offsets are
-committed after those and after the previous batch's commit. Two batches are in flight at
-once, so that one is computed while the other waits for Redis or the broker. A crash, a
-shutdown or a rebalance in the middle redelivers what is uncommitted, and the handlers are
-idempotent: at-least-once, nothing lost, nothing doubled. Faust still runs the app: topic
-creation, leader election, timers and the web views.
+committed after those and after the previous batch's commit, while the next batches are
+already being handled: up to ``max_in_flight`` at once, so that one is computed while
+another waits for Redis or the broker (only where the effects of two batches commute). A
+crash, a shutdown or a rebalance in the middle redelivers what is uncommitted, and the
+handlers are idempotent: at-least-once, nothing lost, nothing doubled. Faust still runs
+the app: topic creation, leader election, timers and the web views.
 """
 
 from __future__ import annotations
@@ -41,16 +42,23 @@ Handler: TypeAlias = Callable[[Sequence[Record]], Awaitable[Awaitable[Any]]]
 Outgoing: TypeAlias = tuple[str, bytes | None, bytes]  # topic, key, value
 MAX_FETCH_BYTES = 4 << 20  # per partition: room for the largest message the DLQ reports
 MAX_BATCH_BYTES = 256 << 10  # per partition and request
-MAX_IN_FLIGHT = 2  # batches handled at once
 FINISH_WAIT_S = 5.0  # for the batches in flight, on a rebalance or a shutdown
 
 
 class BatchConsumer(Service):
     def __init__(
-        self, settings: Settings, topic: str, group_id: str, handle: Handler, **kwargs: Any
+        self,
+        settings: Settings,
+        topic: str,
+        group_id: str,
+        handle: Handler,
+        *,
+        max_in_flight: int = 1,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.settings, self.topic, self.group_id, self.handle = settings, topic, group_id, handle
+        self.max_in_flight = max_in_flight
         self.consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Future[None] | None = None
         self._in_flight: deque[asyncio.Future[None]] = deque()  # oldest first
@@ -113,7 +121,7 @@ class BatchConsumer(Service):
             )
             if not fetched:
                 continue
-            if len(self._in_flight) >= MAX_IN_FLIGHT:
+            if len(self._in_flight) >= self.max_in_flight:
                 await self._in_flight.popleft()
             self._uncommitted += 1
             self._settled.clear()
