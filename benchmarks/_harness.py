@@ -33,7 +33,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from racer_online.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from racer_online.embedded import EMBEDDED_BROKER_ENV, EmbeddedBroker, EmbeddedRedis, free_port
 from racer_online.settings import load_scopes
 
 TOPICS = ("queries", "decisions", "feedback", "thresholds", "alerts", "dlq")
@@ -230,6 +230,7 @@ class Deployment:
                 "RACER_LOG_LEVEL": "INFO",
                 # RACER_AUDIT_RATE and the batching knobs stay at the settings' defaults
             }
+            | EMBEDDED_BROKER_ENV
             | {f"RACER_TOPICS__{name.upper()}": topic for name, topic in self.topics.items()}
             | (env or {})
         )

@@ -193,9 +193,10 @@ class Settings(BaseSettings):
     threshold_max_age_s: Seconds = 3600.0  # readiness fails past this
     batch_size: int = Field(default=500, ge=1)  # records per batch, at most
     batch_timeout_s: Seconds = 0.05  # how long a poll waits for records when there are none
-    # How long the broker may hold a fetch for records to arrive. Kafka answers as soon as
-    # one is there; the embedded broker waits about half of it even then (benchmarks.md).
-    fetch_max_wait_s: Seconds = 0.01
+    # How long the broker may hold a fetch while no record is there (Kafka's default): it
+    # only paces an idle consumer's polls. The embedded broker holds a fetch for about half
+    # of it even when records are there, so its environment sets 0.01 (embedded.py).
+    fetch_max_wait_s: Seconds = 0.5
 
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)

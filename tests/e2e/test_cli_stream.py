@@ -61,10 +61,11 @@ def test_dev_services_worker_publish_feedback_thresholds(tmp_path):
     )
     worker = None
     try:
-        lines = [services.stdout.readline().strip() for _ in range(2)]
+        lines = [services.stdout.readline().strip() for _ in range(3)]
         assert [line.split("=", 1)[0] for line in lines] == [
             "RACER_KAFKA_BROKER",
             "RACER_REDIS_URL",
+            "RACER_FETCH_MAX_WAIT_S",
         ]
         env |= dict(line.split("=", 1) for line in lines) | {
             "RACER_AUDIT_RATE": "1", "RACER_RECALIBRATE_INTERVAL_S": "1",

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from racer_online.embedded import free_port
+from racer_online.embedded import EMBEDDED_BROKER_ENV, free_port
 from racer_online.messages import AlertMessage, ThresholdMessage
 from racer_online.report import save_report
 from racer_online.service import load_history
@@ -176,6 +176,7 @@ class Replay:
             "RACER_TOPICS__PARTITIONS": "4",
         }  # fmt: skip
         self.env |= {f"RACER_TOPICS__{name.upper()}": t for name, t in self.topics.items()}
+        self.env |= EMBEDDED_BROKER_ENV
         self.settings = Settings(
             _env_file=None, redis_url=redis_url, scopes_file=tmp_path / "scopes.toml"
         )

@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from racer_online.embedded import free_port
+from racer_online.embedded import EMBEDDED_BROKER_ENV, free_port
 
 TOPICS = ("queries", "decisions", "feedback", "thresholds", "alerts", "dlq")
 PARTITIONS = 4
@@ -46,6 +46,7 @@ class Deployment:
                 "RACER_TOPICS__PARTITIONS": str(PARTITIONS),
                 "RACER_LOG_LEVEL": "INFO",
             }
+            | EMBEDDED_BROKER_ENV
             | {f"RACER_TOPICS__{name.upper()}": topic for name, topic in self.topics.items()}
         )
 

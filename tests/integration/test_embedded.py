@@ -147,6 +147,7 @@ def test_embedded_services_leave_no_process_behind() -> None:
         assert services.env() == {
             "RACER_KAFKA_BROKER": services.broker.url,
             "RACER_REDIS_URL": services.redis.url,
+            "RACER_FETCH_MAX_WAIT_S": "0.01",
         }
         assert services.kafka_broker.startswith("kafka://127.0.0.1:")
         assert kafka_answers("127.0.0.1", services.broker.port)

@@ -61,7 +61,7 @@ def settings() -> Settings:
         ("threshold_max_age_s", 3600.0),
         ("batch_size", 500),
         ("batch_timeout_s", 0.05),
-        ("fetch_max_wait_s", 0.01),
+        ("fetch_max_wait_s", 0.5),
         ("broker_session_timeout_s", None),
         ("broker_heartbeat_interval_s", None),
         ("broker_rebalance_timeout_s", None),
