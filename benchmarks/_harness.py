@@ -602,9 +602,10 @@ async def paced_send(
 
 
 def faust_floor_app() -> Any:
-    """A Faust app shaped like worker/app.py's route agent (``take_events`` of 500 within
-    50 ms, one send per event, every send awaited per batch) that only copies the value:
-    what one worker could reach if routing cost nothing. Configured by FLOOR_* env."""
+    """A Faust route agent (``take_events`` of 500 within 50 ms, one send per event, every
+    send awaited per batch) that only copies the value: what a worker built on a Faust
+    stream could reach if routing cost nothing (why worker/ reads its input topics with
+    batch consumers instead). Configured by FLOOR_* env."""
     import faust
 
     env = os.environ

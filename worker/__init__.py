@@ -1,1 +1,1 @@
-"""The Faust worker of racer-online: topics, agents and timers. Wiring only."""
+"""The Faust worker of racer-online: topics, batch consumers, timers and web views. Wiring only."""
