@@ -1,7 +1,7 @@
 """The Faust app: wiring only. Handlers parse with the pydantic models, call the service
 and send the results; `worker.batches` feeds them whole fetches and commits a batch once
-every effect is done (Redis written, every send acknowledged by the broker). Faust runs
-the producer, the leader election, the timers and the web views.
+every effect is done (Redis written, every send acknowledged by the broker). Faust
+creates the topics and runs the leader election, the timers and the web views.
 """
 
 from __future__ import annotations
