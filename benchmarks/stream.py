@@ -4,7 +4,7 @@ Per repetition, in one run and against the same services:
 
 1. raw: an aiokafka consume-and-produce pass-through process on N pre-published query
    payloads (topic A -> topic B): rate from the first to the last record written to B;
-   plus, for reference, a Faust app with the worker's batching and sends but no service;
+   plus, for reference, a Faust agent that batches and sends but routes nothing;
 2. route: ``python -m racer_online worker`` on N pre-published queries (9 model scores),
    rate from the first to the last decision (record timestamps on the decisions topic);
 3. latency: publish-to-decision p50/p99 at a steady rate (default 1,000 q/s), in segments
