@@ -62,9 +62,6 @@ class BatchConsumer(Service):
         self.consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Future[None] | None = None
         self._in_flight: deque[asyncio.Future[None]] = deque()  # oldest first
-        self._uncommitted = 0  # batches fetched and not yet committed
-        self._settled = asyncio.Event()  # set while that is 0
-        self._settled.set()
         self._committed: dict[TopicPartition, int] = {}
 
     @property
@@ -122,39 +119,31 @@ class BatchConsumer(Service):
                 continue
             if len(self._in_flight) >= self.max_in_flight:
                 await self._in_flight.popleft()
-            self._uncommitted += 1
-            self._settled.clear()
             previous = self._in_flight[-1] if self._in_flight else None
             self._in_flight.append(asyncio.ensure_future(self._process(fetched, previous)))
 
     async def finish(self, timeout: float) -> None:
-        """Wait, within ``timeout``, until every batch fetched so far is committed."""
-        try:
-            await asyncio.wait_for(self._settled.wait(), timeout)
-        except TimeoutError:
+        """Wait, within ``timeout``, for the batches in flight to be handled and committed."""
+        pending = [task for task in self._in_flight if not task.done()]
+        if pending and (await asyncio.wait(pending, timeout=timeout))[1]:
             log.warning("%s: moving on with a batch in flight: it is redelivered", self.label)
 
     async def _process(
         self, fetched: dict[TopicPartition, list[Record]], previous: Awaitable[None] | None
     ) -> None:
         assert self.consumer is not None
+        delivered = await self.handle([r for records in fetched.values() for r in records])
+        if previous is not None:
+            await previous  # commits in fetch order; raises if the previous one failed
+        await delivered  # a failed send raises: the worker stops before a later commit
+        offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items()}
         try:
-            delivered = await self.handle([r for records in fetched.values() for r in records])
-            if previous is not None:
-                await previous  # commits in fetch order; raises if the previous one failed
-            await delivered  # a failed send raises: the worker stops before a later commit
-            offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items()}
-            try:
-                await self.consumer.commit(offsets)
-                self._committed.update(offsets)
-            except (CommitFailedError, KafkaError) as exc:
-                # The batch is done: a later commit covers it, or its partitions moved on
-                # and their new owner redelivers it (the handlers are idempotent).
-                log.warning("%s: batch not committed, may be redelivered: %s", self.label, exc)
-        finally:
-            self._uncommitted -= 1
-            if not self._uncommitted:
-                self._settled.set()
+            await self.consumer.commit(offsets)
+            self._committed.update(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # The batch is done: a later commit covers it, or its partitions moved on and
+            # their new owner redelivers it (the handlers are idempotent).
+            log.warning("%s: batch not committed, may be redelivered: %s", self.label, exc)
 
     def lag(self) -> dict[TopicPartition, int]:
         """Records between what this worker committed and each assigned partition's end (as

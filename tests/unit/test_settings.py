@@ -117,7 +117,7 @@ def test_default_topics() -> None:
         ("RACER_THRESHOLD_MAX_AGE_S", "600", "threshold_max_age_s", 600.0),
         ("RACER_BATCH_SIZE", "64", "batch_size", 64),
         ("RACER_BATCH_TIMEOUT_S", "0.2", "batch_timeout_s", 0.2),
-        ("RACER_FETCH_MAX_WAIT_S", "0.5", "fetch_max_wait_s", 0.5),
+        ("RACER_FETCH_MAX_WAIT_S", "0.02", "fetch_max_wait_s", 0.02),
         ("RACER_BROKER_SESSION_TIMEOUT_S", "2", "broker_session_timeout_s", 2.0),
         ("RACER_BROKER_HEARTBEAT_INTERVAL_S", "0.5", "broker_heartbeat_interval_s", 0.5),
         ("RACER_BROKER_REBALANCE_TIMEOUT_S", "2", "broker_rebalance_timeout_s", 2.0),
