@@ -33,7 +33,12 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from racer_online.embedded import EMBEDDED_BROKER_ENV, EmbeddedBroker, EmbeddedRedis, free_port
+from racer_online.local.services import (
+    EMBEDDED_BROKER_ENV,
+    EmbeddedBroker,
+    EmbeddedRedis,
+    free_port,
+)
 from racer_online.settings import load_scopes
 
 TOPICS = ("queries", "decisions", "feedback", "thresholds", "alerts", "dlq")

@@ -18,8 +18,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from racer_online import core, replay
-from racer_online.datasets import load_outcomes
+from racer_online import core
+from racer_online.apps import replay
+from racer_online.offline.datasets import load_outcomes
 from racer_online.routers.files import load_router
 
 

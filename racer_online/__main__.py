@@ -1,3 +1,3 @@
-from racer_online.cli import main
+from racer_online.apps.cli import main
 
 main()

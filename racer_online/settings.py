@@ -120,7 +120,7 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class KafkaSecurityConfig(BaseModel):
-    """How to reach the brokers: ``RACER_KAFKA_SECURITY__*``. `racer_online.security` checks
+    """How to reach the brokers: ``RACER_KAFKA_SECURITY__*``. `racer_online.kafka.clients` checks
     that the fields fit together and builds the client options; secrets stay `SecretStr`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     app_id: str = Field(default="racer-online", min_length=1)
     kafka_broker: str = "kafka://127.0.0.1:9092"
     redis_url: Annotated[str, BeforeValidator(_check_redis_url)] = "redis://127.0.0.1:6379/0"
-    # Security (racer_online.security builds the client options from these).
+    # Security (racer_online.kafka.clients builds the client options from these).
     kafka_security: KafkaSecurityConfig = Field(default_factory=KafkaSecurityConfig)
     redis_username: str | None = None  # Redis ACL user; None: the default user
     redis_password: SecretStr | None = None  # rather than a password inside RACER_REDIS_URL

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from racer_online.embedded import EmbeddedBroker, EmbeddedRedis, redis_reachable
+from racer_online.local.services import EmbeddedBroker, EmbeddedRedis, redis_reachable
 
 
 @pytest.fixture(scope="session")

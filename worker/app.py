@@ -1,5 +1,5 @@
 """The Faust app: wiring only. Handlers parse with the pydantic models, call the service
-and send the results; `worker.batches` feeds them whole fetches and commits a batch once
+and send the results; `racer_online.kafka.batches` feeds them whole fetches and commits a batch once
 every effect is done (Redis written, every send acknowledged by the broker). Faust
 creates the topics and runs the leader election, the timers and the web views.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import faust
 
-from racer_online import metrics
 from racer_online.errors import StoreUnavailableError
+from racer_online.kafka.batches import BatchConsumer, BatchProducer, Outgoing, Record
 from racer_online.messages import (
     DeadLetter,
     FeedbackMessage,
@@ -24,12 +24,11 @@ from racer_online.messages import (
     QueryMessage,
 )
 from racer_online.routers.files import load_router
-from racer_online.security import kafka_options
-from racer_online.service import RacerService, Rejected, store_config
+from racer_online.service import RacerService, Rejected, metrics, store_config
 from racer_online.settings import Settings
 from racer_online.store import RedisStore
 from worker import web
-from worker.batches import BatchConsumer, BatchProducer, Outgoing, Record
+from worker.security import kafka_options
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # then 5 s until Redis answers

@@ -8,11 +8,10 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from racer_online import metrics
 from racer_online.errors import InvalidInputError, StoreUnavailableError
-from racer_online.service import RacerService
+from racer_online.kafka.batches import BatchConsumer
+from racer_online.service import RacerService, metrics
 from worker import dashboard
-from worker.batches import BatchConsumer
 
 
 def register(app: faust.App, service: RacerService, consumers: Sequence[BatchConsumer]) -> None:

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from racer_online.routers.features import TextEmbedder, TfidfFeatures, fit_tfidf
     from racer_online.routers.files import FORMAT_VERSION, load_router, router_paths, save_router
     from racer_online.routers.knn import KnnRouter, fit_knn_router, train_knn_router
-    from racer_online.routers.report import (
+    from racer_online.routers.text import TextRouter, train_text_router
+    from racer_online.routers.training import (
         OptionQuality,
         TrainingReport,
         expected_calibration_error,
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
         split_rows,
         train_router_command,
     )
-    from racer_online.routers.text import TextRouter, train_text_router
 
 _MODULE_OF = {
     **dict.fromkeys(("TextEmbedder", "TfidfFeatures", "fit_tfidf"), "features"),
@@ -40,7 +40,7 @@ _MODULE_OF = {
             "split_rows",
             "train_router_command",
         ),
-        "report",
+        "training",
     ),
 }
 

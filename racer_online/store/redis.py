@@ -14,7 +14,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from racer_online.errors import StoreUnavailableError
-from racer_online.security import redis_options
 from racer_online.settings import Settings
 from racer_online.store import keys
 from racer_online.store.base import (
@@ -25,6 +24,7 @@ from racer_online.store.base import (
     StoreConfig,
     WindowEntry,
 )
+from racer_online.store.connection import redis_options
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -48,7 +48,7 @@ def _unavailable_when_unreachable(
 
 
 def _lua(name: str) -> str:
-    source = files("racer_online.store").joinpath(name).read_text()
+    source = files("racer_online.store").joinpath("lua", name).read_text()
     if name in ("route.lua", "feedback.lua"):
         return _lua("common.lua") + source
     return source

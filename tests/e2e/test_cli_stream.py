@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from racer_online.datasets import load_outcomes
-from racer_online.embedded import free_port
-from racer_online.evaluation import task_router_records
-from racer_online.records import write_records
+from racer_online.local.services import free_port
+from racer_online.offline.datasets import load_outcomes
+from racer_online.offline.evaluation import task_router_records
+from racer_online.offline.records import write_records
 
 pytestmark = pytest.mark.e2e
 

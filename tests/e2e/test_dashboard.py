@@ -23,10 +23,10 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from racer_online.embedded import EMBEDDED_BROKER_ENV, free_port
+from racer_online.apps.reading import load_history
+from racer_online.apps.report import save_report
+from racer_online.local.services import EMBEDDED_BROKER_ENV, free_port
 from racer_online.messages import AlertMessage, ThresholdMessage
-from racer_online.report import save_report
-from racer_online.service import load_history
 from racer_online.settings import Settings
 from racer_online.store import keys
 

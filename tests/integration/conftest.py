@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from racer_online.embedded import EMBEDDED_BROKER_ENV, free_port
+from racer_online.local.services import EMBEDDED_BROKER_ENV, free_port
 
 TOPICS = ("queries", "decisions", "feedback", "thresholds", "alerts", "dlq")
 PARTITIONS = 4
@@ -159,7 +159,7 @@ class FaultServices:
     and restart them without touching the session's services."""
 
     def __init__(self, tmp_path: Path):
-        from racer_online.embedded import EmbeddedBroker, EmbeddedRedis
+        from racer_online.local.services import EmbeddedBroker, EmbeddedRedis
 
         for name in ("broker", "redis"):
             (tmp_path / name).mkdir()

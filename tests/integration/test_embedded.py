@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from racer_online.embedded import (
+from racer_online.local.services import (
     EmbeddedBroker,
     EmbeddedRedis,
     EmbeddedServiceError,
@@ -160,7 +160,7 @@ def test_embedded_services_leave_no_process_behind() -> None:
 
 CHILD = """
 import sys, time
-from racer_online.embedded import embedded_services
+from racer_online.local.services import embedded_services
 with embedded_services() as s:
     print(s.broker.pid, s.redis.pid, flush=True)
     time.sleep(60)

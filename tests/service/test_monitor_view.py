@@ -6,9 +6,9 @@ import io
 import pytest
 from rich.console import Console
 
+from racer_online.apps.monitor import alert_marks, build_frame, run_monitor, sparkline
 from racer_online.errors import InvalidInputError
 from racer_online.messages import AlertMessage, ThresholdMessage
-from racer_online.monitor import alert_marks, build_frame, run_monitor, sparkline
 from racer_online.service import store_config
 from racer_online.settings import Settings
 from racer_online.store import RedisStore

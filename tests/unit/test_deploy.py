@@ -21,10 +21,11 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel
 
-from racer_online import metrics
-from racer_online.security import kafka_options, redis_options
+from racer_online.service import metrics
 from racer_online.settings import Settings, TopicsConfig, load_scopes
 from racer_online.store import keys
+from racer_online.store.connection import redis_options
+from worker.security import kafka_options
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -323,7 +324,7 @@ def test_prometheus_scrapes_every_worker_on_the_web_port(compose: dict[str, Any]
 
 
 def exported_series() -> set[str]:
-    """Every series name racer_online.metrics exports, with the client's suffixes."""
+    """Every series name racer_online.service.metrics exports, with the client's suffixes."""
     names = set()
     for value in vars(metrics).values():
         if not isinstance(value, MetricWrapperBase):
@@ -385,7 +386,7 @@ def test_dashboard_plots_the_required_metrics_by_scope() -> None:
     exprs = [t["expr"] for p in panels for t in p["targets"]]
     used = set().union(*map(racer_names, exprs))
     assert used >= REQUIRED_ON_DASHBOARD
-    assert exported_series() >= REQUIRED_ON_DASHBOARD  # they exist in racer_online.metrics
+    assert exported_series() >= REQUIRED_ON_DASHBOARD  # they exist in racer_online.service.metrics
     assert used <= exported_series(), used - exported_series()
     (scope,) = dashboard["templating"]["list"]
     assert scope["name"] == "scope"

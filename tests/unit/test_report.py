@@ -6,9 +6,9 @@ import re
 import pytest
 from PIL import Image
 
+from racer_online.apps.report import chart_png, save_report, write_report
 from racer_online.errors import InvalidInputError
 from racer_online.messages import AlertMessage, ThresholdMessage
-from racer_online.report import chart_png, save_report, write_report
 from racer_online.settings import Settings
 
 T0 = 1_800_000_000.0

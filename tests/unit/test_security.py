@@ -18,8 +18,10 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from racer_online.errors import ConfigError
-from racer_online.security import aiokafka_options, kafka_options, redis_options
+from racer_online.kafka.clients import aiokafka_options
 from racer_online.settings import Settings
+from racer_online.store.connection import redis_options
+from worker.security import kafka_options
 
 SECRET = "s3cret-value"
 KEY_PASSWORD = "keypass"

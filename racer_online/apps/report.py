@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from racer_online.dashboard import ScopeHistory, static_page
+from racer_online.apps.dashboard import ScopeHistory, static_page
 from racer_online.errors import InvalidInputError
 from racer_online.messages import AlertMessage, ThresholdMessage
 from racer_online.settings import Settings
@@ -41,7 +41,7 @@ def write_report(
     since: float = 0.0,
 ) -> list[Path]:
     """Read each scope's history from Redis and write the report; return the files written."""
-    from racer_online.service import load_history
+    from racer_online.apps.reading import load_history
 
     names = list(scopes) if scopes else list(settings.scopes)
     unknown = [name for name in names if name not in settings.scopes]

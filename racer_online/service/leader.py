@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from racer_online import core, metrics
+from racer_online import core
 from racer_online.messages import AlertMessage, Status, ThresholdMessage
-from racer_online.scope import ScopeState
+from racer_online.service import metrics
+from racer_online.service.scope import ScopeState
 from racer_online.settings import Settings
 from racer_online.store import Store
 

@@ -33,7 +33,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from mode import Service
 
-from racer_online.security import aiokafka_options
+from racer_online.kafka import clients
 from racer_online.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,8 @@ class BatchConsumer(Service):
             "heartbeat_interval_ms": s.broker_heartbeat_interval_s,
             "rebalance_timeout_ms": s.broker_rebalance_timeout_s,
         }
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap,
+        self.consumer = clients.consumer(
+            s,
             group_id=self.group_id,
             client_id=f"{s.app_id}-{self.topic}",
             enable_auto_commit=False,  # committed after the batch's effects, below
@@ -88,7 +88,6 @@ class BatchConsumer(Service):
             fetch_max_wait_ms=int(s.fetch_max_wait_s * 1000),
             max_partition_fetch_bytes=MAX_FETCH_BYTES,
             **{k: int(v * 1000) for k, v in timeouts.items() if v is not None},
-            **aiokafka_options(s),
         )
         self.consumer.subscribe([self.topic], listener=_FinishBatchesFirst(self))
         await self.consumer.start()
@@ -186,14 +185,13 @@ class BatchProducer(Service):
 
     async def on_start(self) -> None:
         s = self.settings
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap,
+        self.producer = clients.producer(
+            s,
             client_id=f"{s.app_id}-producer",
             acks="all",
             # One batch per partition is in flight at a time, and the next one fills
             # meanwhile: 16 KiB (the default) holds only about 17 decisions.
             max_batch_size=MAX_BATCH_BYTES,
-            **aiokafka_options(s),
         )
         await self.producer.start()
 

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from racer_online import core, metrics
+from racer_online import core
 from racer_online.messages import ThresholdMessage
+from racer_online.service import metrics
+from racer_online.service.window import WindowCache
 from racer_online.settings import ScopeConfig
-from racer_online.window import WindowCache
 
 
 @dataclass

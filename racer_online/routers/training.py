@@ -16,8 +16,8 @@ from numpy.typing import NDArray
 from sklearn.metrics import roc_auc_score
 
 from racer_online.core.scoring import check_choice
-from racer_online.datasets import Outcomes, default_dataset_dir, load_outcomes
 from racer_online.errors import InvalidInputError
+from racer_online.offline.datasets import Outcomes, default_dataset_dir, load_outcomes
 from racer_online.routers.base import RouterScores
 from racer_online.routers.files import ROUTER_KINDS, router_paths, save_router
 from racer_online.routers.knn import KnnRouter, train_knn_router

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from numpy.typing import NDArray
 
 from racer_online import core
-from racer_online.datasets import Outcomes
 from racer_online.errors import InvalidInputError, RacerError
+from racer_online.kafka import clients
 from racer_online.messages import DecisionMessage, FeedbackMessage, QueryMessage
+from racer_online.offline.datasets import Outcomes
 from racer_online.routers.files import router_paths
 from racer_online.settings import ScopeConfig, Settings
 
@@ -173,12 +174,9 @@ async def replay(
     position = {qid: i for i, qid in enumerate(ids)}
     decided: dict[int, DecisionMessage] = {}
     rng = np.random.default_rng(seed)
-    bootstrap, topics = settings.kafka_bootstrap, settings.topics
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    consumer = AIOKafkaConsumer(
-        topics.decisions, bootstrap_servers=bootstrap, group_id=f"racer-replay-{run}"
-    )
+    topics = settings.topics
+    producer = clients.producer(settings, linger_ms=5)
+    consumer = clients.consumer(settings, topics.decisions, group_id=f"racer-replay-{run}")
     await producer.start()
     await consumer.start()
     grading: set[asyncio.Task[None]] = set()
@@ -267,7 +265,7 @@ def held_out_rows(outcomes: Outcomes, router_file: Path | None) -> NDArray[np.in
     """Rows the router was not trained on, from the split kept in its header; None: all."""
     if router_file is None:
         return None
-    from racer_online.routers.report import split_rows
+    from racer_online.routers.training import split_rows
 
     header = json.loads(router_paths(router_file)[0].read_text())
     training = header.get("training") or {}

@@ -205,7 +205,7 @@ def run_monitor(
 
 
 async def _monitor(settings: Settings, names: list[str], *, refresh_s: float, once: bool) -> None:
-    from racer_online.service import reading_service
+    from racer_online.apps.reading import reading_service
 
     console = Console()
     limit = settings.threshold_max_age_s

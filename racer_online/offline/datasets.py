@@ -1,7 +1,7 @@
 """The shipped real routing dataset: outcomes of 9 LLMs on 6,108 queries.
 
-Read from ``shared/data/llmrouter-9llm`` beside the repository (or ``RACER_DATASET``);
-it is never copied into the repository.
+It ships inside the package (``racer_online/data/llmrouter-9llm``, MIT, with its LICENSE
+and README); ``RACER_DATASET`` points elsewhere.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ def default_dataset_dir() -> Path:
     override = os.environ.get("RACER_DATASET")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "llmrouter-9llm"
+    return Path(str(resources.files("racer_online.data").joinpath("llmrouter-9llm")))
 
 
 @dataclass(frozen=True)

@@ -12,17 +12,15 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pydantic_core
 
-from racer_online import core, metrics
+from racer_online import core
 from racer_online.errors import InvalidInputError, StoreUnavailableError
-from racer_online.leader import Leader
 from racer_online.messages import (
     AlertMessage,
     DecisionMessage,
@@ -31,10 +29,12 @@ from racer_online.messages import (
     ThresholdMessage,
 )
 from racer_online.routers.base import Router
-from racer_online.scope import ScopeState
+from racer_online.service import metrics
+from racer_online.service.leader import Leader
+from racer_online.service.scope import ScopeState
+from racer_online.service.window import pack_scores
 from racer_online.settings import Settings
 from racer_online.store import FeedbackOutcome, LabelWrite, PendingWrite, Store, StoreConfig
-from racer_online.window import pack_scores
 
 log = logging.getLogger(__name__)
 
@@ -289,39 +289,6 @@ class RacerService:
             "thresholds": [t for t in thresholds if t.computed_at >= since],
             "alerts": [a for a in alerts if a.at >= since],
         }
-
-
-@asynccontextmanager
-async def reading_service(settings: Settings) -> AsyncIterator[RacerService]:
-    """A service on the configured Redis that only reads (CLI, monitor, report)."""
-    from racer_online.store import RedisStore
-
-    store = RedisStore.from_settings(settings, store_config(settings))
-    try:
-        service = RacerService(settings, store)
-        await service.refresh_thresholds()
-        yield service
-    finally:
-        await store.close()
-
-
-async def load_current_thresholds(
-    settings: Settings, scopes: Sequence[str]
-) -> dict[str, ThresholdMessage]:
-    """The stored threshold of each scope, or its start state when none is stored yet."""
-    unknown = [name for name in scopes if name not in settings.scopes]
-    if unknown:
-        raise InvalidInputError(f"unknown scope {unknown[0]!r}")
-    async with reading_service(settings) as service:
-        return {name: service.scopes[name].threshold for name in scopes}
-
-
-async def load_history(
-    settings: Settings, scopes: Sequence[str], *, since: float = 0.0
-) -> dict[str, dict[str, list[Any]]]:
-    """Threshold history and alerts of each scope since a time."""
-    async with reading_service(settings) as service:
-        return {name: await service.history(name, since=since) for name in scopes}
 
 
 def _count_decisions(decisions: Sequence[dict[str, Any]]) -> None:

@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from racer_online import replay
-from racer_online.datasets import Outcomes
-from racer_online.embedded import embedded_services, free_port
+from racer_online.apps import replay
 from racer_online.errors import RacerError
+from racer_online.local.services import embedded_services, free_port
+from racer_online.offline.datasets import Outcomes
 from racer_online.settings import Settings
 
 # Demo tuning, said out loud (docs/results.md): the dataset holds every label, so every
@@ -96,7 +96,7 @@ def _wait_healthy(proc: subprocess.Popen[bytes], port: int, log_file: Path) -> N
 
 def router_file(out_dir: Path, *, seed: int = 0, train_fraction: float = 0.4) -> Path:
     """The demo's text router: trained once on a seeded 40% of the data, then reused."""
-    from racer_online.routers.report import train_router_command
+    from racer_online.routers.training import train_router_command
 
     path = out_dir / "router.json"
     if not path.exists():
@@ -108,8 +108,8 @@ def run_demo(
     out_dir: Path, *, live: bool, per_phase: int | None = None, rate: float = 30.0
 ) -> dict[str, Any]:
     """Everything end to end; returns the replay's JSON object and writes the report."""
-    from racer_online.datasets import load_outcomes
-    from racer_online.report import write_report
+    from racer_online.apps.report import write_report
+    from racer_online.offline.datasets import load_outcomes
 
     out_dir.mkdir(parents=True, exist_ok=True)
     router = router_file(out_dir)
@@ -154,8 +154,8 @@ async def _replay(
     from rich.live import Live
     from rich.progress import Progress
 
-    from racer_online.monitor import build_frame
-    from racer_online.service import reading_service
+    from racer_online.apps.monitor import build_frame
+    from racer_online.apps.reading import reading_service
 
     progress = Progress()
     task = progress.add_task("replaying", total=len(the_plan.rows))

@@ -8,12 +8,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from aiokafka import AIOKafkaProducer
-
 from racer_online.errors import InvalidInputError
+from racer_online.kafka import clients
 from racer_online.messages import FeedbackMessage, MessageError, QueryMessage
-from racer_online.records import read_records
-from racer_online.security import aiokafka_options
+from racer_online.offline.records import read_records
 from racer_online.settings import Settings
 
 M = TypeVar("M", QueryMessage, FeedbackMessage)
@@ -78,12 +76,7 @@ async def produce(
     settings: Settings, topic: str, messages: Iterable[QueryMessage | FeedbackMessage]
 ) -> int:
     """Send every message keyed by query id; return how many were acknowledged."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        linger_ms=5,
-        acks="all",
-        **aiokafka_options(settings),
-    )
+    producer = clients.producer(settings, linger_ms=5, acks="all")
     await producer.start()
     try:
         pending = [

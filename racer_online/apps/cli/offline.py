@@ -1,0 +1,242 @@
+"""Commands on files: calibrate, evaluate, train-router, and the replay and demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from racer_online import core
+from racer_online.apps.cli.common import (
+    Alpha,
+    BoundOpt,
+    Delta,
+    JsonOpt,
+    MissOpt,
+    RuleOpt,
+    app,
+    fmt,
+    method,
+    note,
+    out,
+    progress_bar,
+    select_scope,
+    show_replay,
+)
+from racer_online.errors import InvalidInputError
+from racer_online.offline.records import read_records
+from racer_online.settings import Settings
+
+
+@app.command()
+def calibrate(
+    records: Annotated[Path, typer.Option(help="Records CSV (p:<model>, y:<model> columns).")],
+    alpha: Alpha,
+    delta: Delta,
+    bound: BoundOpt = "binomial",
+    rule: RuleOpt = "cumulative",
+    miss: MissOpt = "answerable",
+    scope: Annotated[str | None, typer.Option(help="Use only this scope's records.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Calibrate the RACER threshold on a records file."""
+    data = select_scope(read_records(records), scope)
+    graded = data.fully_graded()
+    if len(graded) < len(data):
+        note(f"note: left out {len(data) - len(graded)} records with an ungraded model")
+    if not len(graded):
+        raise InvalidInputError(f"{records}: no record has a label for every model")
+    result = core.calibrate(
+        graded.scores,
+        graded.labels.astype(bool),
+        alpha=alpha,
+        delta=delta,
+        **method(bound, rule, miss),
+        p_abstain=graded.p_abstain,
+        prices=graded.costs,
+    )
+    report = {
+        "lam_hat": result.lam_hat,
+        "m_star": result.m_star,
+        "n": result.n,
+        "certified": result.certified,
+        "fallback": result.fallback,
+        "empirical_risk": result.empirical_risk,
+        "mean_set_size": result.mean_set_size,
+        "abstain_rate": result.abstain_rate,
+        "mean_cost": result.mean_cost,
+        "alpha": alpha,
+        "delta": delta,
+        "bound": bound,
+        "rule": rule,
+        "miss": miss,
+        "models": list(graded.models),
+    }
+    if as_json:
+        print(json.dumps(report))
+        return
+    table = Table("quantity", "value", title="RACER calibration")
+    for key, value in report.items():
+        table.add_row(key, fmt(value))
+    out.print(table)
+    if result.fallback:
+        note("note: nothing certified with this many records: lam = 1 (every option)")
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path | None, typer.Option(help="Outcomes dataset folder or CSV.")] = None,
+    delta: Delta = 0.1,
+    bound: BoundOpt = "binomial",
+    rule: RuleOpt = "cumulative",
+    miss: MissOpt = "answerable",
+    n_calibration: Annotated[int, typer.Option(help="Calibration records per split.")] = 1000,
+    splits: Annotated[int, typer.Option(help="Random calibration/test splits.")] = 100,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """RACER on the shipped real outcomes, next to top-1 and all-models routing."""
+    from racer_online.offline.datasets import load_outcomes
+    from racer_online.offline.evaluation import mean_figures, random_splits, task_router_records
+
+    records = task_router_records(load_outcomes(data), seed=seed)
+    if not 0 < n_calibration < len(records):
+        raise InvalidInputError(f"--n-calibration must lie in [1, {len(records) - 1}]")
+    rows = []
+    for alpha in (0.05, 0.1, 0.2):
+        results = list(
+            random_splits(
+                records,
+                alpha=alpha,
+                delta=delta,
+                **method(bound, rule, miss),
+                n_calibration=n_calibration,
+                splits=splits,
+                seed=seed,
+            )
+        )
+        for name, figs in (
+            ("racer", [r.racer for r in results]),
+            ("top-1", [r.top1 for r in results]),
+            ("all models", [r.all_models for r in results]),
+        ):
+            mean = mean_figures(figs)
+            lam = float(np.mean([r.lam_hat for r in results])) if name == "racer" else None
+            rows.append({"alpha": alpha, "router": name, "lam_hat": lam, **vars(mean)})
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "delta": delta,
+                    "bound": bound,
+                    "rule": rule,
+                    "miss": miss,
+                    "n_calibration": n_calibration,
+                    "splits": splits,
+                    "rows": rows,
+                }
+            )
+        )
+        return
+    table = Table(
+        "alpha",
+        "router",
+        "lam_hat",
+        "test risk",
+        "mean set size",
+        "abstain",
+        "mean price",
+        title=f"RACER on llmrouter-9llm: {rule} / {miss}, {bound} bound, delta = {delta}, "
+        f"{n_calibration} calibration records, mean of {splits} splits",
+    )
+    for row in rows:
+        table.add_row(
+            *(
+                fmt(row[k])
+                for k in (
+                    "alpha",
+                    "router",
+                    "lam_hat",
+                    "risk",
+                    "mean_set_size",
+                    "abstain_rate",
+                    "mean_price",
+                )
+            )
+        )
+    out.print(table)
+
+
+@app.command("train-router")
+def train_router(
+    save_to: Annotated[
+        Path, typer.Option("--out", help="Where to save: writes OUT.json and OUT.npz.")
+    ],
+    data: Annotated[Path | None, typer.Option(help="Outcomes CSV or its folder.")] = None,
+    kind: Annotated[str, typer.Option(help="text (TF-IDF) or knn (embeddings).")] = "text",
+    seed: int = 0,
+    train_fraction: Annotated[float, typer.Option(help="Share of questions to train on.")] = 0.4,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a base router; report per-model AUC and calibration error on held-out rows."""
+    from racer_online.routers.training import train_router_command
+
+    report = train_router_command(data, save_to, kind, seed, train_fraction)
+    print(json.dumps(report.to_dict()) if as_json else report.render())
+
+
+@app.command()
+def replay(
+    data: Annotated[Path | None, typer.Option(help="Outcomes dataset folder or CSV.")] = None,
+    scope: Annotated[str, typer.Option(help="Scope the queries belong to.")] = "default",
+    schedule: Annotated[
+        str | None, typer.Option(help='Phases: "name=task,task;name=task" (default: 3 phases).')
+    ] = None,
+    per_phase: Annotated[
+        int | None, typer.Option(help="At most this many queries a phase.")
+    ] = None,
+    rate: Annotated[float, typer.Option(help="Queries per second.")] = 200.0,
+    delay_mean: Annotated[float, typer.Option(help="Mean feedback delay, seconds.")] = 0.2,
+    static_n: Annotated[int, typer.Option(help="Queries the static baseline calibrates on.")] = 500,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stream a real outcomes dataset through the running system, through a drift schedule."""
+    from racer_online.apps import replay as replaying
+    from racer_online.offline.datasets import load_outcomes
+
+    settings = Settings.load()
+    outcomes = load_outcomes(data)
+    phases = replaying.parse_schedule(schedule) if schedule else replaying.DEFAULT_SCHEDULE
+    rows = replaying.held_out_rows(outcomes, settings.router_file)
+    the_plan = replaying.plan(outcomes, phases, rows=rows, per_phase=per_phase, seed=seed)
+    with progress_bar(not as_json) as on_progress:
+        result = asyncio.run(replaying.replay(
+            settings, outcomes, the_plan, scope=scope, rate=rate, delay_mean_s=delay_mean,
+            static_n=static_n, seed=seed, on_progress=on_progress,
+        ))  # fmt: skip
+    show_replay(result, as_json)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Router, logs and report.")] = Path(
+        "artifacts/demo"
+    ),
+    per_phase: Annotated[
+        int | None, typer.Option(help="At most this many queries a phase.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The whole system on the shipped data: services, router, worker, replay, report."""
+    from racer_online.apps.demo import run_demo
+
+    result = run_demo(out_dir, live=not as_json, per_phase=per_phase)
+    show_replay(result, as_json)
+    if not as_json:
+        note(f"report in {out_dir / 'report'}, worker log in {out_dir / 'worker.log'}")

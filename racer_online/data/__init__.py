@@ -1,0 +1,1 @@
+"""Data shipped with the package: the llmrouter-9llm outcomes (MIT, see its LICENSE)."""

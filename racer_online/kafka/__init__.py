@@ -1,0 +1,1 @@
+"""Kafka adapters: client factories, batch consumers and producers, publishing."""

@@ -1,0 +1,1 @@
+"""Local services for development, the demo and the tests: broker and Redis processes."""

@@ -1,0 +1,1 @@
+"""Offline tools: records and outcomes files, evaluation on a dataset."""

@@ -1,0 +1,49 @@
+"""Redis client options from settings: credentials and TLS, checked once."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from racer_online.errors import ConfigError
+from racer_online.files import readable_file
+from racer_online.settings import Settings
+
+
+def redis_options(settings: Settings) -> dict[str, Any]:
+    """``redis.asyncio.Redis.from_url(settings.redis_url, **redis_options(settings))``."""
+    url = urlsplit(settings.redis_url)
+    tls = url.scheme == "rediss"
+    files = {
+        "RACER_REDIS_CA_FILE": settings.redis_ca_file,
+        "RACER_REDIS_CERT_FILE": settings.redis_cert_file,
+        "RACER_REDIS_KEY_FILE": settings.redis_key_file,
+    }
+    for name, path in files.items():
+        if path is not None and not tls:
+            raise ConfigError(f"{name}: needs a rediss:// RACER_REDIS_URL (TLS)")
+    if settings.redis_key_file is not None and settings.redis_cert_file is None:
+        raise ConfigError("RACER_REDIS_KEY_FILE: set RACER_REDIS_CERT_FILE too")
+    # redis-py lets the URL's credentials win over keyword ones: refuse the ambiguity.
+    if settings.redis_password is not None and url.password:
+        raise ConfigError(
+            "RACER_REDIS_PASSWORD: RACER_REDIS_URL holds a password too; keep only one"
+        )
+    if settings.redis_username is not None and url.username:
+        raise ConfigError("RACER_REDIS_USERNAME: RACER_REDIS_URL holds a user name too")
+    options: dict[str, Any] = {}
+    if settings.redis_username is not None:
+        options["username"] = settings.redis_username
+    if settings.redis_password is not None:
+        options["password"] = settings.redis_password.get_secret_value()
+    if tls:
+        options["ssl_cert_reqs"] = "required"
+        readable = {name: readable_file(path, name) for name, path in files.items()}
+        for name, option in (
+            ("RACER_REDIS_CA_FILE", "ssl_ca_certs"),
+            ("RACER_REDIS_CERT_FILE", "ssl_certfile"),
+            ("RACER_REDIS_KEY_FILE", "ssl_keyfile"),
+        ):
+            if readable[name] is not None:
+                options[option] = readable[name]
+    return options
