@@ -144,10 +144,13 @@ _REDIS_DSN = TypeAdapter(RedisDsn)
 
 
 def _check_redis_url(value: Any) -> Any:
+    plain = value.replace("+cluster://", "://", 1) if isinstance(value, str) else value
     try:
-        _REDIS_DSN.validate_python(value)  # validate, but keep the str that redis-py wants
+        _REDIS_DSN.validate_python(plain)  # validate, but keep the str that redis-py wants
     except ValidationError:
-        raise PydanticCustomError("redis_url", "must be a redis:// or rediss:// URL") from None
+        raise PydanticCustomError(
+            "redis_url", "must be a redis://, rediss://, redis+cluster:// or rediss+cluster:// URL"
+        ) from None
     return value
 
 

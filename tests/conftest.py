@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from racer_online.local.redis_cluster import LocalRedisCluster
 from racer_online.local.services import EmbeddedBroker, EmbeddedRedis, redis_reachable
 
 
@@ -39,7 +40,15 @@ def redis_ns(redis_url: str) -> Iterator[str]:
     """A key namespace unique to this test; every key containing it is deleted afterwards."""
     namespace = f"test-{uuid.uuid4().hex[:12]}"
     yield namespace
-    with redis.Redis.from_url(redis_url) as client:
-        keys = list(client.scan_iter(match=f"*{namespace}*", count=1000))
-        if keys:
-            client.delete(*keys)
+    cluster = "+cluster://" in redis_url
+    connect = redis.RedisCluster if cluster else redis.Redis
+    with connect.from_url(redis_url.replace("+cluster://", "://")) as client:
+        for key in list(client.scan_iter(match=f"*{namespace}*", count=1000)):
+            client.delete(key)  # one by one: a Cluster refuses keys of several slots
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 3-master Redis Cluster on loopback for the session (``redis+cluster://`` URL)."""
+    with LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster.url

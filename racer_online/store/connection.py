@@ -1,19 +1,40 @@
-"""Redis client options from settings: credentials and TLS, checked once."""
+"""Redis clients from settings: one server or a Cluster, credentials and TLS checked once.
+
+``redis://`` and ``rediss://`` name one server; ``redis+cluster://`` and
+``rediss+cluster://`` name any node of a Redis Cluster, whose other nodes the client
+discovers. Every key of a scope carries the scope as a hash tag (store/keys.py), so one Lua
+call per scope and batch touches a single slot either way.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
 from racer_online.errors import ConfigError
 from racer_online.files import readable_file
 from racer_online.settings import Settings
 
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+AsyncRedis = aioredis.Redis | RedisCluster
+
+
+def connect(url: str, **options: Any) -> AsyncRedis:
+    """A client for ``url`` (bytes replies): a `RedisCluster` for the cluster schemes."""
+    scheme, _, rest = url.partition("://")
+    if scheme in CLUSTER_SCHEMES:
+        return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", **options)
+    return aioredis.Redis.from_url(url, **options)
+
 
 def redis_options(settings: Settings) -> dict[str, Any]:
-    """``redis.asyncio.Redis.from_url(settings.redis_url, **redis_options(settings))``."""
+    """``connect(settings.redis_url, **redis_options(settings))``."""
     url = urlsplit(settings.redis_url)
-    tls = url.scheme == "rediss"
+    tls = url.scheme in ("rediss", "rediss+cluster")
     files = {
         "RACER_REDIS_CA_FILE": settings.redis_ca_file,
         "RACER_REDIS_CERT_FILE": settings.redis_cert_file,

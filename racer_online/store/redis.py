@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from importlib.resources import files
 from typing import Any, ParamSpec, TypeVar, cast
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from racer_online.errors import StoreUnavailableError
+from racer_online.errors import ConfigError, StoreUnavailableError
 from racer_online.settings import Settings
 from racer_online.store import keys
 from racer_online.store.base import (
@@ -24,11 +27,15 @@ from racer_online.store.base import (
     StoreConfig,
     WindowEntry,
 )
-from racer_online.store.connection import redis_options
+from racer_online.store.connection import AsyncRedis, connect, redis_options
 
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 W = TypeVar("W", PendingWrite, LabelWrite)
+# A Lua call blocks Redis for 20-35 us of CPU per record (docs/benchmarks.md): at most 100
+# records per call keep every other client's wait within a few ms, whatever the batch size.
+MAX_SCRIPT_RECORDS = 100
 OUTCOMES = {outcome.value[0]: outcome for outcome in FeedbackOutcome}  # feedback.lua's letters
 
 
@@ -55,7 +62,7 @@ def _lua(name: str) -> str:
 
 
 class RedisStore:
-    def __init__(self, client: aioredis.Redis, config: StoreConfig) -> None:
+    def __init__(self, client: AsyncRedis, config: StoreConfig) -> None:
         self.client = client
         self.config = config
         self._route = client.register_script(_lua("route.lua"))
@@ -75,8 +82,8 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, config: StoreConfig, **options: Any) -> RedisStore:
-        """``options``: redis-py connection options, e.g. from `security.redis_options`."""
-        return cls(aioredis.Redis.from_url(url, decode_responses=False, **options), config)
+        """``options``: redis-py connection options, e.g. from `redis_options`."""
+        return cls(connect(url, decode_responses=False, **options), config)
 
     @property
     def _ttl_ms(self) -> int:
@@ -85,22 +92,40 @@ class RedisStore:
     async def _per_scope(
         self, script: AsyncScript, items: Sequence[W], args: Callable[[W], list[Any]]
     ) -> list[tuple[list[int], Any]]:
-        """One script call per scope, all in one pipeline: (positions in ``items``, reply)."""
+        """Script calls of at most `MAX_SCRIPT_RECORDS` records, each within one scope:
+        (positions in ``items``, reply). A scope's calls run in order, since the first
+        decision and the first label of a query win. On one server every call shares a
+        pipeline; on a Cluster each scope's calls go to its shard, scopes concurrently
+        (redis-py's cluster pipeline does not load a script that a node lacks)."""
         by_scope: dict[str, list[int]] = defaultdict(list)
         for i, item in enumerate(items):
             by_scope[item.scope].append(i)
-        async with self.client.pipeline(transaction=False) as pipe:
-            for scope, rows in by_scope.items():
-                models: Sequence[str] = self.config.catalogues[scope]
-                head: list[Any] = [self._ttl_ms, self.config.window_size, len(models), *models]
-                pending: list[str] = [keys.pending(scope, items[i].query_id) for i in rows]
-                await script(
-                    keys=[keys.window(scope), keys.upper_bound(scope), *pending],
-                    args=head + [a for i in rows for a in args(items[i])],
-                    client=pipe,
-                )
-            replies = await pipe.execute() if by_scope else []
-        return list(zip(by_scope.values(), replies, strict=True))
+        calls: dict[str, list[tuple[list[int], list[str], list[Any]]]] = defaultdict(list)
+        for scope, rows in by_scope.items():
+            models: Sequence[str] = self.config.catalogues[scope]
+            head: list[Any] = [self._ttl_ms, self.config.window_size, len(models), *models]
+            for start in range(0, len(rows), MAX_SCRIPT_RECORDS):
+                chunk = rows[start : start + MAX_SCRIPT_RECORDS]
+                pending_keys: list[str] = [keys.pending(scope, items[i].query_id) for i in chunk]
+                calls[scope].append((
+                    chunk,
+                    [keys.window(scope), keys.upper_bound(scope), *pending_keys],
+                    head + [a for i in chunk for a in args(items[i])],
+                ))  # fmt: skip
+        if isinstance(self.client, RedisCluster):
+
+            async def in_order(scope: str) -> list[Any]:
+                return [await script(keys=k, args=a) for _, k, a in calls[scope]]
+
+            replies = [r for rs in await asyncio.gather(*map(in_order, calls)) for r in rs]
+        else:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for scope_calls in calls.values():
+                    for _, k, a in scope_calls:
+                        await script(keys=k, args=a, client=pipe)
+                replies = await pipe.execute() if calls else []
+        chunks = [chunk for scope_calls in calls.values() for chunk, _, _ in scope_calls]
+        return list(zip(chunks, replies, strict=True))
 
     @_unavailable_when_unreachable
     async def route(self, writes: Sequence[PendingWrite]) -> list[RouteResult]:
@@ -187,6 +212,21 @@ class RedisStore:
         mapping: dict[Any, Any] = dict(state)
         await self.client.hset(keys.monitor(scope), mapping=mapping)
 
+    @_unavailable_when_unreachable
+    async def eviction_policies(self) -> set[str] | None:
+        """``maxmemory-policy`` of every primary; None where CONFIG is refused (managed
+        Redis services often disable it), so the policy cannot be read."""
+        try:
+            if isinstance(self.client, RedisCluster):
+                got: Any = await self.client.config_get(
+                    "maxmemory-policy", target_nodes=RedisCluster.PRIMARIES
+                )
+                return {node["maxmemory-policy"] for node in got.values()}
+            one: Any = await self.client.config_get("maxmemory-policy")
+            return {one["maxmemory-policy"]}
+        except ResponseError:
+            return None
+
     async def ping(self) -> bool:
         try:
             return bool(await self.client.ping())
@@ -195,3 +235,27 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+SAFE_EVICTION_POLICY = "noeviction"
+
+
+async def refuse_evicting_redis(store: RedisStore) -> None:
+    """Raise `ConfigError` unless Redis refuses writes when full instead of evicting keys.
+
+    A volatile-* policy evicts exactly the pending records (the keys with a TTL), the
+    slowest-graded first, which biases the window towards quickly graded queries; an
+    allkeys-* policy may also evict the window or the threshold. A full Redis that refuses
+    writes is an outage the worker rides out; an evicting one corrupts calibration silently.
+    """
+    policies = await store.eviction_policies()
+    if policies is None:
+        log.warning("cannot read Redis maxmemory-policy (CONFIG refused): make sure it is "
+                    "%s", SAFE_EVICTION_POLICY)  # fmt: skip
+        return
+    unsafe = sorted(policies - {SAFE_EVICTION_POLICY})
+    if unsafe:
+        raise ConfigError(
+            f"Redis maxmemory-policy is {unsafe[0]}: it may evict pending records and bias "
+            f"the calibration window; set maxmemory-policy {SAFE_EVICTION_POLICY}"
+        )

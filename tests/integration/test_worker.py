@@ -6,7 +6,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
 
 from racer_online import core
 from racer_online.local.services import free_port
@@ -14,6 +13,7 @@ from racer_online.messages import DeadLetter
 from racer_online.offline.datasets import load_outcomes
 from racer_online.offline.evaluation import task_router_records
 from racer_online.store import keys
+from racer_online.store.connection import connect
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +45,20 @@ def scopes_file(deployment, records):
     deployment.write_scopes(records.models)
 
 
+@pytest.fixture
+def redis_url(request, redis_url):
+    """The session's Redis; ``indirect`` parametrisation with "redis-cluster" swaps in a
+    3-master Redis Cluster for the whole deployment (workers and checks alike)."""
+    if getattr(request, "param", "redis") == "redis-cluster":
+        return request.getfixturevalue("redis_cluster_url")
+    return redis_url
+
+
+ON_BOTH = pytest.mark.parametrize("redis_url", ["redis", "redis-cluster"], indirect=True)
+
+
 async def window_length(redis_url, scope):
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     try:
         return await client.xlen(keys.window(scope))
     finally:
@@ -73,6 +85,7 @@ async def test_queries_in_decisions_out_bad_messages_to_the_dlq(deployment, reco
     assert "invalid JSON" in reasons and "unknown scope 'nope'" in reasons
 
 
+@ON_BOTH
 async def test_feedback_fills_the_window_and_the_threshold_matches_the_core(
     deployment, records, redis_url
 ):
@@ -147,6 +160,7 @@ async def test_two_workers_split_partitions_and_one_recalibrates(deployment, rec
     assert sum(recalibrating) == 1, recalibrating
 
 
+@ON_BOTH
 async def test_sigkill_mid_stream_loses_and_doubles_nothing(deployment, records, redis_url):
     worker = deployment.start_worker()
     rows = np.arange(1500)

@@ -24,7 +24,7 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def make_store(request, redis_ns):
     made = []
 
@@ -34,7 +34,8 @@ async def make_store(request, redis_ns):
         if request.param == "memory":
             store = MemoryStore(config, clock=Clock())
         else:
-            store = RedisStore.from_url(request.getfixturevalue("redis_url"), config)
+            url = request.getfixturevalue(request.param.replace("-", "_") + "_url")
+            store = RedisStore.from_url(url, config)
         made.append(store)
         return store
 
@@ -179,3 +180,15 @@ async def test_alerts_and_monitor_state(make_store):
     await store.save_monitor(scope, {"alpha_t": "0.1", "last_id": "5-0"})
     await store.save_monitor(scope, {"alpha_t": "0.12"})
     assert await store.load_monitor(scope) == {"alpha_t": "0.12", "last_id": "5-0"}
+
+
+async def test_a_batch_longer_than_one_script_call_keeps_its_order(make_store):
+    store, scope = make_store(window_size=1000), make_store.scope
+    ids = [f"q{i}" for i in range(250)]  # three script calls of at most 100 records
+    routed = await store.route([pending(scope, qid, decision=qid.encode()) for qid in ids])
+    assert [r.decision for r in routed] == [qid.encode() for qid in ids]
+    first = [labels(scope, qid, m0=1, m1=0, m2=1) for qid in ids]
+    later = [labels(scope, qid, m0=0) for qid in ids]  # the first label of a model wins
+    outcomes = await store.feedback(first + later)
+    assert outcomes == ["entered"] * 250 + ["conflict"] * 250
+    assert [e.labels for e in await store.read_window(scope)] == ["101"] * 250

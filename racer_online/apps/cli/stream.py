@@ -14,23 +14,38 @@ from racer_online.apps.cli.common import (
     app,
     note,
 )
+from racer_online.errors import StoreUnavailableError
 from racer_online.settings import Settings
 
 
 @app.command()
 def worker() -> None:
     """Run the stream worker with the RACER_* settings (Ctrl-C stops it cleanly)."""
+    settings = Settings.load()
+    settings.scopes  # noqa: B018  # a bad scopes file fails here, as one line
+    asyncio.run(check_redis(settings))  # an evicting Redis fails here, as one line
     import faust
 
     from worker.app import create_app
 
-    settings = Settings.load()
-    settings.scopes  # noqa: B018  # a bad scopes file fails here, as one line
     # redirect_stdouts=False: print() stays print(), not a WARNING log line.
     worker_process = faust.Worker(
         create_app(settings), loglevel=settings.log_level.lower(), redirect_stdouts=False
     )
     worker_process.execute_from_commandline()
+
+
+async def check_redis(settings: Settings) -> None:
+    from racer_online.service import store_config
+    from racer_online.store.redis import RedisStore, refuse_evicting_redis
+
+    store = RedisStore.from_settings(settings, store_config(settings))
+    try:
+        await refuse_evicting_redis(store)
+    except StoreUnavailableError as exc:  # the worker rides out an outage: start anyway
+        note(f"racer-online: warning: cannot check Redis now ({exc})")
+    finally:
+        await store.close()
 
 
 @app.command()
