@@ -1,15 +1,20 @@
 """Payloads of every topic: the one schema source (architecture.md, "Topics").
 
-Inbound messages (queries, feedback) forbid unknown fields, so a typo is rejected rather
-than silently ignored. Outbound messages ignore unknown fields when parsed, so a reader
-keeps working when a newer writer adds one. Every float must be finite: NaN and
+Inbound messages (queries, feedback) carry ``schema_version`` "MAJOR.MINOR" (default
+"1.0"). A field this worker does not know is a typo, rejected rather than silently ignored,
+unless the message declares a newer minor version than the worker's: then a newer producer
+added an optional field during a rolling deploy, and the worker ignores it. Another major
+version is rejected. Outbound messages ignore unknown fields when parsed, so a reader keeps
+working when a newer writer adds one. Every float must be finite: NaN and
 infinities are rejected even where the JSON parser accepts them (``NaN``, ``1e400``).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import json
 import re
 import time
 from typing import Annotated, Any, Literal, Self
@@ -128,8 +133,56 @@ class _Message(BaseModel):
         return self.model_dump_json().encode()
 
 
+SCHEMA_MAJOR, SCHEMA_MINOR = 1, 0  # of the inbound messages this worker reads
+
+
+def _schema_version(value: str) -> str:
+    major, dot, minor = value.partition(".")
+    if not (dot and major.isdigit() and minor.isdigit()):
+        raise PydanticCustomError("schema_version", "use MAJOR.MINOR, e.g. '1.0'")
+    if int(major) != SCHEMA_MAJOR:
+        raise PydanticCustomError(
+            "schema_version",
+            f"this worker reads schema {SCHEMA_MAJOR}.x, not {value}: upgrade it first",
+        )
+    return value
+
+
+def _declares_newer_minor(raw: bytes | str) -> bool:
+    """Whether the payload names a later minor version of our major one (read only after a
+    failed validation, so the hot path parses each payload once)."""
+    try:
+        version = json.loads(raw).get("schema_version")
+        major, minor = (int(part) for part in version.split("."))
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return major == SCHEMA_MAJOR and minor > SCHEMA_MINOR
+
+
 class _Inbound(_Message):
     model_config = ConfigDict(extra="forbid")
+
+    schema_version: Annotated[str, Field(max_length=16), AfterValidator(_schema_version)] = "1.0"
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> Self:
+        try:
+            return super().parse(raw)
+        except MessageError as error:
+            if "Extra inputs are not permitted" not in error.reason:
+                raise
+            if not _declares_newer_minor(raw):
+                raise
+        try:
+            return cls._lenient().model_validate_json(raw)
+        except ValidationError as error:
+            raise MessageError(_reason(error)) from None
+
+    @classmethod
+    @functools.cache
+    def _lenient(cls) -> type[Self]:
+        """The same message, ignoring the fields a newer minor version added."""
+        return type(cls.__name__, (cls,), {"model_config": cls.model_config | {"extra": "ignore"}})
 
 
 class QueryMessage(_Inbound):

@@ -292,3 +292,43 @@ def test_dead_letter_from_a_real_parse_failure() -> None:
     )
     assert dead.reason == "schema: scores.m3: Input should be less than or equal to 1"
     assert dead.key == "q1" and dead.at > 0
+
+
+# -- schema versions: a rolling deploy where producers are upgraded first ---------------------
+
+
+def test_a_newer_minor_version_may_add_fields_an_older_worker_ignores():
+    raw = query(text="x", schema_version="1.3", priority="high")
+    message = QueryMessage.parse(raw)
+    assert message.schema_version == "1.3" and "priority" not in message.model_dump()
+    assert isinstance(message, QueryMessage)
+    feedback = FeedbackMessage.parse(
+        dumps({"query_id": "q1", "labels": {"m0": 1}, "schema_version": "1.1", "grade": 0.5})
+    )
+    assert feedback.labels == {"m0": 1}
+
+
+@pytest.mark.parametrize("version", [None, "1.0"])
+def test_an_unknown_field_of_this_version_is_a_typo(version):
+    fields = {"scpoe": "default"} | ({"schema_version": version} if version else {})
+    with pytest.raises(MessageError, match="scpoe: Extra inputs are not permitted"):
+        QueryMessage.parse(query(text="x", **fields))
+
+
+@pytest.mark.parametrize(
+    ("version", "reason"),
+    [
+        ("2.0", "schema: schema_version: this worker reads schema 1.x, not 2.0: upgrade it first"),
+        ("1", "schema: schema_version: use MAJOR.MINOR, e.g. '1.0'"),
+        ("1.x", "schema: schema_version: use MAJOR.MINOR, e.g. '1.0'"),
+    ],
+)
+def test_another_major_version_or_a_bad_version_is_rejected(version, reason):
+    with pytest.raises(MessageError) as caught:
+        QueryMessage.parse(query(text="x", schema_version=version, extra_field=1))
+    assert caught.value.reason.startswith(reason)
+
+
+def test_a_newer_minor_version_still_validates_the_fields_it_shares():
+    with pytest.raises(MessageError, match="scores.m0"):
+        QueryMessage.parse(query(schema_version="1.2", scores={"m0": 2.0}, added=1))
