@@ -5,7 +5,8 @@
     │   ├── RecordsFormatError                 a records CSV that cannot be read
     │   └── MessageError                       a topic payload that fails its schema
     ├── ConfigError (also ValueError)          bad settings or scopes file
-    └── StoreUnavailableError                  Redis cannot be reached (retry later)
+    ├── StoreUnavailableError                  Redis cannot serve now (retry later)
+    └── StoreFailedError                       Redis refused a command for good (stop)
 
 Every message names the problem in one line, so the CLI can print it as it is.
 """
@@ -28,4 +29,11 @@ class ConfigError(RacerError, ValueError):
 
 
 class StoreUnavailableError(RacerError):
-    """Redis (or the store standing in for it) cannot be reached right now."""
+    """Redis (or the store standing in for it) cannot serve right now: unreachable, still
+    loading its data, full, read-only after a failover, a cluster without a majority. The
+    same call succeeds later: routing goes on in memory, feedback waits and retries."""
+
+
+class StoreFailedError(RacerError):
+    """Redis answered with an error that no retry cures (a script error, an unknown
+    command): the worker stops with this one line rather than loop on the same batch."""

@@ -1,4 +1,5 @@
-"""The worker refuses a Redis that may evict its state, in one line, before it starts."""
+"""Redis states that threaten the worker's state: eviction is refused at start, a full or
+read-only Redis is an outage to ride out, an error no retry cures is a failure."""
 
 import os
 import subprocess
@@ -7,7 +8,9 @@ import sys
 import pytest
 import redis
 
+from racer_online.errors import StoreFailedError, StoreUnavailableError
 from racer_online.local.services import EmbeddedRedis
+from racer_online.store import PendingWrite, RedisStore, StoreConfig, keys
 
 pytestmark = pytest.mark.integration
 
@@ -54,3 +57,55 @@ def test_a_redis_cluster_with_one_evicting_primary_is_refused(redis_cluster_url)
     assert proc.returncode == 1
     assert "maxmemory-policy is volatile-lru" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- errors the worker rides out, and errors it must not retry -------------------------------
+
+
+def tiny_store(url: str, scope: str = "s") -> RedisStore:
+    config = StoreConfig({scope: ("m0", "m1")}, pending_ttl_s=60, window_size=100)
+    return RedisStore.from_url(url, config)
+
+
+def write(qid: str, scope: str = "s") -> PendingWrite:
+    return PendingWrite(scope, qid, b"decision", b"\x00" * 24, 0.5, True, (0,))
+
+
+async def test_a_full_redis_is_unavailable_not_broken(own_redis):
+    store = tiny_store(own_redis.url)
+    with redis.Redis.from_url(own_redis.url) as client:
+        client.set("ballast", b"x" * 2_000_000)
+        client.config_set("maxmemory", client.info("memory")["used_memory"] // 2)  # full now
+    try:
+        with pytest.raises(StoreUnavailableError, match=r"redis unavailable: .*maxmemory"):
+            await store.route([write("q1")])
+        with redis.Redis.from_url(own_redis.url) as client:
+            client.config_set("maxmemory", 0)  # room again: the same call goes through
+        assert (await store.route([write("q1")]))[0].created
+    finally:
+        await store.close()
+
+
+async def test_a_read_only_replica_is_unavailable_not_broken(own_redis):
+    store = tiny_store(own_redis.url)
+    with redis.Redis.from_url(own_redis.url) as client:
+        client.replicaof("127.0.0.1", 1)  # demoted, as an old primary is after a failover
+    try:
+        with pytest.raises(StoreUnavailableError, match="read only replica"):
+            await store.route([write("q1")])
+    finally:
+        with redis.Redis.from_url(own_redis.url) as client:
+            client.replicaof("NO", "ONE")
+        await store.close()
+
+
+async def test_a_script_error_is_a_failure_not_an_outage(own_redis):
+    store = tiny_store(own_redis.url)
+    with redis.Redis.from_url(own_redis.url) as client:
+        client.set(keys.window("s"), "not a stream")  # the route script's XADD must fail
+        client.set(keys.pending("s", "q1"), "not a hash")
+    try:
+        with pytest.raises(StoreFailedError, match=r"redis refused a command: .*WRONGTYPE"):
+            await store.route([write("q1")])
+    finally:
+        await store.close()

@@ -330,5 +330,5 @@ def test_another_major_version_or_a_bad_version_is_rejected(version, reason):
 
 
 def test_a_newer_minor_version_still_validates_the_fields_it_shares():
-    with pytest.raises(MessageError, match="scores.m0"):
+    with pytest.raises(MessageError, match=r"scores\.m0"):
         QueryMessage.parse(query(schema_version="1.2", scores={"m0": 2.0}, added=1))
