@@ -109,3 +109,17 @@ async def test_a_script_error_is_a_failure_not_an_outage(own_redis):
             await store.route([write("q1")])
     finally:
         await store.close()
+
+
+async def test_a_worker_stops_on_an_error_no_retry_cures(deployment, redis_url):
+    """A poisoned key makes the route script fail for good: the worker exits rather than
+    redeliver the same batch to itself forever, and its log names the reason."""
+    deployment.write_scopes(["m0", "m1"])
+    with redis.Redis.from_url(redis_url) as client:
+        client.set(keys.window(deployment.scope), "not a stream")
+        client.set(keys.pending(deployment.scope, "q1"), "not a hash")
+    worker = deployment.start_worker()
+    query = {"query_id": "q1", "scope": deployment.scope, "scores": {"m0": 0.5, "m1": 0.5}}
+    await deployment.send("queries", [query])
+    assert worker.wait(timeout=60) != 0
+    assert "redis refused a command" in deployment.log()
