@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -94,33 +95,53 @@ def _wait_healthy(proc: subprocess.Popen[bytes], port: int, log_file: Path) -> N
     raise RacerError(f"the worker did not answer within 60 s; see {log_file}")
 
 
-def router_file(out_dir: Path, *, seed: int = 0, train_fraction: float = 0.4) -> Path:
-    """The demo's text router: trained once on a seeded 40% of the data, then reused."""
+def router_file(
+    out_dir: Path, *, data: Path | None = None, correct_at: float | None = None,
+    seed: int = 0, train_fraction: float = 0.4,
+) -> Path:  # fmt: skip
+    """The demo's text router: trained once on a seeded 40% of the data, then reused while
+    the data is the same."""
     from racer_online.routers.training import train_router_command
 
     path = out_dir / "router.json"
-    if not path.exists():
-        train_router_command(None, out_dir / "router", "text", seed, train_fraction)
+    from racer_online.offline.datasets import default_dataset_dir
+
+    if path.exists():
+        trained_on = (json.loads(path.read_text()).get("training") or {}).get("data")
+        if trained_on == str(data or default_dataset_dir()):
+            return path
+    train_router_command(data, out_dir / "router", "text", seed, train_fraction,
+                         correct_at=correct_at)  # fmt: skip
     return path
 
 
 def run_demo(
-    out_dir: Path, *, live: bool, per_phase: int | None = None, rate: float = 30.0
-) -> dict[str, Any]:
-    """Everything end to end; returns the replay's JSON object and writes the report."""
+    out_dir: Path, *, live: bool, per_phase: int | None = None, rate: float = 30.0,
+    data: Path | None = None, correct_at: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Everything end to end; returns the replay's JSON object and writes the report.
+
+    With ``data``, the scope routes over its models at its prices (a scopes file in
+    ``out_dir``) and the schedule is derived from its tasks."""
     from racer_online.apps.report import write_report
-    from racer_online.offline.datasets import load_outcomes
+    from racer_online.offline.datasets import load_outcomes, scopes_toml
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    router = router_file(out_dir)
-    outcomes = load_outcomes()
+    outcomes = load_outcomes(data, correct_at=correct_at)
+    router = router_file(out_dir, data=data, correct_at=correct_at)
+    scoped: dict[str, str] = {}
+    if data is not None:
+        scopes = out_dir / "scopes.toml"
+        scopes.write_text(scopes_toml(outcomes))
+        scoped = {"RACER_SCOPES_FILE": str(scopes)}
     with services() as addresses:
-        env = addresses | DEMO_ENV | {
+        env = addresses | DEMO_ENV | scoped | {
             "RACER_ROUTER_FILE": str(router), "RACER_APP_ID": f"racer-demo-{os.getpid()}"
         }  # fmt: skip
         settings = Settings.load(
-            kafka_broker=env["RACER_KAFKA_BROKER"], redis_url=env["RACER_REDIS_URL"]
-        )
+            kafka_broker=env["RACER_KAFKA_BROKER"], redis_url=env["RACER_REDIS_URL"],
+            **({"scopes_file": Path(scoped["RACER_SCOPES_FILE"])} if scoped else {}),
+        )  # fmt: skip
         the_plan = replay.plan(
             outcomes, rows=replay.held_out_rows(outcomes, router), per_phase=per_phase
         )

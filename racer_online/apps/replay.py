@@ -30,6 +30,7 @@ from racer_online.routers.files import router_paths
 from racer_online.settings import ScopeConfig, Settings
 
 IDLE_TIMEOUT_S = 60.0  # no decision for this long: the system is not answering
+ALL_ROWS = "all queries"  # the one phase of data without tasks
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,28 @@ DEFAULT_SCHEDULE = (
 )  # fmt: skip
 
 
+def default_schedule(outcomes: Outcomes) -> tuple[Phase, ...]:
+    """The shipped three phases when the data holds their tasks; otherwise the data's tasks
+    in order of first appearance, cut into at most three phases of consecutive tasks (one
+    phase of every row when the data has no task column)."""
+    tasks = outcomes.task_names
+    if set(t for p in DEFAULT_SCHEDULE for t in p.tasks) <= set(tasks):
+        return DEFAULT_SCHEDULE
+    if not tasks:
+        return (Phase(ALL_ROWS, ()),)
+    groups = np.array_split(np.arange(len(tasks)), min(3, len(tasks)))
+    return tuple(
+        Phase(_phase_name([tasks[i] for i in group]), tuple(tasks[i] for i in group))
+        for group in groups
+    )
+
+
+def _phase_name(tasks: Sequence[str]) -> str:
+    return (
+        ", ".join(tasks) if len(tasks) <= 3 else f"{tasks[0]} .. {tasks[-1]} ({len(tasks)} tasks)"
+    )
+
+
 def parse_schedule(text: str) -> tuple[Phase, ...]:
     """``"name=task,task;name=task"`` into phases (the ``--schedule`` option)."""
     phases = []
@@ -59,6 +82,19 @@ def parse_schedule(text: str) -> tuple[Phase, ...]:
     return tuple(phases)
 
 
+def check_schedule(outcomes: Outcomes, schedule: Sequence[Phase]) -> None:
+    """One error naming the first unknown task and listing the data's tasks."""
+    known = outcomes.task_names
+    for phase in schedule:
+        unknown = [t for t in phase.tasks if t not in known]
+        if unknown:
+            listed = ", ".join(known) if known else "none: the data has no task column"
+            raise InvalidInputError(
+                f"schedule phase {phase.name!r}: no task {unknown[0]!r} in {outcomes.name} "
+                f"(its tasks: {listed})"
+            )
+
+
 @dataclass(frozen=True)
 class Plan:
     """Which dataset rows stream, in order, and the phase of each."""
@@ -70,21 +106,24 @@ class Plan:
 
 def plan(
     outcomes: Outcomes,
-    schedule: Sequence[Phase] = DEFAULT_SCHEDULE,
+    schedule: Sequence[Phase] | None = None,
     *,
     rows: NDArray[np.intp] | None = None,
     per_phase: int | None = None,
     seed: int = 0,
 ) -> Plan:
-    """Rows (by default all) grouped by phase, shuffled within each phase."""
+    """Rows (by default all) grouped by phase, shuffled within each phase; the schedule
+    defaults to `default_schedule` of the data."""
+    schedule = default_schedule(outcomes) if schedule is None else schedule
+    check_schedule(outcomes, schedule)
     rng = np.random.default_rng(seed)
     pool = np.arange(len(outcomes)) if rows is None else np.asarray(rows)
     chosen, phase_of = [], []
     for index, phase in enumerate(schedule):
-        unknown = set(phase.tasks) - set(outcomes.tasks.tolist())
-        if unknown:
-            raise InvalidInputError(f"phase {phase.name!r}: no task {sorted(unknown)[0]!r} in data")
-        members = rng.permutation(pool[np.isin(outcomes.tasks[pool], phase.tasks)])[:per_phase]
+        inside = (
+            np.isin(outcomes.tasks[pool], phase.tasks) if phase.tasks else np.ones(len(pool), bool)
+        )
+        members = rng.permutation(pool[inside])[:per_phase]
         chosen.append(members)
         phase_of.append(np.full(len(members), index))
     return Plan(np.concatenate(chosen), np.concatenate(phase_of), tuple(schedule))

@@ -141,7 +141,13 @@ def split_rows(
 
 
 def train_router_command(
-    data: Path | None, out: Path, kind: str = "text", seed: int = 0, train_fraction: float = 0.4
+    data: Path | None,
+    out: Path,
+    kind: str = "text",
+    seed: int = 0,
+    train_fraction: float = 0.4,
+    *,
+    correct_at: float | None = None,
 ) -> TrainingReport:
     """Train a ``kind`` router on a seeded split of ``data``, save it at ``out``, report.
 
@@ -149,7 +155,7 @@ def train_router_command(
     written to ``out`` with suffix ``.json`` (header) and ``.npz`` (arrays).
     """
     check_choice("router kind", kind, tuple(ROUTER_KINDS))
-    outcomes = _read_outcomes(data if data is not None else default_dataset_dir())
+    outcomes = load_outcomes(data, correct_at=correct_at)
     train, test = split_rows(outcomes, train_fraction=train_fraction, seed=seed)
     started = time.perf_counter()
     router: TextRouter | KnnRouter
@@ -181,14 +187,3 @@ def train_router_command(
         score_ms_per_query=score_ms,
         options=held_out_quality(scores, outcomes.labels[test]),
     )
-
-
-def _read_outcomes(path: Path) -> Outcomes:
-    if not path.exists():
-        raise InvalidInputError(f"no outcomes file at {path}")
-    try:
-        return load_outcomes(path)
-    except InvalidInputError:
-        raise
-    except (ValueError, IndexError) as exc:  # a missing column or a non-numeric score
-        raise InvalidInputError(f"{path}: not a readable outcomes CSV ({exc})") from None

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from racer_online.apps.cli import monitoring, offline, stream  # noqa: F401  # they register
+from racer_online.apps.cli import monitoring, offline, records, stream  # noqa: F401  # they register
 from racer_online.apps.cli.common import app, note
 from racer_online.errors import RacerError
 

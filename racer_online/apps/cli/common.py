@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from rich.table import Table
 from racer_online import core
 from racer_online.core.scoring import check_choice
 from racer_online.errors import InvalidInputError
+from racer_online.offline.datasets import Outcomes
 from racer_online.offline.records import Records
 
 app = typer.Typer(
@@ -26,7 +28,32 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
+
+
+class _Output:
+    """Rich tables on a terminal; plain aligned text, never cut, into a pipe or file."""
+
+    def __init__(self) -> None:
+        self.console = Console()
+
+    def print(self, renderable: object) -> None:
+        if isinstance(renderable, Table) and not self.console.is_terminal:
+            print(plain_table(renderable), flush=True)
+        else:
+            self.console.print(renderable)
+
+
+def plain_table(table: Table) -> str:
+    """The table as text: title, header and rows, columns padded to their widest cell."""
+    columns = [[str(c.header), *(str(cell) for cell in c.cells)] for c in table.columns]
+    widths = [max(len(cell) for cell in column) for column in columns]
+    lines = [str(table.title)] if table.title else []
+    for row in zip(*columns, strict=True):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+out = _Output()
 
 Alpha = Annotated[float, typer.Option(help="Target misroute probability, in (0, 1).")]
 Delta = Annotated[float, typer.Option(help="Allowed failure probability, in (0, 1).")]
@@ -34,6 +61,32 @@ BoundOpt = Annotated[str, typer.Option("--bound", help="binomial, hoeffding, ben
 RuleOpt = Annotated[str, typer.Option("--rule", help="cumulative, threshold or cost.")]
 MissOpt = Annotated[str, typer.Option("--miss", help="answerable or augmented.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(help="Outcomes CSV (question, y:<model> columns) or its folder; "
+                 "default: the shipped dataset."),
+]  # fmt: skip
+CorrectAtOpt = Annotated[
+    float | None,
+    typer.Option(help="Grade score labels: correct when y:<model> >= this (default: 0/1 only)."),
+]
+PricesOpt = Annotated[
+    Path | None, typer.Option(help="Prices CSV (model, price columns) for the outcomes.")
+]
+
+
+def read_outcomes(data: Path | None, correct_at: float | None, prices: Path | None) -> Outcomes:
+    """The outcomes the options name (default: the shipped dataset)."""
+    from racer_online.offline.datasets import load_outcomes
+
+    return load_outcomes(data, correct_at=correct_at, prices_file=prices)
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 query``, ``2 queries``."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {plural_form or (noun[:-1] + 'ies' if noun.endswith('y') else noun + 's')}"
 
 
 def note(message: str) -> None:

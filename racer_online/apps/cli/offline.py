@@ -15,9 +15,12 @@ from racer_online import core
 from racer_online.apps.cli.common import (
     Alpha,
     BoundOpt,
+    CorrectAtOpt,
+    DataOpt,
     Delta,
     JsonOpt,
     MissOpt,
+    PricesOpt,
     RuleOpt,
     app,
     fmt,
@@ -25,6 +28,7 @@ from racer_online.apps.cli.common import (
     note,
     out,
     progress_bar,
+    read_outcomes,
     select_scope,
     show_replay,
 )
@@ -90,7 +94,9 @@ def calibrate(
 
 @app.command()
 def evaluate(
-    data: Annotated[Path | None, typer.Option(help="Outcomes dataset folder or CSV.")] = None,
+    data: DataOpt = None,
+    correct_at: CorrectAtOpt = None,
+    prices: PricesOpt = None,
     delta: Delta = 0.1,
     bound: BoundOpt = "binomial",
     rule: RuleOpt = "cumulative",
@@ -100,11 +106,11 @@ def evaluate(
     seed: int = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """RACER on the shipped real outcomes, next to top-1 and all-models routing."""
-    from racer_online.offline.datasets import load_outcomes
+    """RACER on an outcomes dataset, next to top-1 and all-models routing."""
     from racer_online.offline.evaluation import mean_figures, random_splits, task_router_records
 
-    records = task_router_records(load_outcomes(data), seed=seed)
+    outcomes = read_outcomes(data, correct_at, prices)
+    records = task_router_records(outcomes, seed=seed)
     if not 0 < n_calibration < len(records):
         raise InvalidInputError(f"--n-calibration must lie in [1, {len(records) - 1}]")
     rows = []
@@ -132,6 +138,8 @@ def evaluate(
         print(
             json.dumps(
                 {
+                    "data": outcomes.name,
+                    "priced": outcomes.priced,
                     "delta": delta,
                     "bound": bound,
                     "rule": rule,
@@ -151,7 +159,7 @@ def evaluate(
         "mean set size",
         "abstain",
         "mean price",
-        title=f"RACER on llmrouter-9llm: {rule} / {miss}, {bound} bound, delta = {delta}, "
+        title=f"RACER on {outcomes.name}: {rule} / {miss}, {bound} bound, delta = {delta}, "
         f"{n_calibration} calibration records, mean of {splits} splits",
     )
     for row in rows:
@@ -170,6 +178,11 @@ def evaluate(
             )
         )
     out.print(table)
+    if not outcomes.priced:
+        note(
+            f"note: {outcomes.name} gives no prices (price:<model> columns or --prices): "
+            "mean price is 0"
+        )
 
 
 @app.command("train-router")
@@ -177,7 +190,8 @@ def train_router(
     save_to: Annotated[
         Path, typer.Option("--out", help="Where to save: writes OUT.json and OUT.npz.")
     ],
-    data: Annotated[Path | None, typer.Option(help="Outcomes CSV or its folder.")] = None,
+    data: DataOpt = None,
+    correct_at: CorrectAtOpt = None,
     kind: Annotated[str, typer.Option(help="text (TF-IDF) or knn (embeddings).")] = "text",
     seed: int = 0,
     train_fraction: Annotated[float, typer.Option(help="Share of questions to train on.")] = 0.4,
@@ -186,16 +200,18 @@ def train_router(
     """Train a base router; report per-model AUC and calibration error on held-out rows."""
     from racer_online.routers.training import train_router_command
 
-    report = train_router_command(data, save_to, kind, seed, train_fraction)
+    report = train_router_command(data, save_to, kind, seed, train_fraction, correct_at=correct_at)
     print(json.dumps(report.to_dict()) if as_json else report.render())
 
 
 @app.command()
 def replay(
-    data: Annotated[Path | None, typer.Option(help="Outcomes dataset folder or CSV.")] = None,
+    data: DataOpt = None,
+    correct_at: CorrectAtOpt = None,
     scope: Annotated[str, typer.Option(help="Scope the queries belong to.")] = "default",
     schedule: Annotated[
-        str | None, typer.Option(help='Phases: "name=task,task;name=task" (default: 3 phases).')
+        str | None,
+        typer.Option(help='Phases: "name=task,task;name=task" (default: from the data\'s tasks).'),
     ] = None,
     per_phase: Annotated[
         int | None, typer.Option(help="At most this many queries a phase.")
@@ -208,11 +224,10 @@ def replay(
 ) -> None:
     """Stream a real outcomes dataset through the running system, through a drift schedule."""
     from racer_online.apps import replay as replaying
-    from racer_online.offline.datasets import load_outcomes
 
     settings = Settings.load()
-    outcomes = load_outcomes(data)
-    phases = replaying.parse_schedule(schedule) if schedule else replaying.DEFAULT_SCHEDULE
+    outcomes = read_outcomes(data, correct_at, None)
+    phases = replaying.parse_schedule(schedule) if schedule else None
     rows = replaying.held_out_rows(outcomes, settings.router_file)
     the_plan = replaying.plan(outcomes, phases, rows=rows, per_phase=per_phase, seed=seed)
     with progress_bar(not as_json) as on_progress:
@@ -231,12 +246,16 @@ def demo(
     per_phase: Annotated[
         int | None, typer.Option(help="At most this many queries a phase.")
     ] = None,
+    data: DataOpt = None,
+    correct_at: CorrectAtOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """The whole system on the shipped data: services, router, worker, replay, report."""
+    """The whole system on an outcomes dataset: services, router, worker, replay, report."""
     from racer_online.apps.demo import run_demo
 
-    result = run_demo(out_dir, live=not as_json, per_phase=per_phase)
+    result = run_demo(
+        out_dir, live=not as_json, per_phase=per_phase, data=data, correct_at=correct_at
+    )
     show_replay(result, as_json)
     if not as_json:
         note(f"report in {out_dir / 'report'}, worker log in {out_dir / 'worker.log'}")
