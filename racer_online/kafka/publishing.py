@@ -1,20 +1,36 @@
-"""Read queries and feedback from files (JSONL, or a records CSV) and produce them."""
+"""Read queries and feedback from files (JSONL, or a records CSV), check them, produce them.
+
+A file is read and checked whole before the first message is sent, so a bad line 2
+never leaves line 1 published alone. Each message is also checked against the scopes
+the worker routes with (unknown scope or model, a missing score): such a message would
+only land on the dead-letter topic.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from racer_online.errors import InvalidInputError
+from aiokafka.errors import KafkaError
+
+from racer_online.errors import InvalidInputError, RacerError
 from racer_online.kafka import clients
 from racer_online.messages import FeedbackMessage, MessageError, QueryMessage
-from racer_online.offline.records import read_records
-from racer_online.settings import Settings
+from racer_online.offline.records import Records, read_records
+from racer_online.settings import ScopeConfig, Settings
 
 M = TypeVar("M", QueryMessage, FeedbackMessage)
+
+
+class Located(NamedTuple):
+    """A message and where it came from (``file, line 3``), for one-line errors."""
+
+    where: str
+    message: QueryMessage | FeedbackMessage
 
 
 def _lines(source: str) -> Iterator[tuple[int, str]]:
@@ -29,55 +45,117 @@ def _is_csv(source: str) -> bool:
     return source != "-" and Path(source).suffix.lower() == ".csv"
 
 
-def read_queries(source: str) -> Iterator[QueryMessage]:
-    """Queries from JSONL (one QueryMessage per line) or the ``p:`` columns of a records CSV."""
-    if _is_csv(source):
-        records = read_records(source)
-        for i, qid in enumerate(records.query_ids):
-            yield QueryMessage(
-                query_id=qid,
-                scope=records.scopes[i] if records.scopes else "default",
-                scores=dict(zip(records.models, records.scores[i].tolist(), strict=True)),
-                p_abstain=None if records.p_abstain is None else float(records.p_abstain[i]),
-            )
-        return
-    yield from _parse_lines(source, QueryMessage)
-
-
-def read_feedback(source: str) -> Iterator[FeedbackMessage]:
-    """Feedback from JSONL or the graded ``y:`` columns of a records CSV (blank: skipped)."""
-    if _is_csv(source):
-        records = read_records(source)
-        for i, qid in enumerate(records.query_ids):
-            labels = {
-                m: int(y)
-                for m, y in zip(records.models, records.labels[i].tolist(), strict=True)
-                if not math.isnan(y)
-            }
-            if labels:
-                scope = records.scopes[i] if records.scopes else "default"
-                yield FeedbackMessage(query_id=qid, scope=scope, labels=labels)
-        return
-    yield from _parse_lines(source, FeedbackMessage)
-
-
-def _parse_lines(source: str, model: type[M]) -> Iterator[M]:
+def _validated(model: type[M], fields: dict[str, Any], where: str) -> M:
+    """A message built from a records row, with the schema's reason on one line."""
     try:
+        return model.parse(json.dumps(fields))
+    except MessageError as exc:
+        raise InvalidInputError(f"{where}: {exc.reason}") from None
+
+
+def _record_rows(source: str) -> Iterator[tuple[str, Records, int]]:
+    records = read_records(source)
+    for i, qid in enumerate(records.query_ids):
+        yield f"{source}, record {i + 1} (query_id {qid[:40]!r})", records, i
+
+
+def _scope_of(records: Records, i: int) -> str:
+    return records.scopes[i] if records.scopes else "default"
+
+
+def read_queries(source: str) -> list[Located]:
+    """Every query of JSONL (one QueryMessage per line) or of the ``p:`` columns of a records
+    CSV, checked against the schema; the first bad one raises with its place."""
+    if not _is_csv(source):
+        return _parse_lines(source, QueryMessage)
+    located = []
+    for where, records, i in _record_rows(source):
+        fields = {
+            "query_id": records.query_ids[i],
+            "scope": _scope_of(records, i),
+            "scores": dict(zip(records.models, records.scores[i].tolist(), strict=True)),
+            "p_abstain": None if records.p_abstain is None else float(records.p_abstain[i]),
+        }
+        located.append(Located(where, _validated(QueryMessage, fields, where)))
+    return located
+
+
+def read_feedback(source: str) -> list[Located]:
+    """Every feedback event of JSONL or of the graded ``y:`` columns of a records CSV
+    (a record with no graded model is skipped)."""
+    if not _is_csv(source):
+        return _parse_lines(source, FeedbackMessage)
+    located = []
+    for where, records, i in _record_rows(source):
+        labels = {
+            m: int(y)
+            for m, y in zip(records.models, records.labels[i].tolist(), strict=True)
+            if not math.isnan(y)
+        }
+        if labels:
+            fields = {"query_id": records.query_ids[i], "scope": _scope_of(records, i)}
+            located.append(Located(where, _validated(FeedbackMessage, fields | {"labels": labels},
+                                                     where)))  # fmt: skip
+    return located
+
+
+def _parse_lines(source: str, model: type[M]) -> list[Located]:
+    try:
+        located = []
         for number, line in _lines(source):
+            where = f"{source}, line {number}"
             try:
-                yield model.parse(line)
+                located.append(Located(where, model.parse(line)))
             except MessageError as exc:
-                raise InvalidInputError(f"{source}, line {number}: {exc.reason}") from None
+                raise InvalidInputError(f"{where}: {exc.reason}") from None
+        return located
     except OSError as exc:
-        raise InvalidInputError(f"{source}: {exc.strerror}") from exc
+        raise InvalidInputError(f"{source}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{source}: not UTF-8 text ({exc.reason})") from None
+
+
+def scope_problem(
+    message: QueryMessage | FeedbackMessage, scopes: Mapping[str, ScopeConfig]
+) -> str | None:
+    """Why the worker would send this message to the dead-letter topic, or None.
+
+    The same checks as the service's: the scope exists, every model is in its catalogue,
+    and a query that carries scores scores every model of it."""
+    scope = scopes.get(message.scope)
+    if scope is None:
+        return f"unknown scope {message.scope!r} (the scopes are {', '.join(scopes)})"
+    given = message.scores if isinstance(message, QueryMessage) else message.labels
+    unknown = sorted(set(given or ()) - set(scope.model_names))
+    if unknown:
+        return f"unknown model {unknown[0]!r} in scope {message.scope!r}"
+    if isinstance(message, QueryMessage) and message.scores is not None:
+        missing = [m for m in scope.model_names if m not in message.scores]
+        if missing:
+            return f"no score for model {missing[0]!r} of scope {message.scope!r}"
+    return None
+
+
+def check_against_scopes(located: Sequence[Located], scopes: Mapping[str, ScopeConfig]) -> None:
+    """Raise on the first message the worker would reject, naming where it is."""
+    for where, message in located:
+        problem = scope_problem(message, scopes)
+        if problem is not None:
+            raise InvalidInputError(f"{where}: {problem}; nothing sent (--force sends anyway)")
 
 
 async def produce(
-    settings: Settings, topic: str, messages: Iterable[QueryMessage | FeedbackMessage]
+    settings: Settings, topic: str, messages: Sequence[QueryMessage | FeedbackMessage]
 ) -> int:
     """Send every message keyed by query id; return how many were acknowledged."""
     producer = clients.producer(settings, linger_ms=5, acks="all")
-    await producer.start()
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        await producer.stop()  # closes what start() opened
+        raise RacerError(
+            f"cannot reach the Kafka broker at {settings.kafka_bootstrap}: {exc}"
+        ) from None
     try:
         pending = [
             await producer.send(topic, m.to_bytes(), key=m.query_id.encode()) for m in messages
@@ -85,5 +163,7 @@ async def produce(
         for future in pending:
             await future
         return len(pending)
+    except KafkaError as exc:
+        raise RacerError(f"sending to {topic} failed: {exc}") from None
     finally:
         await producer.stop()

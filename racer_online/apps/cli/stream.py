@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from racer_online.apps.cli.common import (
-    app,
-    note,
-)
+from racer_online.apps.cli.common import app, note, plural
 from racer_online.errors import StoreUnavailableError
 from racer_online.settings import Settings
+
+if TYPE_CHECKING:
+    from racer_online.kafka.publishing import Located
 
 
 @app.command()
@@ -48,28 +49,45 @@ async def check_redis(settings: Settings) -> None:
         await store.close()
 
 
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Send messages the scopes would reject (to the DLQ).")
+]
+
+
 @app.command()
 def publish(
     source: Annotated[str, typer.Argument(help="Queries as JSONL, a records CSV, or - (stdin).")],
+    force: ForceOpt = False,
 ) -> None:
-    """Publish queries to the queries topic."""
-    from racer_online.kafka.publishing import produce, read_queries
+    """Publish queries to the queries topic, once the whole file is checked."""
+    from racer_online.kafka.publishing import read_queries
 
-    settings = Settings.load()
-    sent = asyncio.run(produce(settings, settings.topics.queries, read_queries(source)))
-    note(f"published {sent} queries to {settings.topics.queries}")
+    _send(read_queries(source), "query", "queries", force=force)
 
 
 @app.command()
 def feedback(
     source: Annotated[str, typer.Argument(help="Labels as JSONL, a records CSV, or - (stdin).")],
+    force: ForceOpt = False,
 ) -> None:
-    """Publish correctness feedback to the feedback topic."""
-    from racer_online.kafka.publishing import produce, read_feedback
+    """Publish correctness feedback to the feedback topic, once the whole file is checked."""
+    from racer_online.kafka.publishing import read_feedback
+
+    _send(read_feedback(source), "feedback event", "feedback", force=force)
+
+
+def _send(located: list[Located], noun: str, topic: str, *, force: bool) -> None:
+    """Check every message against the scopes (unless forced), then send them all."""
+    from racer_online.kafka.publishing import check_against_scopes, produce
 
     settings = Settings.load()
-    sent = asyncio.run(produce(settings, settings.topics.feedback, read_feedback(source)))
-    note(f"published {sent} feedback events to {settings.topics.feedback}")
+    if not force:
+        check_against_scopes(located, settings.scopes)
+    # The client logs each failed connection; the command reports the failure as one line.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    name = getattr(settings.topics, topic)
+    sent = asyncio.run(produce(settings, name, [m for _, m in located]))
+    note(f"published {plural(sent, noun)} to {name}")
 
 
 @app.command("dev-services")
