@@ -258,6 +258,8 @@ class ThresholdMessage(_Message):
     upper_bound_n: int = 0
     upper_bound_miss_rate: float | None = None
     alpha_t: float | None = None  # the ACI working level, when the controller is on
+    # Per model, on the window at lam: {"in_set_rate": ..., "price_share": ...}. Descriptive.
+    per_model: dict[str, dict[str, float]] = Field(default_factory=dict)
     computed_at: float = Field(default_factory=time.time)
 
 

@@ -27,6 +27,7 @@ ScopeHistory = Mapping[str, Sequence[Any]]  # {"thresholds": [...], "alerts": [.
 BLOCKS = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 60
 RECENT_ALERTS = 5
+MODEL_ROWS = 12
 STATUS_STYLE = {"certified": "bold green", "stale": "bold yellow", "fallback": "bold red"}
 ALERT_STYLE = {"drift": "bold red", "risk_violation": "bold red", "stale_calibration": "yellow"}
 
@@ -109,6 +110,8 @@ def scope_panel(
     for label, value in _rows(thresholds, alerts, now, max_age_s=max_age_s, width=spark_width):
         grid.add_row(label, value)
     parts: list[RenderableType] = [grid]
+    if last.per_model:
+        parts += [Text(), model_table(last.per_model)]
     if alerts:
         parts += [Text(), Text("recent alerts", style="dim"), _recent_alerts(alerts)]
     status = Text(last.status, style=STATUS_STYLE.get(last.status, "bold"))
@@ -147,6 +150,19 @@ def _rows(
         ("updated", _age(now - last.computed_at, last.reason, max_age_s)),
     ]  # fmt: skip
     return rows
+
+
+def model_table(per_model: Mapping[str, Mapping[str, float]]) -> Table:
+    """Per model, on the window at the current threshold: share of sets that hold it and
+    its share of the price; the most used first, at most `MODEL_ROWS` of them."""
+    table = Table("model", "in set", "price share", box=None, padding=(0, 2), header_style="dim")
+    ranked = sorted(per_model.items(), key=lambda item: -item[1].get("in_set_rate", 0.0))
+    for model, figures in ranked[:MODEL_ROWS]:
+        table.add_row(model, _value(figures.get("in_set_rate"), "{:.1%}"),
+                      _value(figures.get("price_share"), "{:.1%}"))  # fmt: skip
+    if len(ranked) > MODEL_ROWS:
+        table.add_row(Text(f"+{len(ranked) - MODEL_ROWS} more", style="dim"), "", "")
+    return table
 
 
 def _realised(last: ThresholdMessage) -> Text:

@@ -23,9 +23,11 @@ from racer_online.core.monitoring import (
 )
 from racer_online.core.routing import (
     Decision,
+    ModelStats,
     SetStats,
     decide,
     members,
+    model_stats,
     route,
     set_misses,
     set_stats,
@@ -42,6 +44,7 @@ __all__ = [
     "Decision",
     "DriftTest",
     "Miss",
+    "ModelStats",
     "RealisedRisk",
     "Rule",
     "SetStats",
@@ -55,6 +58,7 @@ __all__ = [
     "drift_test",
     "entry_levels",
     "members",
+    "model_stats",
     "oracle_threshold",
     "p_value",
     "realised_risk",

@@ -49,6 +49,26 @@ def set_stats(
     return SetStats(float(sizes.mean()), float((sizes == 0).mean()), cost)
 
 
+@dataclass(frozen=True)
+class ModelStats:
+    """Per model, over the queries: how often it is in the set, and its share of the price
+    of all sets (zeros when nothing is spent). Descriptive figures, not certified."""
+
+    in_set_rate: NDArray[np.float64]  # (K,)
+    price_share: NDArray[np.float64]  # (K,), sums to 1 unless nothing is spent
+
+
+def model_stats(levels: FloatArray, lam: float, *, prices: NDArray[np.floating]) -> ModelStats:
+    """`ModelStats` of sets at ``lam``; ``levels`` (n, K or K + 1 with ⊥ last), ``prices`` (K,)."""
+    k = len(prices)
+    chosen = members(levels[:, :k], lam)
+    spent = chosen.sum(axis=0) * np.asarray(prices, dtype=np.float64)
+    total = float(spent.sum())
+    share = spent / total if total > 0 else np.zeros(k)
+    rate = chosen.mean(axis=0) if len(chosen) else np.zeros(k)
+    return ModelStats(np.asarray(rate, dtype=np.float64), share)
+
+
 def route(
     scores: NDArray[np.floating],
     lam: float,

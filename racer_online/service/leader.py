@@ -213,6 +213,7 @@ class Leader:
                 "mean_price": chosen.mean_cost,
                 "window_start": window.entered_ms[0] / 1000,
                 "window_end": window.entered_ms[-1] / 1000,
+                "per_model": scope.model_figures(levels, lam),
             }
             metrics.EMPIRICAL_RISK.labels(scope.name).set(float(np.mean(required > lam)))
         realised = core.realised_risk(mon.recent)

@@ -1,5 +1,9 @@
 """Prometheus metrics, all prefixed ``racer_`` and labelled by scope where they have one."""
 
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 DECISIONS = Counter("racer_decisions", "Routing decisions published.", ["scope"])
@@ -8,6 +12,14 @@ AUDITS = Counter("racer_audits", "Decisions drawn for audit (every model invoked
 SET_SIZE = Histogram(
     "racer_set_size", "Models per decision.", ["scope"], buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32)
 )
+# Per model: in-set rate = MODEL_IN_SET / DECISIONS; price share = MODEL_PRICE / its sum.
+MODEL_IN_SET = Counter(
+    "racer_model_in_set", "Decisions whose set holds the model.", ["scope", "model"]
+)
+MODEL_PRICE = Counter(
+    "racer_model_price", "Summed price of the model over the decisions that hold it.",
+    ["scope", "model"],
+)  # fmt: skip
 ROUTE_SECONDS = Histogram("racer_route_batch_seconds", "Time to route one batch.")
 PENDING_WRITE_FAILURES = Counter(
     "racer_pending_write_failures",
@@ -41,3 +53,25 @@ CONSUMER_LAG = Gauge(
     "Messages behind the end of each assigned partition.",
     ["topic", "partition"],
 )
+
+
+def count_decisions(
+    decisions: Sequence[Mapping[str, Any]], prices: Mapping[str, Mapping[str, float]]
+) -> None:
+    """Count published decisions (fields of `DecisionMessage`); ``prices[scope][model]``."""
+    by_scope: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for d in decisions:
+        by_scope[d["scope"]].append(d)
+    for scope, batch in by_scope.items():
+        DECISIONS.labels(scope).inc(len(batch))
+        ABSTENTIONS.labels(scope).inc(sum(d["abstain"] for d in batch))
+        AUDITS.labels(scope).inc(sum(d["audit"] for d in batch))
+        set_size = SET_SIZE.labels(scope)
+        in_set: dict[str, int] = defaultdict(int)
+        for d in batch:
+            set_size.observe(len(d["models"]))
+            for m in d["models"]:
+                in_set[m] += 1
+        for m, count in in_set.items():
+            MODEL_IN_SET.labels(scope, m).inc(count)
+            MODEL_PRICE.labels(scope, m).inc(count * prices[scope][m])

@@ -100,6 +100,8 @@ class RacerService:
         self.router = router  # scores queries that carry text or an embedding
         self.clock = clock
         self.scopes = {name: ScopeState(name, cfg) for name, cfg in settings.scopes.items()}
+        self.prices = {name: dict(zip(cfg.model_names, cfg.prices, strict=True))
+                       for name, cfg in settings.scopes.items()}  # fmt: skip
         self.leader = Leader(settings, store, self.scopes, clock=clock)  # used on the leader
         self._unstored: dict[tuple[str, str], PendingWrite] = {}
 
@@ -129,7 +131,7 @@ class RacerService:
             for (i, _), kept in zip(writes, stored, strict=True):
                 if not kept.created:  # a redelivery: publish the first decision again
                     results[i] = Routed.stored(kept.decision)
-        _count_decisions([r.fields for r in results if isinstance(r, Routed)])
+        metrics.count_decisions([r.fields for r in results if isinstance(r, Routed)], self.prices)
         metrics.ROUTE_SECONDS.observe(time.perf_counter() - started)
         return [r for r in results if r is not None]
 
@@ -289,16 +291,3 @@ class RacerService:
             "thresholds": [t for t in thresholds if t.computed_at >= since],
             "alerts": [a for a in alerts if a.at >= since],
         }
-
-
-def _count_decisions(decisions: Sequence[dict[str, Any]]) -> None:
-    by_scope: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for d in decisions:
-        by_scope[d["scope"]].append(d)
-    for scope, batch in by_scope.items():
-        metrics.DECISIONS.labels(scope).inc(len(batch))
-        metrics.ABSTENTIONS.labels(scope).inc(sum(d["abstain"] for d in batch))
-        metrics.AUDITS.labels(scope).inc(sum(d["audit"] for d in batch))
-        set_size = metrics.SET_SIZE.labels(scope)
-        for d in batch:
-            set_size.observe(len(d["models"]))

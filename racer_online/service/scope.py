@@ -59,6 +59,16 @@ class ScopeState:
         levels = self.levels(scores[:, :k], scores[:, k])
         return levels, core.required_thresholds(levels, labels, miss=self.config.miss)
 
+    def model_figures(self, levels: NDArray[np.float64], lam: float) -> dict[str, dict[str, float]]:
+        """How often each model is in the window's sets at ``lam``, and its price share."""
+        stats = core.model_stats(levels, lam, prices=self.prices)
+        return {
+            m: {"in_set_rate": float(rate), "price_share": float(share)}
+            for m, rate, share in zip(
+                self.models, stats.in_set_rate, stats.price_share, strict=True
+            )
+        }
+
     def apply(self, threshold: ThresholdMessage) -> None:
         self.threshold = threshold
         metrics.THRESHOLD.labels(self.name).set(threshold.lam)

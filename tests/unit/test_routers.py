@@ -352,11 +352,11 @@ def test_train_router_command_rejects_bad_input_in_one_line(small_csv, tmp_path)
     with open(empty, "w", newline="") as f:
         csv.writer(f).writerow(header)
     cases = [
-        ((tmp_path / "absent.csv", "text", 0.4), "no outcomes file at"),
-        ((not_numeric, "text", 0.4), "not a readable outcomes CSV"),
-        ((empty, "knn", 0.4), "leaves 0 to train and 0 to test"),
-        ((no_models, "text", 0.4), "not an outcomes file"),
-        ((no_question, "text", 0.4), "not an outcomes file"),
+        ((tmp_path / "absent.csv", "text", 0.4), "cannot read the outcomes file"),
+        ((not_numeric, "text", 0.4), "line 2, column qwen2.5-7b-instruct: 'yes' is not a number"),
+        ((empty, "knn", 0.4), "no rows after the header"),
+        ((no_models, "text", 0.4), "no y:<model> label columns"),
+        ((no_question, "text", 0.4), "no question column"),
         ((small_csv[0], "forest", 0.4), "unknown router kind 'forest'"),
         ((small_csv[0], "text", 1.0), "train fraction must lie in (0, 1)"),
     ]
