@@ -8,17 +8,21 @@ from typing import Any
 
 from racer_online.errors import InvalidInputError
 from racer_online.messages import ThresholdMessage
+from racer_online.routers.base import Router
 from racer_online.service import RacerService, store_config
 from racer_online.settings import Settings
 from racer_online.store import RedisStore
 
 
 @asynccontextmanager
-async def reading_service(settings: Settings) -> AsyncIterator[RacerService]:
-    """A service on the configured Redis that only reads (CLI, monitor, report)."""
+async def reading_service(
+    settings: Settings, *, router: Router | None = None
+) -> AsyncIterator[RacerService]:
+    """A service on the configured Redis that only reads (CLI, monitor, report); ``router``
+    scores text queries for `RacerService.decide`."""
     store = RedisStore.from_settings(settings, store_config(settings))
     try:
-        service = RacerService(settings, store)
+        service = RacerService(settings, store, router=router)
         await service.refresh_thresholds()
         yield service
     finally:

@@ -110,17 +110,7 @@ class RacerService:
     async def route(self, queries: Sequence[QueryMessage]) -> list[Routed | Rejected]:
         """Decide every query of a batch; one store round trip for the whole batch."""
         started = time.perf_counter()
-        results: list[Routed | Rejected | None] = [self._reject(q) for q in queries]
-        by_scope: dict[str, list[int]] = defaultdict(list)
-        for i, (query, result) in enumerate(zip(queries, results, strict=True)):
-            if result is None:
-                by_scope[query.scope].append(i)
-        writes: list[tuple[int, PendingWrite]] = []
-        for name, rows in by_scope.items():
-            decided = self._decide(self.scopes[name], [queries[i] for i in rows])
-            for i, (routed, write) in zip(rows, decided, strict=True):
-                results[i] = routed
-                writes.append((i, write))
+        results, writes = self._decide_batch(queries)
         try:
             await self.store_unstored()
             stored = await self.store.route([w for _, w in writes])
@@ -133,7 +123,28 @@ class RacerService:
                     results[i] = Routed.stored(kept.decision)
         metrics.count_decisions([r.fields for r in results if isinstance(r, Routed)], self.prices)
         metrics.ROUTE_SECONDS.observe(time.perf_counter() - started)
-        return [r for r in results if r is not None]
+        return results
+
+    def decide(self, queries: Sequence[QueryMessage]) -> list[Routed | Rejected]:
+        """Decide every query at the thresholds in memory; stores and counts nothing (the
+        ``route`` command: what the stream would decide right now)."""
+        return self._decide_batch(queries)[0]
+
+    def _decide_batch(
+        self, queries: Sequence[QueryMessage]
+    ) -> tuple[list[Routed | Rejected], list[tuple[int, PendingWrite]]]:
+        results: list[Routed | Rejected | None] = [self._reject(q) for q in queries]
+        by_scope: dict[str, list[int]] = defaultdict(list)
+        for i, (query, result) in enumerate(zip(queries, results, strict=True)):
+            if result is None:
+                by_scope[query.scope].append(i)
+        writes: list[tuple[int, PendingWrite]] = []
+        for name, rows in by_scope.items():
+            decided = self._decide(self.scopes[name], [queries[i] for i in rows])
+            for i, (routed, write) in zip(rows, decided, strict=True):
+                results[i] = routed
+                writes.append((i, write))
+        return [r for r in results if r is not None], writes
 
     def _keep_unstored(self, writes: Sequence[PendingWrite]) -> None:
         """Decisions published while Redis was down: stored when it answers again, so that

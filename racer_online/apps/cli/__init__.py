@@ -6,7 +6,8 @@ import sys
 
 import typer
 
-from racer_online.apps.cli import monitoring, offline, records, stream  # noqa: F401  # they register
+# The command modules register their commands on import.
+from racer_online.apps.cli import dlq, monitoring, offline, records, route, stream  # noqa: F401
 from racer_online.apps.cli.common import app, note
 from racer_online.errors import RacerError
 
