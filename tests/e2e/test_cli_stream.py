@@ -7,13 +7,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from racer_online.local.services import free_port
-from racer_online.offline.datasets import load_outcomes
-from racer_online.offline.evaluation import task_router_records
-from racer_online.offline.records import write_records
 
 pytestmark = pytest.mark.e2e
 
@@ -47,10 +43,17 @@ def stop(*procs):
 
 
 def test_dev_services_worker_publish_feedback_thresholds(tmp_path):
-    records = task_router_records(load_outcomes()).take(np.arange(400))
-    path = tmp_path / "records.csv"
-    write_records(path, records)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RACER_")}
+    # records.csv as the README makes it: a router, then its held-out scores and labels.
+    trained = cli("train-router", "--out", str(tmp_path / "router"), env=env, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    path = tmp_path / "records.csv"
+    made = cli("records", "--router", str(tmp_path / "router.json"), "--out", str(path),
+               "--limit", "400", env=env)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert made.stderr.strip() == (
+        f"wrote 400 records (the rows the router did not train on) to {path}"
+    )
     services = subprocess.Popen(
         [sys.executable, "-m", "racer_online", "dev-services"],
         env=env,
