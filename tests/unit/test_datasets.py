@@ -7,7 +7,8 @@ import tomllib
 import numpy as np
 import pytest
 
-from racer_online.apps.replay import DEFAULT_SCHEDULE, check_schedule, default_schedule, plan
+from racer_online.apps.replay import plan
+from racer_online.apps.schedules import DEFAULT_SCHEDULE, check_schedule, default_schedule
 from racer_online.errors import InvalidInputError
 from racer_online.offline.datasets import load_outcomes, scopes_toml
 from racer_online.offline.records import read_records, records_from_outcomes, write_records
