@@ -158,7 +158,7 @@ async def test_route_publish_and_dlq_on_a_running_worker(deployment, own):
     [row] = [json.loads(line) for line in shown.stdout.splitlines()]
     assert (row["source_topic"], row["offset"]) == (letter["source_topic"], letter["offset"])
     assert row["reason"] == "unknown model 'nobody' in scope " + repr(scope)
-    assert row["payload"].startswith('{"query_id":"bad",') and row["raw_size"] > len(row["payload"])
+    assert '"query_id":"bad",' in row["payload"] and row["raw_size"] > len(row["payload"])
     assert cli("dlq", "--json", "--reason", "no such reason", env=env).stdout == ""
 
     # route decides with the stored threshold and the service's code, and stores nothing.

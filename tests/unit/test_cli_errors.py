@@ -157,7 +157,7 @@ def test_evaluate_on_own_data_titles_it_and_fits_a_pipe(scoped_env, tmp_path):
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (("route", "--scores", '{"org/model-a": 0.5}'), "redis unreachable"),
+        (("route", "--scores", '{"org/model-a": 0.5}'), "redis unavailable"),
         (("route", "--scores", "{nope"), "--scores is not JSON"),
         (("route",), "give the query as text or as --scores"),
         (("dlq",), "cannot reach the Kafka broker"),
