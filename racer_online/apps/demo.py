@@ -101,7 +101,7 @@ def router_file(
 ) -> Path:  # fmt: skip
     """The demo's text router: trained once on a seeded 40% of the data, then reused while
     the data is the same."""
-    from racer_online.routers.training import train_router_command
+    from racer_online.apps.cli.training import train_router_command
 
     path = out_dir / "router.json"
     from racer_online.offline.datasets import default_dataset_dir

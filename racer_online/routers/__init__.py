@@ -21,9 +21,9 @@ if TYPE_CHECKING:
         OptionQuality,
         TrainingReport,
         expected_calibration_error,
+        fit_router,
         held_out_quality,
         split_rows,
-        train_router_command,
     )
 
 _MODULE_OF = {
@@ -37,8 +37,8 @@ _MODULE_OF = {
             "TrainingReport",
             "expected_calibration_error",
             "held_out_quality",
+            "fit_router",
             "split_rows",
-            "train_router_command",
         ),
         "training",
     ),
@@ -70,6 +70,7 @@ __all__ = [
     "TrainingReport",
     "expected_calibration_error",
     "fit_knn_router",
+    "fit_router",
     "fit_tfidf",
     "held_out_quality",
     "load_router",
@@ -77,6 +78,5 @@ __all__ = [
     "save_router",
     "split_rows",
     "train_knn_router",
-    "train_router_command",
     "train_text_router",
 ]

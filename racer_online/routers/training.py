@@ -1,12 +1,12 @@
-"""Train a router on a seeded split of an outcomes CSV and report held-out AUC and ECE.
+"""Fit a router on a seeded split of outcomes and measure its held-out AUC and ECE.
 
-`train_router_command` is what ``racer-online train-router`` runs. The split is by
-question text, so a question that occurs twice in the data is never on both sides.
+The split is by question text, so a question that occurs twice in the data is never on
+both sides. Reading the data and saving the router is the ``train-router`` command's part
+(`racer_online.apps.cli.training`).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,9 @@ from sklearn.metrics import roc_auc_score
 
 from racer_online.core.scoring import check_choice
 from racer_online.errors import InvalidInputError
-from racer_online.offline.datasets import Outcomes, default_dataset_dir, load_outcomes
+from racer_online.offline.datasets import Outcomes
 from racer_online.routers.base import RouterScores
-from racer_online.routers.files import ROUTER_KINDS, router_paths, save_router
+from racer_online.routers.files import ROUTER_KINDS
 from racer_online.routers.knn import KnnRouter, train_knn_router
 from racer_online.routers.text import DEFAULT_C, TextRouter, train_text_router
 
@@ -40,7 +40,7 @@ class OptionQuality:
 
 @dataclass(frozen=True)
 class TrainingReport:
-    """What `train_router_command` did and how well the router scores held-out queries."""
+    """What ``train-router`` did and how well the router scores held-out queries."""
 
     kind: str
     header_file: Path
@@ -140,50 +140,13 @@ def split_rows(
     return train, test
 
 
-def train_router_command(
-    data: Path | None,
-    out: Path,
-    kind: str = "text",
-    seed: int = 0,
-    train_fraction: float = 0.4,
-    *,
-    correct_at: float | None = None,
-) -> TrainingReport:
-    """Train a ``kind`` router on a seeded split of ``data``, save it at ``out``, report.
-
-    ``data`` is an outcomes CSV or its folder (default: the shipped dataset). The router is
-    written to ``out`` with suffix ``.json`` (header) and ``.npz`` (arrays).
-    """
+def fit_router(
+    outcomes: Outcomes, train_rows: NDArray[np.intp], *, kind: str = "text", seed: int = 0
+) -> tuple[TextRouter | KnnRouter, dict[str, Any]]:
+    """A ``kind`` router fitted on ``train_rows``, and the settings it was fitted with."""
     check_choice("router kind", kind, tuple(ROUTER_KINDS))
-    outcomes = load_outcomes(data, correct_at=correct_at)
-    train, test = split_rows(outcomes, train_fraction=train_fraction, seed=seed)
-    started = time.perf_counter()
-    router: TextRouter | KnnRouter
     if kind == "text":
         settings: dict[str, Any] = {"regularisation_c": DEFAULT_C, "min_df": 2}
-        router = train_text_router(outcomes, train_rows=train, **settings)
-    else:
-        settings = {"neighbours": 25, "dimensions": 128, "prior_strength": 2.0, "min_df": 2}
-        router = train_knn_router(outcomes, train_rows=train, seed=seed, **settings)
-    train_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    scores = router.score_texts([outcomes.questions[i] for i in test])
-    score_ms = 1000 * (time.perf_counter() - started) / len(test)
-    training = {"data": str(data or default_dataset_dir()), "rows": len(outcomes), **settings}
-    training |= {"seed": seed, "train_fraction": train_fraction, "n_train": len(train)}
-    try:
-        header = save_router(router, out, training=training)
-    except OSError as exc:
-        raise InvalidInputError(f"cannot write the router to {out}: {exc}") from None
-    return TrainingReport(
-        kind=kind,
-        header_file=header,
-        arrays_file=router_paths(out)[1],
-        n_train=len(train),
-        n_test=len(test),
-        seed=seed,
-        train_fraction=train_fraction,
-        train_seconds=train_seconds,
-        score_ms_per_query=score_ms,
-        options=held_out_quality(scores, outcomes.labels[test]),
-    )
+        return train_text_router(outcomes, train_rows=train_rows, **settings), settings
+    settings = {"neighbours": 25, "dimensions": 128, "prior_strength": 2.0, "min_df": 2}
+    return train_knn_router(outcomes, train_rows=train_rows, seed=seed, **settings), settings

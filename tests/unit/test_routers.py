@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from racer_online.apps.cli.training import train_router_command
 from racer_online.errors import InvalidInputError
 from racer_online.messages import QueryMessage
 from racer_online.offline.datasets import default_dataset_dir, load_outcomes
@@ -26,7 +27,6 @@ from racer_online.routers import (
     save_router,
     split_rows,
     train_knn_router,
-    train_router_command,
     train_text_router,
 )
 

@@ -7,7 +7,15 @@ import sys
 import typer
 
 # The command modules register their commands on import.
-from racer_online.apps.cli import dlq, monitoring, offline, records, route, stream  # noqa: F401
+from racer_online.apps.cli import (  # noqa: F401
+    dlq,
+    monitoring,
+    offline,
+    records,
+    route,
+    stream,
+    training,
+)
 from racer_online.apps.cli.common import app, note
 from racer_online.errors import RacerError
 

@@ -1,4 +1,4 @@
-"""Commands on files: calibrate, evaluate, train-router, and the replay and demo."""
+"""Commands on files: calibrate, evaluate, and the replay and demo."""
 
 from __future__ import annotations
 
@@ -183,25 +183,6 @@ def evaluate(
             f"note: {outcomes.name} gives no prices (price:<model> columns or --prices): "
             "mean price is 0"
         )
-
-
-@app.command("train-router")
-def train_router(
-    save_to: Annotated[
-        Path, typer.Option("--out", help="Where to save: writes OUT.json and OUT.npz.")
-    ],
-    data: DataOpt = None,
-    correct_at: CorrectAtOpt = None,
-    kind: Annotated[str, typer.Option(help="text (TF-IDF) or knn (embeddings).")] = "text",
-    seed: int = 0,
-    train_fraction: Annotated[float, typer.Option(help="Share of questions to train on.")] = 0.4,
-    as_json: JsonOpt = False,
-) -> None:
-    """Train a base router; report per-model AUC and calibration error on held-out rows."""
-    from racer_online.routers.training import train_router_command
-
-    report = train_router_command(data, save_to, kind, seed, train_fraction, correct_at=correct_at)
-    print(json.dumps(report.to_dict()) if as_json else report.render())
 
 
 @app.command()
