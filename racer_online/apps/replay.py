@@ -151,7 +151,10 @@ async def replay(
         raise InvalidInputError(f"unknown scope {scope!r}")
     missing = set(config.model_names) - set(outcomes.models)
     if missing:
-        raise InvalidInputError(f"scope {scope!r} has model {sorted(missing)[0]!r}, not in data")
+        raise InvalidInputError(
+            f"scope {scope!r} has model {sorted(missing)[0]!r}, not in {outcomes.name}: point "
+            "RACER_SCOPES_FILE at a scopes file of the data's models (demo --data writes one)"
+        )
     columns = [outcomes.models.index(m) for m in config.model_names]
     labels = outcomes.labels[the_plan.rows][:, columns]
     run = uuid.uuid4().hex[:8]

@@ -87,3 +87,25 @@ async def test_decide_stores_and_counts_nothing_and_agrees_with_route(service):
     assert held == FeedbackOutcome.HELD
     [routed] = await service.route([query("d1")])
     assert routed.decision.models == decided[0].decision.models
+
+
+def test_the_monitor_shows_the_models_most_used_first():
+    import io
+
+    from rich.console import Console
+
+    from racer_online.apps.monitor import MODEL_ROWS, build_frame
+    from racer_online.messages import ThresholdMessage
+
+    per_model = {f"org/m{i}": {"in_set_rate": i / 20, "price_share": i / 210} for i in range(20)}
+    last = ThresholdMessage(
+        scope="s", version=3, lam=0.4, status="certified", certified=True, n=100, alpha=0.1,
+        delta=0.1, bound="binomial", rule="cumulative", miss="answerable", m_star=4,
+        reason="records", per_model=per_model, computed_at=1_800_000_000.0,
+    )  # fmt: skip
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+    console.print(build_frame({"s": {"thresholds": [last], "alerts": []}}, 1_800_000_001.0))
+    lines = [line for line in console.file.getvalue().splitlines() if "org/m" in line]
+    assert len(lines) == MODEL_ROWS
+    assert lines[0].split()[1:4] == ["org/m19", "95.0%", "9.0%"]
+    assert "org/m7 " not in console.file.getvalue() and "+8 more" in console.file.getvalue()
