@@ -55,8 +55,9 @@ def _validated(model: type[M], fields: dict[str, Any], where: str) -> M:
 
 def _record_rows(source: str) -> Iterator[tuple[str, Records, int]]:
     records = read_records(source)
-    for i, qid in enumerate(records.query_ids):
-        yield f"{source}, record {i + 1} (query_id {qid[:40]!r})", records, i
+    for i in range(len(records)):
+        line = records.lines[i] if records.lines else i + 2
+        yield f"{source}, line {line}", records, i
 
 
 def _scope_of(records: Records, i: int) -> str:

@@ -34,6 +34,7 @@ class Records:
     scopes: tuple[str, ...] | None = None
     p_abstain: NDArray[np.float64] | None = None  # (n,)
     costs: NDArray[np.float64] | None = None  # (n, K)
+    lines: tuple[int, ...] | None = None  # where each record starts in the file read
 
     def __len__(self) -> int:
         return len(self.query_ids)
@@ -50,6 +51,7 @@ class Records:
             self,
             query_ids=tuple(self.query_ids[i] for i in rows),
             scopes=None if self.scopes is None else tuple(self.scopes[i] for i in rows),
+            lines=None if self.lines is None else tuple(self.lines[i] for i in rows),
             scores=self.scores[rows],
             labels=self.labels[rows],
             p_abstain=pick(self.p_abstain),
@@ -177,6 +179,7 @@ class _Columns:
                     f"{self.path}, line {line}, column y:{m}: labels must be 0, 1 or blank"
                 )
         return _Row(
+            line,
             qid,
             cells[self.index["scope"]].strip() if "scope" in self.index else None,
             [number(f"p:{m}") for m in self.models],
@@ -197,6 +200,7 @@ class _Columns:
 
         return Records(
             query_ids=tuple(r.query_id for r in rows),
+            lines=tuple(r.line for r in rows),
             models=self.models,
             scores=column("scores").reshape(shape),
             labels=column("labels").reshape(shape),
@@ -212,6 +216,7 @@ def _label(text: str) -> float | None:
 
 
 class _Row(NamedTuple):
+    line: int
     query_id: str
     scope: str | None
     scores: list[float]

@@ -71,9 +71,9 @@ def test_an_unreachable_broker_is_one_line(command, scoped_env, tmp_path):
 @pytest.mark.parametrize(
     ("cells", "fragment"),
     [
-        ({"scope": ""}, "record 1 (query_id 'q1'): schema: scope: use 1 to 128"),
-        ({"scope": "no spaces!"}, "record 1 (query_id 'q1'): schema: scope: use 1 to 128"),
-        ({"query_id": "x" * 300}, "schema: query_id: String should have at most 256"),
+        ({"scope": ""}, "r.csv, line 2: schema: scope: use 1 to 128"),
+        ({"scope": "no spaces!"}, "r.csv, line 2: schema: scope: use 1 to 128"),
+        ({"query_id": "x" * 300}, "r.csv, line 2: schema: query_id: String should have at most"),
     ],
 )
 def test_a_records_csv_with_a_bad_scope_or_query_id_is_one_line(
