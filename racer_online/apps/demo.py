@@ -117,7 +117,7 @@ def router_file(
 
 def run_demo(
     out_dir: Path, *, live: bool, per_phase: int | None = None, rate: float = 30.0,
-    data: Path | None = None, correct_at: float | None = None,
+    data: Path | None = None, correct_at: float | None = None, prices: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Everything end to end; returns the replay's JSON object and writes the report.
 
@@ -127,7 +127,7 @@ def run_demo(
     from racer_online.offline.datasets import load_outcomes, scopes_toml
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    outcomes = load_outcomes(data, correct_at=correct_at)
+    outcomes = load_outcomes(data, correct_at=correct_at, prices_file=prices)
     router = router_file(out_dir, data=data, correct_at=correct_at)
     scoped: dict[str, str] = {}
     if data is not None:

@@ -140,3 +140,15 @@ def test_records_and_scopes_from_outcomes_round_trip(own_csv, tmp_path):
     tomllib.loads((tmp_path / "scopes.toml").read_text())
     scope = load_scopes(tmp_path / "scopes.toml")["s1"]
     assert scope.model_names == MODELS and scope.prices == (0.2, 2.0, 5.0) and scope.alpha == 0.2
+
+
+def test_data_without_tasks_still_evaluates(tmp_path):
+    from racer_online.offline.evaluation import task_router_records
+
+    rng = np.random.default_rng(2)
+    rows = [[f"q{i}", *(rng.uniform(size=2) < [0.4, 0.7]).astype(int)] for i in range(100)]
+    outcomes = load_outcomes(write(tmp_path / "o.csv", [["question", "y:a", "y:b"], *rows]))
+    records = task_router_records(outcomes)
+    # One group: every record gets each model's accuracy on the fitted 30%.
+    assert len(records) == 70 and len(np.unique(records.scores, axis=0)) == 1
+    assert 0.2 < records.scores[0, 0] < 0.6 and 0.5 < records.scores[0, 1] < 0.9

@@ -229,14 +229,16 @@ def demo(
     ] = None,
     data: DataOpt = None,
     correct_at: CorrectAtOpt = None,
+    prices: PricesOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The whole system on an outcomes dataset: services, router, worker, replay, report."""
     from racer_online.apps.demo import run_demo
 
     result = run_demo(
-        out_dir, live=not as_json, per_phase=per_phase, data=data, correct_at=correct_at
-    )
+        out_dir, live=not as_json, per_phase=per_phase, data=data, correct_at=correct_at,
+        prices=prices,
+    )  # fmt: skip
     show_replay(result, as_json)
     if not as_json:
         note(f"report in {out_dir / 'report'}, worker log in {out_dir / 'worker.log'}")
