@@ -74,4 +74,5 @@ def count_decisions(
                 in_set[m] += 1
         for m, count in in_set.items():
             MODEL_IN_SET.labels(scope, m).inc(count)
-            MODEL_PRICE.labels(scope, m).inc(count * prices[scope][m])
+            # .get: a redelivered decision may name a model the catalogue has since dropped.
+            MODEL_PRICE.labels(scope, m).inc(count * prices.get(scope, {}).get(m, 0.0))
