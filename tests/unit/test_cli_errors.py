@@ -163,6 +163,8 @@ def test_evaluate_on_own_data_titles_it_and_fits_a_pipe(scoped_env, tmp_path):
         (("dlq",), "cannot reach the Kafka broker"),
         (("dlq", "--last", "0"), "--last must be >= 1"),
         (("records", "--router", "absent.json", "--out", "r.csv", "--scope", "a b"), "--scope"),
+        (("records", "--router", "absent.json", "--out", "r.csv", "--limit", "0"), "--limit"),
+        (("records", "--router", "absent.json", "--out", "r.csv"), "absent.json"),
     ],
 )
 def test_the_new_commands_fail_in_one_line(args, fragment, scoped_env, tmp_path):

@@ -19,7 +19,7 @@ from rich.table import Table
 from racer_online import core
 from racer_online.core.scoring import check_choice
 from racer_online.errors import InvalidInputError
-from racer_online.offline.datasets import Outcomes
+from racer_online.offline.datasets import Outcomes, load_outcomes
 from racer_online.offline.records import Records
 
 app = typer.Typer(
@@ -77,8 +77,6 @@ PricesOpt = Annotated[
 
 def read_outcomes(data: Path | None, correct_at: float | None, prices: Path | None) -> Outcomes:
     """The outcomes the options name (default: the shipped dataset)."""
-    from racer_online.offline.datasets import load_outcomes
-
     return load_outcomes(data, correct_at=correct_at, prices_file=prices)
 
 

@@ -8,8 +8,15 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from racer_online.apps.cli.common import CorrectAtOpt, DataOpt, PricesOpt, app, note, plural
-from racer_online.apps.cli.common import read_outcomes as read_outcomes_file
+from racer_online.apps.cli.common import (
+    CorrectAtOpt,
+    DataOpt,
+    PricesOpt,
+    app,
+    note,
+    plural,
+    read_outcomes,
+)
 from racer_online.errors import InvalidInputError
 from racer_online.messages import SAFE_NAME_PATTERN
 
@@ -25,7 +32,9 @@ def records(
     every_row: Annotated[
         bool, typer.Option("--all", help="Every row, also those the router trained on.")
     ] = False,
-    limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="At most this many rows, the first in file order.")
+    ] = None,
 ) -> None:
     """Write a records CSV: p: scores from the router, y: labels and cost: from the data.
 
@@ -38,9 +47,11 @@ def records(
     from racer_online.offline.records import records_from_outcomes, write_records
     from racer_online.routers.files import load_router, router_paths
 
+    if limit is not None and limit < 1:
+        raise InvalidInputError(f"--limit must be >= 1, got {limit}")
     if not re.fullmatch(SAFE_NAME_PATTERN, scope):
         raise InvalidInputError(f"--scope {scope!r}: use letters, digits, '.', '_' or '-'")
-    outcomes = read_outcomes_file(data, correct_at, prices)
+    outcomes = read_outcomes(data, correct_at, prices)
     base = load_router(router)
     held_out = None if every_row else held_out_rows(outcomes, router_paths(router)[0])
     rows = np.arange(len(outcomes)) if held_out is None else held_out
