@@ -27,8 +27,10 @@ def dlq(
     last: Annotated[int | None, typer.Option(help="Only the last N (by time).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Read the dead-letter topic up to its current end: reason, source topic and offset,
-    and the start of the payload."""
+    """What was dead-lettered, and why: reason, source offset, start of the payload.
+
+    Reads the dead-letter topic from its start to its end offsets at the time of the call.
+    """
     from racer_online.kafka.dead_letters import read_dead_letters
 
     if last is not None and last < 1:

@@ -36,8 +36,11 @@ def route(
     scope: Annotated[str, typer.Option(help="The scope whose threshold decides.")] = "default",
     as_json: JsonOpt = False,
 ) -> None:
-    """Route one query (text or scores) or a JSONL file through a scope's stored threshold,
-    and print each decision with its certificate. Reads Redis; publishes nothing."""
+    """The decision, with its certificate, for one query (text or scores) or a JSONL file.
+
+    Decides at the scope's threshold stored in Redis with the worker's own code; publishes
+    and stores nothing.
+    """
     queries = _queries(text, scores, p_abstain, source, scope)
     settings = Settings.load()
     decided = asyncio.run(_decide(settings, queries))
