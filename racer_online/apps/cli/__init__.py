@@ -8,6 +8,7 @@ import typer
 
 # The command modules register their commands on import.
 from racer_online.apps.cli import (  # noqa: F401
+    backtest,
     dlq,
     monitoring,
     offline,

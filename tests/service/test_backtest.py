@@ -1,0 +1,84 @@
+"""The backtest drives the service and leader in simulated time; its figures are exact."""
+
+import numpy as np
+
+from racer_online.apps import replay
+from racer_online.offline import backtest as bt
+from racer_online.offline.datasets import Outcomes
+
+MODELS = ("m0", "m1", "m2")
+PRICES = (1.0, 2.0, 3.0)
+
+
+def scored(n=1200, seed=0):
+    """Two tasks: on 'easy' the router's favourite answers, on 'hard' it mostly does not."""
+    rng = np.random.default_rng(seed)
+    tasks = np.where(np.arange(n) < n // 2, "easy", "hard")
+    hard = tasks == "hard"
+    correct = rng.uniform(size=(n, 3)) < np.where(hard[:, None], [0.3, 0.5, 0.8], [0.9, 0.4, 0.2])
+    outcomes = Outcomes(tuple(f"q{i}" for i in range(n)), tasks, MODELS, correct, np.array(PRICES))
+    scores = np.clip(np.tile([0.8, 0.5, 0.2], (n, 1)) + rng.normal(0, 0.1, (n, 3)), 0, 1)
+    return bt.Scored(outcomes, np.arange(n), scores, np.full(n, np.nan), MODELS)
+
+
+SCHEDULE = (replay.Phase("easy", ("easy",)), replay.Phase("hard", ("hard",)))
+
+
+def test_figures_equal_those_recomputed_from_the_decisions():
+    data = scored()
+    settings = bt.settings_for(MODELS, PRICES, audit_rate=0.2, scope={"alpha": 0.1, "delta": 0.1})
+    the_plan = replay.plan(data.outcomes, SCHEDULE, seed=3)
+    run = bt.asyncio.run(bt.run_stream(settings, data, the_plan, pacing=bt.Pacing(), run_id="t"))
+    got = bt.figures(run, data, settings.scopes["default"])
+
+    labels = data.outcomes.labels[the_plan.rows]
+    assert [d.query_id for d in run.decisions] == [f"t-{i}" for i in range(len(labels))]
+    for k, phase in enumerate(got["phases"]):
+        at = np.flatnonzero(the_plan.phase == k)
+        misses, sizes, extra = [], [], []
+        for i in at:
+            d = run.decisions[i]
+            chosen = [MODELS.index(m) for m in d.models]
+            misses.append(labels[i].any() and not labels[i, chosen].any())
+            sizes.append(len(chosen))
+            extra.append(len(MODELS) - len(chosen) if d.audit else 0)
+        assert phase["n"] == len(at)
+        assert phase["realised_miss_rate"] == np.mean(misses)
+        assert phase["mean_set_size"] == np.mean(sizes)
+        assert phase["extra_gradings_per_query"] == np.mean(extra)
+    first = [len(d.models) for d in run.decisions[:1000]]
+    assert got["first_1000_mean_set_size"] == np.mean(first)
+    assert run.updates, "the leader recalibrated in simulated time"
+    assert len({d.threshold_version for d in run.decisions}) > 1
+
+
+def test_feedback_arrives_after_the_lag():
+    """With a lag longer than the stream no label reaches the window: fallback throughout."""
+    data = scored(n=200)
+    settings = bt.settings_for(MODELS, PRICES, audit_rate=1.0, scope={"alpha": 0.1, "delta": 0.1})
+    the_plan = replay.plan(data.outcomes, SCHEDULE, seed=0)
+    pacing = bt.Pacing(feedback_lag=500)
+    run = bt.asyncio.run(bt.run_stream(settings, data, the_plan, pacing=pacing, run_id="t"))
+    assert {d.threshold_status for d in run.decisions} == {"fallback"}
+    pacing = bt.Pacing(feedback_lag=20)
+    run = bt.asyncio.run(bt.run_stream(settings, data, the_plan, pacing=pacing, run_id="t"))
+    assert "certified" in {d.threshold_status for d in run.decisions}
+
+
+def test_backtest_reports_mean_and_worst_seed():
+    data = scored(n=600)
+    settings = bt.settings_for(MODELS, PRICES, audit_rate=0.5, scope={"alpha": 0.1, "delta": 0.1})
+    result = bt.backtest(settings, data, SCHEDULE, seeds=3)
+    assert result["seeds"] == 3 and result["audit_rate"] == 0.5
+    for phase in result["phases"]:
+        assert phase["worst_realised_miss_rate"] >= phase["realised_miss_rate"]
+        assert {"extra_gradings_per_query", "alarms", "mean_set_size"} <= set(phase)
+    assert set(result["baselines"]) == {"sliding window", "static", "top1", "all", "cheapest"}
+
+
+def test_queries_to_safe():
+    misses = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0], bool)
+    assert bt.queries_to_safe(misses, safe=0.1) == 2  # from 1 on: 1 miss in 9
+    assert bt.queries_to_safe(misses, safe=0.12) == 1
+    assert bt.queries_to_safe(np.zeros(5, bool), safe=0.12) == 0
+    assert bt.queries_to_safe(np.ones(5, bool), safe=0.12) == 5
