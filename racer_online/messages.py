@@ -217,6 +217,7 @@ class DecisionMessage(_Message):
     abstain: bool
     flag_unanswerable: bool
     audit: bool
+    audit_rate: float | None = None  # the rate this decision was drawn at
     lam: float
     threshold_version: int
     threshold_status: Status
@@ -260,6 +261,8 @@ class ThresholdMessage(_Message):
     alpha_t: float | None = None  # the ACI working level, when the controller is on
     # Per model, on the window at lam: {"in_set_rate": ..., "price_share": ...}. Descriptive.
     per_model: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # The audit rate the workers draw at while this threshold stands (None: the setting).
+    audit_rate: float | None = None
     computed_at: float = Field(default_factory=time.time)
 
 

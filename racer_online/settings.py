@@ -8,6 +8,7 @@ and the field, so the CLI can print it as it is.
 
 from __future__ import annotations
 
+import secrets
 import tomllib
 from functools import cached_property
 from importlib import resources
@@ -181,6 +182,9 @@ class Settings(BaseSettings):
     router_file: Path | None = None  # a trained text router, for queries that carry text
 
     audit_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+    # Keys the audit draw. Replicas should share it (a redelivered query then draws the same
+    # on any of them; the store already returns the first decision of a query).
+    audit_key: SecretStr = Field(default_factory=lambda: SecretStr(secrets.token_hex(16)))
     recalibrate_interval_s: Seconds = 10.0
     recalibrate_every_records: int = Field(default=200, ge=1)
     pending_ttl_s: Seconds = 86_400.0  # the feedback horizon

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import SecretStr
 
 from racer_online import core
 from racer_online.apps import replay
@@ -172,9 +173,9 @@ def chosen_sets(decisions: Sequence[DecisionMessage], models: Sequence[str]) -> 
 
 
 def queries_to_safe(misses: NDArray[np.bool_], *, safe: float) -> int:
-    """The first query of a phase from which the rest of the phase misses at most ``safe``."""
-    tail = np.cumsum(misses[::-1])[::-1] / np.arange(len(misses), 0, -1)
-    unsafe = np.flatnonzero(tail > safe)
+    """Queries into a phase after which its miss rate so far stays at most ``safe``."""
+    so_far = np.cumsum(misses) / np.arange(1, len(misses) + 1)
+    unsafe = np.flatnonzero(so_far > safe)
     return int(unsafe[-1] + 1) if unsafe.size else 0
 
 
@@ -202,6 +203,8 @@ def backtest(
     plain = settings.model_copy(update=NO_MONITOR)
     online, window, others = [], [], []
     for seed in range(seeds):
+        keyed = {"audit_key": SecretStr(f"backtest-{seed}")}  # each seed its own audit draw
+        settings, plain = settings.model_copy(update=keyed), plain.model_copy(update=keyed)
         the_plan = replay.plan(scored.outcomes, schedule, rows=scored.rows,
                                per_phase=per_phase, seed=seed)  # fmt: skip
         run = asyncio.run(run_stream(settings, scored, the_plan, run_id=f"s{seed}", pacing=pacing))

@@ -80,10 +80,21 @@ def store_config(settings: Settings) -> StoreConfig:
     )
 
 
-def audit_draw(scope: str, query_id: str) -> float:
-    """A uniform draw that ignores the query's content and repeats on redelivery."""
-    digest = hashlib.blake2b(f"{scope}\0{query_id}".encode(), digest_size=8).digest()
+def audit_draw(scope: str, query_id: str, *, key: bytes) -> float:
+    """A uniform draw that repeats on redelivery and that no client can steer: keyed with a
+    deployment secret, so an id chosen by a client or derived from the prompt does not make
+    the draw depend on the query. It never reads the text or the scores."""
+    digest = hashlib.blake2b(f"{scope}\0{query_id}".encode(), digest_size=8, key=key).digest()
     return int.from_bytes(digest, "big") / 2.0**64
+
+
+def audit_rate(threshold: ThresholdMessage, base: float) -> float:
+    """The rate a decision is drawn at: it depends on time and the monitor's state (carried
+    by the threshold), never on the query. At lam = 1 every model is invoked and graded
+    anyway, so the decision is a full-label record at no extra cost."""
+    if threshold.lam >= core.FALLBACK_LAM:
+        return 1.0
+    return base if threshold.audit_rate is None else max(base, threshold.audit_rate)
 
 
 class RacerService:
@@ -104,6 +115,8 @@ class RacerService:
                        for name, cfg in settings.scopes.items()}  # fmt: skip
         self.leader = Leader(settings, store, self.scopes, clock=clock)  # used on the leader
         self._unstored: dict[tuple[str, str], PendingWrite] = {}
+        secret = settings.audit_key.get_secret_value().encode()
+        self._audit_key = hashlib.blake2b(secret, digest_size=32).digest()  # any length
 
     # -- routing -------------------------------------------------------------------------
 
@@ -198,20 +211,24 @@ class RacerService:
         decisions = core.decide(levels, th.lam, models=scope.models, prices=scope.prices)
         now = self.clock()
         position = {m: j for j, m in enumerate(scope.models)}
+        rate = audit_rate(th, self.settings.audit_rate)
         out = []
         rows = zip(batch, decisions, scores.tolist(), given.tolist(), strict=True)
         for (q, d, row, p_given), packed in zip(rows, pack_scores(scores, p_abstain), strict=True):
-            audit = audit_draw(scope.name, q.query_id) < self.settings.audit_rate
+            audit = audit_draw(scope.name, q.query_id, key=self._audit_key) < rate
             routed = Routed.encode({
                 "query_id": q.query_id, "scope": scope.name, "models": list(d.models),
                 "abstain": d.abstain, "flag_unanswerable": d.flag_unanswerable, "audit": audit,
+                "audit_rate": rate,
                 "lam": th.lam, "threshold_version": th.version, "threshold_status": th.status,
                 "alpha": th.alpha, "delta": th.delta, "bound": th.bound,
                 "scores": dict(zip(scope.models, row, strict=True)),
                 "p_abstain": None if np.isnan(p_given) else float(p_given), "decided_at": now,
             })  # fmt: skip
             invoked = tuple(position[m] for m in d.models)
-            write = PendingWrite(scope.name, q.query_id, routed.raw, packed, th.lam, audit, invoked)
+            write = PendingWrite(
+                scope.name, q.query_id, routed.raw, packed, th.lam, audit, invoked, now
+            )
             out.append((routed, write))
         return out
 

@@ -30,6 +30,7 @@ class WindowCache:
     scores: NDArray[np.float64] = field(init=False)  # (n, K + 1): models, then ⊥
     labels: NDArray[np.bool_] = field(init=False)  # (n, K)
     lam: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))  # decision-time lam
+    decided_at: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
         self.scores = np.zeros((0, self.n_models + 1))
@@ -47,6 +48,7 @@ class WindowCache:
         self.labels = np.vstack([self.labels, (labels == ord("1")).reshape(len(entries), -1)])
         self.entered_ms = np.append(self.entered_ms, [e.entered_ms for e in entries])
         self.lam = np.append(self.lam, [e.lam for e in entries])
+        self.decided_at = np.append(self.decided_at, [e.decided_at for e in entries])
         self.ids += [e.id for e in entries]
         self.last_id = entries[-1].id
 
@@ -64,3 +66,4 @@ class WindowCache:
         self.scores = self.scores[start:]
         self.labels = self.labels[start:]
         self.lam = self.lam[start:]
+        self.decided_at = self.decided_at[start:]

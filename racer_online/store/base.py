@@ -31,6 +31,7 @@ class PendingWrite:
     lam: float  # the threshold the decision used
     audit: bool
     invoked: tuple[int, ...] = ()  # catalogue indices of the models the decision invokes
+    decided_at: float = 0.0  # the decision's time: a restarted window keeps those after it
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class WindowEntry:
     scores: bytes
     labels: str  # one '0'/'1' per catalogue model
     lam: float
+    decided_at: float = 0.0
 
     @property
     def entered_ms(self) -> int:

@@ -26,6 +26,7 @@ class _Pending:
     audit: bool = False
     entered: bool = False
     invoked: tuple[int, ...] = ()
+    decided_at: float = 0.0
     counted: bool = False  # in the upper-bound counters
     labels: dict[str, int] = field(default_factory=dict)
 
@@ -68,7 +69,8 @@ class MemoryStore:
             return False
         labels = "".join(str(record.labels[m]) for m in models)
         window = self._windows.setdefault(scope, [])
-        window.append(WindowEntry(self._next_id(), record.scores, labels, record.lam))
+        entry = WindowEntry(self._next_id(), record.scores, labels, record.lam, record.decided_at)
+        window.append(entry)
         del window[: max(0, len(window) - self.config.window_size)]
         record.entered = True
         return True
@@ -95,7 +97,7 @@ class MemoryStore:
                 record = self._pending[(w.scope, w.query_id)] = _Pending(expires=0.0)
             record.expires = self.clock() + self.config.pending_ttl_s
             record.decision, record.scores, record.lam = w.decision, w.scores, w.lam
-            record.audit, record.invoked = w.audit, w.invoked
+            record.audit, record.invoked, record.decided_at = w.audit, w.invoked, w.decided_at
             self._count_invoked(w.scope, record)
             results.append(RouteResult(w.decision, True, self._enter(w.scope, record)))
         return results

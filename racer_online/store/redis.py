@@ -156,7 +156,7 @@ class RedisStore:
     async def route(self, writes: Sequence[PendingWrite]) -> list[RouteResult]:
         def args(w: PendingWrite) -> list[Any]:
             invoked = ",".join(map(str, w.invoked))
-            return [w.decision, w.scores, repr(w.lam), int(w.audit), invoked]
+            return [w.decision, w.scores, repr(w.lam), int(w.audit), invoked, repr(w.decided_at)]
 
         results: list[Any] = [None] * len(writes)
         for rows, (codes, *firsts) in await self._per_scope(self._route, writes, args):
@@ -186,7 +186,10 @@ class RedisStore:
         start = "-" if after is None else f"({after}"
         rows: Any = await self.client.xrange(keys.window(scope), start, "+", count=count)
         return [
-            WindowEntry(i.decode(), f[b"s"], f[b"y"].decode(), float(f[b"lam"])) for i, f in rows
+            WindowEntry(
+                i.decode(), f[b"s"], f[b"y"].decode(), float(f[b"lam"]), float(f.get(b"t", 0))
+            )
+            for i, f in rows
         ]
 
     @_classified

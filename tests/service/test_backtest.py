@@ -77,8 +77,8 @@ def test_backtest_reports_mean_and_worst_seed():
 
 
 def test_queries_to_safe():
-    misses = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0], bool)
-    assert bt.queries_to_safe(misses, safe=0.1) == 2  # from 1 on: 1 miss in 9
-    assert bt.queries_to_safe(misses, safe=0.12) == 1
+    misses = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], bool)
+    assert bt.queries_to_safe(misses, safe=0.1) == 19  # 2 misses in 19: 0.105
+    assert bt.queries_to_safe(misses, safe=0.12) == 16  # 2 in 16: 0.125
     assert bt.queries_to_safe(np.zeros(5, bool), safe=0.12) == 0
     assert bt.queries_to_safe(np.ones(5, bool), safe=0.12) == 5

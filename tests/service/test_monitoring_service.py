@@ -115,6 +115,8 @@ async def test_stale_calibration_alert_once_per_limit(tmp_path):
 async def test_upper_bound_of_non_audited_decisions_is_reported(tmp_path):
     service = make(tmp_path)
     service.settings.audit_rate = 0.0
+    scope = service.scopes["default"]  # below lam = 1: at 1 every decision is a full record
+    scope.apply(scope.threshold.model_copy(update={"lam": 0.5, "status": "certified"}))
     await stream(service, np.tile([0.8, 0.15, 0.05], (10, 1)), np.zeros((10, 3), bool), 0)
     [update] = (await service.leader.recalibrate_due()).thresholds
     assert (update.upper_bound_n, update.upper_bound_miss_rate) == (10, 1.0)

@@ -128,12 +128,20 @@ async def test_held_feedback_expires_after_the_horizon(make):
     assert len(await service.store.read_window("default")) == 0
 
 
+def certified(service, lam=0.5):
+    """Route on a certified threshold below 1 (at lam = 1 every decision is a full record)."""
+    scope = service.scopes["default"]
+    scope.apply(scope.threshold.model_copy(update={"lam": lam, "status": "certified"}))
+
+
 async def test_only_audited_records_enter_the_window(make):
     service = make(audit_rate=0.3)
+    certified(service)
     ids = [f"q{i}" for i in range(400)]
     await service.route([query(q) for q in ids])
     await service.record_feedback([feedback(q, m0=1, m1=0, m2=1) for q in ids])
-    audited = sum(audit_draw("default", q) < 0.3 for q in ids)
+    key = service._audit_key
+    audited = sum(audit_draw("default", q, key=key) < 0.3 for q in ids)
     assert len(await service.store.read_window("default")) == audited
     assert 80 < audited < 160  # the draw is a fair coin of rate 0.3
 

@@ -9,18 +9,18 @@ local first_item = 4 + n  -- where the per-query arguments start
 -- A record enters the window once: routed, drawn for audit, every catalogue model graded.
 -- Returns 1 when it entered now.
 local function enter_window(pending)
-  local fields = {'d', 'a', 'in', 's', 'lam'}
+  local fields = {'d', 'a', 'in', 's', 'lam', 't'}
   for i = 1, n do fields[#fields + 1] = 'y:' .. models[i] end
   local got = redis.call('HMGET', pending, unpack(fields))
   if not got[1] or got[2] ~= '1' or got[3] then return 0 end
   local labels = {}
   for i = 1, n do
-    local y = got[5 + i]
+    local y = got[6 + i]
     if not y then return 0 end
     labels[i] = y
   end
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
-             's', got[4], 'y', table.concat(labels), 'lam', got[5])
+             's', got[4], 'y', table.concat(labels), 'lam', got[5], 't', got[6] or '0')
   redis.call('HSET', pending, 'in', '1')
   return 1
 end
