@@ -192,11 +192,14 @@ class Settings(BaseSettings):
     window_max_age_s: Seconds = 7 * 86_400.0
     min_records: int = Field(default=1, ge=1)  # 1: never stricter than the bound itself
     threshold_poll_s: Seconds = 0.5
-    # Drift monitor (racer-method.md section 5): every k_test exact outcomes, test the last
-    # n_recent; delta_monitor is small because the test repeats.
-    k_test: int = Field(default=50, ge=1)
-    n_recent: int = Field(default=200, ge=1)
-    delta_monitor: float = Field(default=0.001, gt=0.0, lt=1.0)
+    n_recent: int = Field(default=200, ge=1)  # exact outcomes behind the realised miss rate
+    # Drift monitor (docs/method.md): CUSUMs on exact audited outcomes and on "every invoked
+    # model wrong"; together at most `monitor_false_alarm_rate` false alarms per graded
+    # decision. An alarm starts a segment drawn at audit rate 1 until it holds
+    # `confirm_records` records; then it replaces the window or merges back.
+    monitor: bool = True
+    monitor_false_alarm_rate: float = Field(default=1e-5, gt=0.0, lt=1.0)
+    confirm_records: int = Field(default=100, ge=1)
     threshold_max_age_s: Seconds = 3600.0  # readiness fails past this
     batch_size: int = Field(default=500, ge=1)  # records per batch, at most
     batch_timeout_s: Seconds = 0.05  # how long a poll waits for records when there are none

@@ -14,11 +14,9 @@ from racer_online.core.calibration import (
     threshold_from_required,
 )
 from racer_online.core.monitoring import (
-    DriftTest,
     RealisedRisk,
     aci_level,
     aci_threshold,
-    drift_test,
     realised_risk,
 )
 from racer_online.core.routing import (
@@ -42,7 +40,6 @@ __all__ = [
     "Bound",
     "Calibration",
     "Decision",
-    "DriftTest",
     "Miss",
     "ModelStats",
     "RealisedRisk",
@@ -55,7 +52,6 @@ __all__ = [
     "certified_miss_count",
     "certifies",
     "decide",
-    "drift_test",
     "entry_levels",
     "members",
     "model_stats",

@@ -1,4 +1,4 @@
-"""Watching live outcomes: realised risk, the drift test and the ACI controller.
+"""Watching live outcomes: realised risk and the ACI controller (drift: core/drift.py).
 
 An *exact outcome* is the loss of an audited, fully graded live decision at the
 threshold that decision used (racer-method.md section 5): ``miss = lam_used < t``.
@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import binom, binomtest
+from scipy.stats import binomtest
 
-from racer_online.core.bounds import Bound, check_level
+from racer_online.core.bounds import Bound
 from racer_online.core.calibration import FALLBACK_LAM, Threshold, threshold_from_required
 from racer_online.errors import InvalidInputError
 
@@ -38,37 +38,21 @@ def realised_risk(misses: NDArray[np.bool_], *, confidence: float = 0.95) -> Rea
     return RealisedRisk(k, n, k / n, float(interval.low), float(interval.high))
 
 
-@dataclass(frozen=True)
-class DriftTest:
-    misses: int
-    n: int
-    p_value: float  # P(Binom(n, alpha) >= misses)
-    drift: bool
-
-
-def drift_test(recent: NDArray[np.bool_], *, alpha: float, delta_monitor: float) -> DriftTest:
-    """Declare drift when the recent misses are too many for a risk of ``alpha``.
-
-    ``delta_monitor`` is small because the test repeats every ``k_test`` outcomes.
-    """
-    check_level("alpha", alpha)
-    check_level("delta_monitor", delta_monitor)
-    n, k = int(recent.size), int(np.count_nonzero(recent))
-    if n == 0:
-        raise InvalidInputError("the drift test needs at least one outcome")
-    p = float(binom.sf(k - 1, n, alpha))
-    return DriftTest(k, n, p, p < delta_monitor)
-
-
 def aci_level(alpha_t: float, misses: NDArray[np.bool_], *, alpha: float, gamma: float) -> float:
     """Adaptive conformal level after these outcomes, in order (Gibbs & Candes 2021).
 
-    ``alpha_t+1 = alpha_t + gamma * (alpha - miss_t)``, unclipped: a clip at 0 breaks the
-    long-run bound ``(max(alpha_1, 1 - alpha_1) + gamma) / (gamma T)``.
+    ``alpha_t+1 = min(1, alpha_t + gamma * (alpha - miss_t))``. Never clipped at 0: that
+    breaks the long-run bound ``(max(alpha_1, 1 - alpha_1) + gamma) / (gamma T)``. Clipped
+    at 1: under ``cumulative`` and ``cost`` the set at ``lam = 0`` still holds the top
+    option, so ``alpha_t >= 1`` does not force misses and the level would wind up in calm
+    traffic, delaying the reaction to a shift. Gibbs and Candes's argument only needs
+    ``alpha_t`` to stay within ``[-gamma, 1 + gamma]``, which the clip keeps.
     """
     if gamma <= 0:
         raise InvalidInputError(f"gamma must be > 0, got {gamma}")
-    return float(alpha_t + gamma * (misses.size * alpha - np.count_nonzero(misses)))
+    for miss in np.asarray(misses, bool).tolist():
+        alpha_t = min(1.0, alpha_t + gamma * (alpha - miss))
+    return float(alpha_t)
 
 
 def aci_threshold(

@@ -34,7 +34,7 @@ from racer_online.store import MemoryStore
 
 SCOPE = "default"
 SAFE_MARGIN = 0.02  # a phase is "safe" from the query on where its miss rate <= alpha + this
-NO_MONITOR = {"k_test": 10**9}  # the sliding-window baseline: the drift test never runs
+NO_MONITOR = {"monitor": False}  # the sliding-window baseline
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The leader's work: read new window records, watch their outcomes, recalibrate.
+"""The leader's work: read new window records, watch them, recalibrate. A thin shell:
+the policy is in `racer_online.core.policy`, the drift channels in `service.drift`.
 
 Exactly one worker (the Faust leader) runs this on a short timer. It keeps each scope's
 window in memory, reads only what entered since its last look, and stores every new
@@ -15,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from racer_online import core
-from racer_online.messages import AlertMessage, Status, ThresholdMessage
+from racer_online.core import policy
+from racer_online.messages import AlertMessage, ThresholdMessage
+from racer_online.service import drift as watch
 from racer_online.service import metrics
 from racer_online.service.scope import ScopeState
 from racer_online.settings import Settings
@@ -59,12 +62,19 @@ class Leader:
         alerts: list[AlertMessage] = []
         for scope in self.scopes.values():
             drift, trimmed = await self._sync_window(scope, now)
+            drift = drift or await self._watch_free(scope, now)
             elapsed = now - scope.calibrated_at >= self.settings.recalibrate_interval_s
             reason = None
             if drift is not None:
                 alerts.append(drift)
                 reason = "drift"
-            elif scope.new_records >= self.settings.recalibrate_every_records:
+            elif scope.new_records and scope.monitor.segment_from is not None:
+                reason = "segment"  # route on the segment's threshold as soon as it certifies
+            elif scope.new_records and scope.threshold.status != "certified":
+                reason = "uncertified"  # leave lam = 1 as soon as the window certifies
+            elif scope.new_records >= min(
+                self.settings.recalibrate_every_records, 1 + len(scope.window) // 10
+            ):  # a young window's threshold moves most: recalibrate as it grows by 10%
                 reason = "records"
             elif elapsed and (scope.new_records or trimmed or scope.calibrated_at == -np.inf):
                 reason = "timer"
@@ -87,6 +97,8 @@ class Leader:
         if not synced:
             await self._sync_window(scope, now)
         started = time.perf_counter()
+        if await self._confirm_segment(scope):
+            reason = "confirm"
         update = self._calibrate(scope, reason=reason, now=now)
         upper_n, upper_misses = await self.store.upper_bound(scope.name)
         if upper_n:
@@ -101,16 +113,19 @@ class Leader:
                 scope.apply(ThresholdMessage.parse(stored))
             return None
         scope.apply(update)
-        if update.status == "certified":
+        if update.status == "certified" and scope.monitor.segment_from is None:
             scope.monitor.after_drift = False
         return update
 
     async def _sync_window(self, scope: ScopeState, now: float) -> tuple[AlertMessage | None, int]:
         """Read records entered since the last read, watch their outcomes, trim the window."""
+        await self._load_monitor(scope)
         before = len(scope.window)
         while True:
             entries = await self.store.read_window(scope.name, after=scope.window.last_id)
-            scope.window.append(entries)
+            kept = [e for e in entries if e.decided_at >= scope.monitor.window_from]
+            scope.window.append(kept)
+            scope.window.last_id = entries[-1].id if entries else scope.window.last_id
             if len(entries) < READ_CHUNK:
                 break
         fresh = len(scope.window) - before
@@ -123,18 +138,24 @@ class Leader:
         metrics.WINDOW_RECORDS.labels(scope.name).set(len(scope.window))
         return drift, trimmed
 
-    async def _watch(self, scope: ScopeState, *, start: int, now: float) -> AlertMessage | None:
-        """Exact outcomes of new window records: realised risk, ACI level, drift test."""
-        cfg, mon, settings = scope.config, scope.monitor, self.settings
-        if not mon.loaded:
+    async def _load_monitor(self, scope: ScopeState) -> None:
+        if not scope.monitor.loaded:
+            cfg = scope.config
             state = await self.store.load_monitor(scope.name)
-            mon.last_id, mon.loaded = state.get("last_id"), True
-            mon.alpha_t = float(state.get("alpha_t", cfg.alpha)) if cfg.aci_gamma else None
+            watch.load_state(scope.monitor, state, alpha=cfg.alpha, aci=cfg.aci_gamma is not None)
+            if not state and self.settings.monitor:  # a new scope: its start is a segment
+                scope.monitor.segment_from = 0.0
+
+    async def _watch(self, scope: ScopeState, *, start: int, now: float) -> AlertMessage | None:
+        """Exact outcomes of new window records: realised risk, ACI level, labelled channel."""
+        cfg, mon, settings = scope.config, scope.monitor, self.settings
         _, required = scope.window_levels(start)
-        misses = scope.window.lam[start:] < required  # each at the threshold it was decided with
+        lam_used = scope.window.lam[start:]
+        misses = lam_used < required  # each at the threshold it was decided with
         ids = scope.window.ids[start:]
         mon.recent = np.append(mon.recent, misses)[-settings.n_recent :]
-        new = misses[[_id_key(i) > _id_key(mon.last_id) for i in ids]]  # not yet applied
+        fresh = np.array([_id_key(i) > _id_key(mon.last_id) for i in ids])  # not yet applied
+        new = misses[fresh]
         if not new.size:
             return None
         metrics.EXACT_OUTCOMES.labels(scope.name).inc(new.size)
@@ -142,27 +163,38 @@ class Leader:
         metrics.REALISED_MISS_RATE.labels(scope.name).set(float(mon.recent.mean()))
         if mon.alpha_t is not None and cfg.aci_gamma is not None:
             mon.alpha_t = core.aci_level(mon.alpha_t, new, alpha=cfg.alpha, gamma=cfg.aci_gamma)
-        mon.last_id, mon.since_test = ids[-1], mon.since_test + new.size
-        state = {"last_id": mon.last_id} | ({"alpha_t": repr(mon.alpha_t)} if mon.alpha_t else {})
-        await self.store.save_monitor(scope.name, state)
-        if mon.since_test < settings.k_test:
-            return None
-        mon.since_test = 0
-        test = core.drift_test(mon.recent, alpha=cfg.alpha, delta_monitor=settings.delta_monitor)
-        if not test.drift:
-            return None
-        # Restart the window from the recent segment: older records describe old traffic.
-        scope.window.keep_from(len(scope.window) - min(len(scope.window), test.n))
-        await self.store.trim_window(scope.name, min_id=scope.window.ids[0])
-        mon.recent, mon.after_drift = np.zeros(0, bool), True
-        return AlertMessage(
-            scope=scope.name, kind="drift", at=now,
-            message=f"{test.misses} misses in the last {test.n} audited decisions against "
-            f"alpha = {cfg.alpha} (p = {test.p_value:.2g}): window restarted",
-            evidence={"misses": test.misses, "n": test.n, "p_value": test.p_value,
-                      "alpha": cfg.alpha, "delta_monitor": settings.delta_monitor,
-                      "window_restart_id": scope.window.ids[0]},
+        mon.last_id = ids[-1]
+        alarm = watch.watch_labelled(scope, new, lam_used[fresh], settings, now=now)
+        await self.store.save_monitor(scope.name, watch.saved_state(mon))
+        return alarm
+
+    async def _watch_free(self, scope: ScopeState, now: float) -> AlertMessage | None:
+        counters = await self.store.upper_bound(scope.name)
+        alarm = watch.watch_free(scope, counters, self.settings, now=now)
+        await self.store.save_monitor(scope.name, watch.saved_state(scope.monitor))
+        return alarm
+
+    async def _confirm_segment(self, scope: ScopeState) -> bool:
+        """A full segment replaces the window (the traffic changed) or merges back."""
+        mon, cfg = scope.monitor, scope.config
+        if mon.segment_from is None:
+            return False
+        in_segment = scope.window.decided_at >= mon.segment_from
+        if in_segment.sum() < self.settings.confirm_records:
+            return False
+        _, required = scope.window_levels(in_segment)
+        replace = policy.confirm(
+            required, direction=_direction(mon.segment_direction), old_lam=mon.old_lam,
+            alpha=cfg.alpha, delta=cfg.delta, bound=cfg.bound,
         )  # fmt: skip
+        if replace:
+            scope.window.keep_decided_from(mon.segment_from)
+            mon.window_from = mon.segment_from
+            if scope.window.ids:
+                await self.store.trim_window(scope.name, min_id=scope.window.ids[0])
+        mon.segment_from, mon.after_drift = None, False
+        await self.store.save_monitor(scope.name, watch.saved_state(mon))
+        return True
 
     def _stale_alert(self, scope: ScopeState, now: float) -> AlertMessage | None:
         """Once per limit: no certified threshold is younger than ``threshold_max_age_s``."""
@@ -184,27 +216,24 @@ class Leader:
     def _calibrate(self, scope: ScopeState, *, reason: str, now: float) -> ThresholdMessage:
         cfg, window, current, mon = scope.config, scope.window, scope.threshold, scope.monitor
         n = len(window)
-        found = None
-        if n:
-            levels, required = scope.window_levels()
-            if n >= self.settings.min_records:
-                if mon.alpha_t is not None:
-                    found = core.aci_threshold(
-                        required, alpha_t=mon.alpha_t, delta=cfg.delta, bound=cfg.bound
-                    )
-                else:
-                    found = core.threshold_from_required(
-                        required, alpha=cfg.alpha, delta=cfg.delta, bound=cfg.bound
-                    )
-        status: Status
-        if found is not None and found.certified:
-            status, lam = "certified", found.lam_hat
-        elif current.status in ("certified", "stale") and not mon.after_drift:
-            status, lam = "stale", current.lam  # keep the last certified threshold
-        else:
-            status, lam = "fallback", core.FALLBACK_LAM
-        stats: dict[str, Any] = {"alpha_t": mon.alpha_t}
-        if n:
+        levels, required = scope.window_levels() if n else (None, np.zeros(0))
+        last = "fallback" if mon.after_drift and mon.segment_from is None else current.status
+        choice = policy.window_choice(
+            required, alpha=cfg.alpha, delta=cfg.delta, bound=cfg.bound, alpha_t=mon.alpha_t,
+            min_records=self.settings.min_records, current=last, current_lam=current.lam,
+        )  # fmt: skip
+        audit_rate = None
+        if mon.segment_from is not None:
+            in_segment = window.decided_at >= mon.segment_from
+            choice = policy.segment_choice(
+                required[in_segment], direction=_direction(mon.segment_direction),
+                alpha=cfg.alpha, delta=cfg.delta, bound=cfg.bound,
+                current=policy.Choice(current.lam, current.status, current.m_star, current.n),
+            )  # fmt: skip
+            audit_rate = 1.0  # the segment fills at once, and only from decisions after tau
+        lam, status = choice.lam, choice.status
+        stats: dict[str, Any] = {"alpha_t": mon.alpha_t, "audit_rate": audit_rate}
+        if n and levels is not None:
             chosen = core.set_stats(levels, lam, n_models=len(scope.models), prices=scope.prices)
             stats |= {
                 "empirical_risk": float(np.mean(required > lam)),
@@ -226,10 +255,14 @@ class Leader:
             }
         return ThresholdMessage(
             scope=scope.name, version=current.version + 1, lam=lam, status=status,
-            certified=status == "certified", n=n, alpha=cfg.alpha, delta=cfg.delta,
+            certified=status == "certified", n=choice.n, alpha=cfg.alpha, delta=cfg.delta,
             bound=cfg.bound, rule=cfg.rule, miss=cfg.miss,
-            m_star=found.m_star if found else -1, reason=reason, computed_at=now, **stats,
+            m_star=choice.m_star, reason=reason, computed_at=now, **stats,
         )  # fmt: skip
+
+
+def _direction(value: str) -> policy.Direction:
+    return "fall" if value == "fall" else "rise"
 
 
 def _id_key(stream_id: str | None) -> tuple[int, int]:

@@ -16,16 +16,24 @@ from racer_online.settings import ScopeConfig
 
 @dataclass
 class Monitor:
-    """What the leader watches: exact outcomes of audited decisions, in entry order."""
+    """What the leader watches: exact outcomes of audited decisions in entry order, the
+    drift channels' statistics and the segment started by the last alarm."""
 
     recent: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
-    since_test: int = 0
     last_id: str | None = None  # the last window record whose outcome was applied
     alpha_t: float | None = None  # ACI working level
     after_drift: bool = False  # fallback, not stale, until a window certifies again
     loaded: bool = False  # state read back from the store (a new leader resumes it)
     last_certified_at: float | None = None
     stale_alerted_at: float = -np.inf
+    labelled: float = 0.0  # CUSUM of exact audited outcomes, alpha against 2 alpha
+    free_rise: float = 0.0  # CUSUMs of "every invoked model wrong", up and down
+    free_fall: float = 0.0
+    free_seen: tuple[int, int] | None = None  # the store's counters at the last look
+    window_from: float = 0.0  # records decided before this are not read into the window
+    segment_from: float | None = None  # an alarm's time: the segment is decided after it
+    segment_direction: str = "rise"
+    old_lam: float = 1.0  # the threshold routed on when the alarm came
 
 
 class ScopeState:
@@ -52,10 +60,14 @@ class ScopeState:
             scores, rule=cfg.rule, miss=cfg.miss, p_abstain=p_abstain, prices=self.prices
         )
 
-    def window_levels(self, start: int = 0) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Entry levels and required thresholds of window records from ``start`` on."""
+    def window_levels(
+        self, start: int | NDArray[np.bool_] = 0
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Entry levels and required thresholds of window records from ``start`` on (or of
+        those a mask selects)."""
         k = len(self.models)
-        scores, labels = self.window.scores[start:], self.window.labels[start:]
+        rows = slice(start, None) if isinstance(start, int) else start
+        scores, labels = self.window.scores[rows], self.window.labels[rows]
         levels = self.levels(scores[:, :k], scores[:, k])
         return levels, core.required_thresholds(levels, labels, miss=self.config.miss)
 

@@ -58,6 +58,14 @@ class WindowCache:
         self.keep_from(start)
         return max(start, 0)
 
+    def keep_decided_from(self, at: float) -> None:
+        """Keep the records of decisions made at or after ``at`` (a restarted window)."""
+        keep = self.decided_at >= at
+        self.ids = [i for i, k in zip(self.ids, keep.tolist(), strict=True) if k]
+        self.entered_ms, self.scores = self.entered_ms[keep], self.scores[keep]
+        self.labels, self.lam = self.labels[keep], self.lam[keep]
+        self.decided_at = self.decided_at[keep]
+
     def keep_from(self, start: int) -> None:
         if start <= 0:
             return

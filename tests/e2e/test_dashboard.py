@@ -170,7 +170,7 @@ class Replay:
             "RACER_KAFKA_BROKER": broker.url, "RACER_REDIS_URL": redis_url,
             "RACER_APP_ID": f"racer-{scope}", "RACER_SCOPES_FILE": str(tmp_path / "scopes.toml"),
             "RACER_AUDIT_RATE": "1.0", "RACER_RECALIBRATE_INTERVAL_S": "1",
-            "RACER_RECALIBRATE_EVERY_RECORDS": "50", "RACER_K_TEST": "20", "RACER_N_RECENT": "50",
+            "RACER_RECALIBRATE_EVERY_RECORDS": "50", "RACER_N_RECENT": "50",
             "RACER_BROKER_SESSION_TIMEOUT_S": "2", "RACER_BROKER_HEARTBEAT_INTERVAL_S": "0.5",
             "RACER_BROKER_REBALANCE_TIMEOUT_S": "2", "RACER_WEB_PORT": str(self.web_port),
             "RACER_TOPICS__PARTITIONS": "4",

@@ -194,7 +194,7 @@ async def fault_deployment(fault_services, tmp_path):
         broker.bootstrap, broker.url, fault_services.redis.url, tmp_path,
         f"fault-{uuid.uuid4().hex[:12]}",
     )  # fmt: skip
-    made.env |= {"RACER_K_TEST": str(10**9)}
+    made.env |= {"RACER_MONITOR": "false"}
     await made.create_topics()
     yield made
     made.stop()

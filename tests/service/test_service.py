@@ -186,17 +186,23 @@ async def test_threshold_equals_the_core_on_the_same_records(make):
 
 
 async def test_recalibration_triggers_by_records_and_by_timer(make):
-    service = make(recalibrate_every_records=50, recalibrate_interval_s=30)
+    service = make(recalibrate_every_records=50, recalibrate_interval_s=30, monitor=False)
     scores, labels = synthetic(120)
-    await feed(service, scores[:10], labels[:10], prefix="a")
     assert [u.reason for u in await tick(service)] == ["timer"]  # first look
+    await feed(service, scores[:10], labels[:10], prefix="a")
+    [update] = await tick(service)
+    assert update.reason == "uncertified" and update.status == "certified"
     await feed(service, scores[10:60], labels[10:60], prefix="b")
     assert [u.reason for u in await tick(service)] == ["records"]
-    await feed(service, scores[60:70], labels[60:70], prefix="c")
-    assert await tick(service) == []  # too few records, too early
+    await feed(service, scores[60:65], labels[60:65], prefix="c")
+    assert await tick(service) == []  # the window grew by under 10%, too early
+    await feed(service, scores[65:70], labels[65:70], prefix="d")
+    assert [u.reason for u in await tick(service)] == ["records"]  # now by 10 of 60
+    await feed(service, scores[70:75], labels[70:75], prefix="e")
+    assert await tick(service) == []
     service.clock.now += 31
     [update] = await tick(service)
-    assert (update.reason, update.n, update.version) == ("timer", 70, 3)
+    assert (update.reason, update.n, update.version) == ("timer", 75, 5)
     service.clock.now += 31
     assert await tick(service) == []  # nothing new
 

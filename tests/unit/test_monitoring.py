@@ -1,31 +1,13 @@
 import numpy as np
 import pytest
-from scipy.stats import beta, binom
+from scipy.stats import beta
 
 from racer_online.core import (
     aci_level,
     aci_threshold,
-    drift_test,
     realised_risk,
     threshold_from_required,
 )
-from racer_online.errors import InvalidInputError
-
-
-def test_drift_test_is_the_binomial_upper_tail():
-    recent = np.array([True] * 40 + [False] * 160)
-    result = drift_test(recent, alpha=0.1, delta_monitor=0.001)
-    assert result.p_value == pytest.approx(binom.sf(39, 200, 0.1))
-    assert (result.misses, result.n, result.drift) == (40, 200, True)
-    calm = drift_test(np.array([True] * 22 + [False] * 178), alpha=0.1, delta_monitor=0.001)
-    assert not calm.drift and calm.p_value > 0.001
-
-
-def test_drift_test_rejects_bad_parameters():
-    with pytest.raises(InvalidInputError, match="at least one outcome"):
-        drift_test(np.zeros(0, bool), alpha=0.1, delta_monitor=0.001)
-    with pytest.raises(InvalidInputError, match="delta_monitor must lie"):
-        drift_test(np.zeros(5, bool), alpha=0.1, delta_monitor=0)
 
 
 def test_realised_risk_has_a_clopper_pearson_interval():

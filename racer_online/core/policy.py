@@ -1,0 +1,115 @@
+"""The leader's policy as pure functions: which threshold to route on, and how to watch it.
+
+The online loop is: route on the window's certified threshold; watch two channels for a
+rise of the risk and one for a fall (`free_hypotheses`, and a CUSUM on exact audited
+outcomes); on an alarm at time tau, start a *segment* of the decisions made at or after
+tau. After a rise, route at ``lam = 1`` (every model) until the segment certifies, then
+on the segment's own threshold; after a fall, keep the current threshold. The segment is
+drawn at audit rate 1 until it holds ``confirm_records``; then `confirm` decides whether the
+window is replaced by the segment (the traffic changed) or the segment is merged back (a
+false alarm). Only thresholds certified on i.i.d. admitted records carry the (alpha,
+delta) guarantee; the channels are triggers (docs/method.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from racer_online.core.bounds import Bound, certifies
+from racer_online.core.calibration import FALLBACK_LAM, threshold_from_required
+from racer_online.core.drift import RATE_FLOOR, Hypotheses, clip_rate, rate_interval
+from racer_online.core.monitoring import aci_threshold
+from racer_online.core.routing import members
+
+Status = Literal["certified", "stale", "fallback"]
+Direction = Literal["rise", "fall"]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The threshold to route on."""
+
+    lam: float
+    status: Status
+    m_star: int  # -1: nothing certified
+    n: int  # records it was certified on
+
+
+def window_choice(
+    required: NDArray[np.floating], *, alpha: float, delta: float, bound: Bound,
+    alpha_t: float | None, min_records: int, current: Status, current_lam: float,
+) -> Choice:  # fmt: skip
+    """The window's threshold. Not certified: keep the last certified one as ``stale``,
+    except under ACI, whose long-run bound needs ``lam = 1`` whenever it asks for it."""
+    n = int(required.size)
+    found = None
+    if n >= min_records:
+        if alpha_t is not None:
+            found = aci_threshold(required, alpha_t=alpha_t, delta=delta, bound=bound)
+        else:
+            found = threshold_from_required(required, alpha=alpha, delta=delta, bound=bound)
+    if found is not None and found.certified:
+        return Choice(found.lam_hat, "certified", found.m_star, n)
+    m_star = found.m_star if found else -1
+    if current in ("certified", "stale") and alpha_t is None:
+        return Choice(current_lam, "stale", m_star, n)
+    return Choice(FALLBACK_LAM, "fallback", m_star, n)
+
+
+def segment_choice(
+    required: NDArray[np.floating], *, direction: Direction, alpha: float, delta: float,
+    bound: Bound, current: Choice,
+) -> Choice:  # fmt: skip
+    """While a segment grows: after a rise, ``lam = 1`` until the segment certifies, then
+    the segment's threshold; after a fall, the current threshold (it was safe)."""
+    if direction == "fall":
+        return current
+    if not required.size:
+        return Choice(FALLBACK_LAM, "fallback", -1, 0)
+    found = threshold_from_required(required, alpha=alpha, delta=delta, bound=bound)
+    if found.certified:
+        return Choice(found.lam_hat, "certified", found.m_star, int(required.size))
+    return Choice(FALLBACK_LAM, "fallback", -1, int(required.size))
+
+
+def confirm(
+    required: NDArray[np.floating], *, direction: Direction, old_lam: float, alpha: float,
+    delta: float, bound: Bound,
+) -> bool:  # fmt: skip
+    """True: replace the window by the segment. After a rise, unless the old threshold is
+    certified on the segment too (a false alarm); after a fall, when the segment certifies
+    a smaller threshold than the old one."""
+    t = np.asarray(required, dtype=np.float64)
+    if direction == "rise":
+        return not certifies(int(np.count_nonzero(t > old_lam)), t.size, alpha, delta, bound)
+    found = threshold_from_required(t, alpha=alpha, delta=delta, bound=bound)
+    return found.certified and found.lam_hat < old_lam
+
+
+def free_hypotheses(
+    levels: NDArray[np.float64], labels: NDArray[np.bool_], lam: float, *, alpha: float,
+    confidence: float,
+) -> tuple[Hypotheses | None, Hypotheses | None]:  # fmt: skip
+    """The free channel's reference: how often every invoked model is wrong at ``lam``, on
+    the window. Rise: its upper confidence bound against ``+ alpha`` (the in-sample rate is
+    biased low, lam was chosen on it); fall: its lower bound against ``- alpha``."""
+    k = labels.shape[1]
+    if not labels.shape[0]:
+        return None, None
+    all_wrong = ~(members(levels[:, :k], lam) & labels).any(axis=1)
+    low, high = rate_interval(int(all_wrong.sum()), all_wrong.size, confidence=confidence)
+    rise = fall = None
+    if high + alpha <= 1 - RATE_FLOOR:
+        rise = Hypotheses(clip_rate(high), clip_rate(high + alpha))
+    if low - alpha >= RATE_FLOOR:
+        fall = Hypotheses(clip_rate(low), clip_rate(low - alpha))
+    return rise, fall
+
+
+def labelled_hypotheses(alpha: float) -> Hypotheses:
+    """Exact audited outcomes: a miss rate of alpha against 2 alpha."""
+    return Hypotheses(clip_rate(alpha), clip_rate(min(2 * alpha, 1 - RATE_FLOOR)))

@@ -1,0 +1,114 @@
+"""The drift monitor's channels on a scope's state: CUSUMs, alarms, segments. No I/O.
+
+The leader feeds them what it read from the store and saves `saved_state` back, so that a
+new leader resumes the statistics and the segment where the last one left them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from racer_online import core
+from racer_online.core import drift, policy
+from racer_online.messages import AlertMessage
+from racer_online.service.scope import Monitor, ScopeState
+from racer_online.settings import Settings
+
+CHANNELS = 2  # a graded decision feeds the labelled channel or the two free ones
+FLOATS = ("labelled", "free_rise", "free_fall", "window_from", "old_lam")
+
+
+def saved_state(mon: Monitor) -> dict[str, str]:
+    """The monitor's state as strings for the store (``alpha_t`` 0.0 included)."""
+    state = {"last_id": mon.last_id or ""} | {name: repr(getattr(mon, name)) for name in FLOATS}
+    if mon.alpha_t is not None:
+        state["alpha_t"] = repr(mon.alpha_t)
+    state["segment_from"] = "" if mon.segment_from is None else repr(mon.segment_from)
+    state["segment_direction"] = mon.segment_direction
+    if mon.free_seen is not None:
+        state["free_seen"] = f"{mon.free_seen[0]},{mon.free_seen[1]}"
+    return state
+
+
+def load_state(mon: Monitor, state: dict[str, str], *, alpha: float, aci: bool) -> None:
+    mon.last_id, mon.loaded = state.get("last_id") or None, True
+    mon.alpha_t = float(state.get("alpha_t", alpha)) if aci else None
+    for name in FLOATS:
+        if state.get(name):
+            setattr(mon, name, float(state[name]))
+    mon.segment_from = float(state["segment_from"]) if state.get("segment_from") else None
+    mon.segment_direction = state.get("segment_direction", "rise")
+    if state.get("free_seen"):
+        n, misses = state["free_seen"].split(",")
+        mon.free_seen = (int(n), int(misses))
+
+
+def watching(scope: ScopeState, settings: Settings) -> bool:
+    """The channels watch a certified threshold below 1 while no segment is open."""
+    th = scope.threshold
+    return settings.monitor and scope.monitor.segment_from is None and th.lam < core.FALLBACK_LAM
+
+
+def watch_labelled(
+    scope: ScopeState, misses: NDArray[np.bool_], lam_used: NDArray[np.float64],
+    settings: Settings, *, now: float,
+) -> AlertMessage | None:  # fmt: skip
+    """Exact audited outcomes of decisions routed below lam = 1 (at 1 none can miss)."""
+    mon, cfg = scope.monitor, scope.config
+    if not watching(scope, settings):
+        return None
+    outcomes = misses[lam_used < core.FALLBACK_LAM]
+    h = drift.threshold_for(settings.monitor_false_alarm_rate, channels=CHANNELS)
+    mon.labelled, alarm = drift.cusum(
+        mon.labelled, outcomes, policy.labelled_hypotheses(cfg.alpha), h=h
+    )
+    if alarm is None:
+        return None
+    evidence = {"channel": "labelled", "statistic": mon.labelled, "h": h, "alpha": cfg.alpha}
+    return start_segment(scope, now=now, direction="rise", evidence=evidence)
+
+
+def watch_free(
+    scope: ScopeState, counters: tuple[int, int], settings: Settings, *, now: float
+) -> AlertMessage | None:
+    """Non-audited decisions graded on their invoked models: how many had all wrong."""
+    mon, cfg = scope.monitor, scope.config
+    seen, mon.free_seen = mon.free_seen, counters
+    if seen is None or not watching(scope, settings) or not len(scope.window):
+        return None
+    n, wrong = counters[0] - seen[0], counters[1] - seen[1]
+    if n <= 0:
+        return None
+    levels, _ = scope.window_levels()
+    rise, fall = policy.free_hypotheses(
+        levels, scope.window.labels, scope.threshold.lam, alpha=cfg.alpha,
+        confidence=1 - cfg.delta,
+    )  # fmt: skip
+    h = drift.threshold_for(settings.monitor_false_alarm_rate, channels=CHANNELS)
+    if rise is not None:
+        mon.free_rise = drift.cusum_counts(mon.free_rise, wrong, n, rise)
+    if fall is not None:
+        mon.free_fall = drift.cusum_counts(mon.free_fall, wrong, n, fall)
+    for direction, stat, hyp in (("rise", mon.free_rise, rise), ("fall", mon.free_fall, fall)):
+        if hyp is not None and stat >= h:
+            evidence = {"channel": "free", "statistic": stat, "h": h, "p0": hyp.p0, "p1": hyp.p1}
+            return start_segment(scope, now=now, direction=direction, evidence=evidence)
+    return None
+
+
+def start_segment(
+    scope: ScopeState, *, now: float, direction: str, evidence: dict[str, object]
+) -> AlertMessage:
+    mon = scope.monitor
+    mon.segment_from, mon.segment_direction, mon.old_lam = now, direction, scope.threshold.lam
+    mon.labelled = mon.free_rise = mon.free_fall = 0.0
+    mon.after_drift = True
+    action = "routing on every model until" if direction == "rise" else "keeping lam until"
+    return AlertMessage(
+        scope=scope.name, kind="drift", at=now,
+        message=f"the risk may have {'risen' if direction == 'rise' else 'fallen'} "
+        f"({evidence['channel']} channel): {action} the decisions from now on certify",
+        evidence=evidence | {"direction": direction, "segment_from": now,
+                             "old_lam": mon.old_lam},
+    )  # fmt: skip
