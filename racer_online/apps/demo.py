@@ -27,19 +27,10 @@ from racer_online.local.services import embedded_services, free_port
 from racer_online.offline.datasets import Outcomes
 from racer_online.settings import Settings
 
-# Demo tuning, said out loud (docs/results.md): the dataset holds every label, so every
-# decision is audited; the drift monitor tests the last 60 exact outcomes every 10
-# (delta_monitor 0.01) and the window keeps 1,000 records, so a 3-minute replay whose hard
-# phase lasts 20 seconds is caught in time. Production keeps the defaults.
+# The demo runs at the production defaults (audit rate 0.1, the drift monitor on). Only the
+# embedded broker's group timers are short, as in the tests (docs/architecture.md), so that
+# the worker joins its group in seconds.
 DEMO_ENV = {
-    "RACER_AUDIT_RATE": "1.0",
-    "RACER_WINDOW_SIZE": "1000",
-    "RACER_RECALIBRATE_EVERY_RECORDS": "25",
-    "RACER_RECALIBRATE_INTERVAL_S": "2",
-    "RACER_THRESHOLD_POLL_S": "0.25",
-    "RACER_K_TEST": "10",
-    "RACER_N_RECENT": "60",
-    "RACER_DELTA_MONITOR": "0.01",
     "RACER_BROKER_SESSION_TIMEOUT_S": "2",
     "RACER_BROKER_HEARTBEAT_INTERVAL_S": "0.5",
     "RACER_BROKER_REBALANCE_TIMEOUT_S": "2",

@@ -33,7 +33,7 @@ from racer_online.settings import ScopeConfig, Settings
 from racer_online.store import MemoryStore
 
 SCOPE = "default"
-SAFE_MARGIN = 0.02  # a phase is "safe" from the query on where its miss rate <= alpha + this
+SAFE_MARGIN = 0.02  # a threshold is safe for a phase when its risk there is <= alpha + this
 NO_MONITOR = {"monitor": False}  # the sliding-window baseline
 
 
@@ -148,7 +148,8 @@ def figures(run: Run, scored: Scored, config: ScopeConfig) -> dict[str, Any]:
     sizes = chosen[:, : len(models)].sum(axis=1)
     audit = np.array([d.audit for d in run.decisions])
     extra = np.where(audit, len(models) - sizes, 0)
-    misses = core.set_misses(chosen, labels, miss=config.miss)
+    required = required_of(run.decisions, labels, config)
+    lam = np.array([d.lam for d in run.decisions])
     phases = []
     for k, figs in enumerate(replay.phase_figures(the_plan, chosen, labels, prices,
                                                   miss=config.miss)):  # fmt: skip
@@ -157,7 +158,9 @@ def figures(run: Run, scored: Scored, config: ScopeConfig) -> dict[str, Any]:
             "extra_gradings_per_query": float(extra[at].mean()),
             "alarms": int(np.isin(np.flatnonzero(at), run.alarms).sum()),
             "threshold_updates": int(np.isin(np.flatnonzero(at), run.updates).sum()),
-            "queries_to_safe": queries_to_safe(misses[at], safe=config.alpha + SAFE_MARGIN),
+            "queries_to_safe": queries_to_safe(
+                lam[at], required[at], safe=config.alpha + SAFE_MARGIN
+            ),
         })  # fmt: skip
     return {"phases": phases, "first_1000_mean_set_size": float(sizes[:1000].mean())}
 
@@ -172,10 +175,25 @@ def chosen_sets(decisions: Sequence[DecisionMessage], models: Sequence[str]) -> 
     return chosen
 
 
-def queries_to_safe(misses: NDArray[np.bool_], *, safe: float) -> int:
-    """Queries into a phase after which its miss rate so far stays at most ``safe``."""
-    so_far = np.cumsum(misses) / np.arange(1, len(misses) + 1)
-    unsafe = np.flatnonzero(so_far > safe)
+def required_of(
+    decisions: Sequence[DecisionMessage], labels: NDArray[np.bool_], config: ScopeConfig
+) -> NDArray[np.float64]:
+    """Each query's required threshold, from the scores its decision carries."""
+    models = config.model_names
+    scores = np.array([[d.scores[m] for m in models] for d in decisions])
+    given = np.array([np.nan if d.p_abstain is None else d.p_abstain for d in decisions])
+    p_abstain = np.where(np.isnan(given), np.prod(1.0 - scores, axis=1), given)
+    levels = core.entry_levels(scores, rule=config.rule, miss=config.miss, p_abstain=p_abstain,
+                               prices=np.array(config.prices))  # fmt: skip
+    return core.required_thresholds(levels, labels, miss=config.miss)
+
+
+def queries_to_safe(lam: NDArray[np.float64], required: NDArray[np.float64], *, safe: float) -> int:
+    """Queries into a phase after which every decision's threshold is safe for the phase:
+    its exact risk over all the phase's queries is at most ``safe``."""
+    t = np.sort(required)
+    risk = (t.size - np.searchsorted(t, lam, side="right")) / t.size  # share with lam < t
+    unsafe = np.flatnonzero(risk > safe)
     return int(unsafe[-1] + 1) if unsafe.size else 0
 
 

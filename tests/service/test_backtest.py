@@ -21,6 +21,16 @@ def scored(n=1200, seed=0):
     return bt.Scored(outcomes, np.arange(n), scores, np.full(n, np.nan), MODELS)
 
 
+def levels(decision):
+    """Entry levels under the default rule (cumulative): the score mass ranked above."""
+    scores = np.array([decision.scores[m] for m in MODELS])
+    order = np.argsort(-scores, kind="stable")
+    mass = np.cumsum(scores[order]) / scores.sum()
+    out = np.empty(3)
+    out[order] = np.concatenate([[0.0], mass[:-1]])
+    return out
+
+
 SCHEDULE = (replay.Phase("easy", ("easy",)), replay.Phase("hard", ("hard",)))
 
 
@@ -46,6 +56,15 @@ def test_figures_equal_those_recomputed_from_the_decisions():
         assert phase["realised_miss_rate"] == np.mean(misses)
         assert phase["mean_set_size"] == np.mean(sizes)
         assert phase["extra_gradings_per_query"] == np.mean(extra)
+        t = np.array(
+            [
+                min((lv for lv, y in zip(levels(d), labels[j], strict=False) if y), default=0.0)
+                for j, d in ((j, run.decisions[j]) for j in at)
+            ]
+        )
+        risk = [np.mean(run.decisions[j].lam < t) for j in at]
+        unsafe = [r for r, x in enumerate(risk) if x > 0.12]
+        assert phase["queries_to_safe"] == (unsafe[-1] + 1 if unsafe else 0)
     first = [len(d.models) for d in run.decisions[:1000]]
     assert got["first_1000_mean_set_size"] == np.mean(first)
     assert run.updates, "the leader recalibrated in simulated time"
@@ -76,9 +95,9 @@ def test_backtest_reports_mean_and_worst_seed():
     assert set(result["baselines"]) == {"sliding window", "static", "top1", "all", "cheapest"}
 
 
-def test_queries_to_safe():
-    misses = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], bool)
-    assert bt.queries_to_safe(misses, safe=0.1) == 19  # 2 misses in 19: 0.105
-    assert bt.queries_to_safe(misses, safe=0.12) == 16  # 2 in 16: 0.125
-    assert bt.queries_to_safe(np.zeros(5, bool), safe=0.12) == 0
-    assert bt.queries_to_safe(np.ones(5, bool), safe=0.12) == 5
+def test_queries_to_safe_is_when_the_thresholds_become_safe_for_the_phase():
+    required = np.linspace(0.01, 1.0, 100)  # lam = 0.9 misses 10% of the phase, 0.5 half
+    lam = np.array([0.5, 0.5, 1.0, 0.95, 0.5, 0.9, 0.95, 1.0])
+    assert bt.queries_to_safe(lam, required, safe=0.12) == 5  # lam 0.5 is the last unsafe
+    assert bt.queries_to_safe(lam[5:], required, safe=0.12) == 0
+    assert bt.queries_to_safe(lam[5:], required, safe=0.06) == 1  # 0.9 misses 10%
