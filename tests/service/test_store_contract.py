@@ -192,3 +192,13 @@ async def test_a_batch_longer_than_one_script_call_keeps_its_order(make_store):
     outcomes = await store.feedback(first + later)
     assert outcomes == ["entered"] * 250 + ["conflict"] * 250
     assert [e.labels for e in await store.read_window(scope)] == ["101"] * 250
+
+
+async def test_window_entries_keep_the_decision_time(make_store):
+    """A restarted window keeps only decisions made after an alarm: both stores say when."""
+    store, scope = make_store(), make_store.scope
+    write = PendingWrite(scope, "q1", b"d", b"\x00\x01", 0.25, True, (0,), 1_700_000_123.5)
+    await store.route([write])
+    await store.feedback([labels(scope, "q1", m0=1, m1=0, m2=1)])
+    [entry] = await store.read_window(scope)
+    assert (entry.decided_at, entry.lam) == (1_700_000_123.5, 0.25)
