@@ -26,6 +26,7 @@ from racer_online.core.monitoring import aci_threshold
 from racer_online.core.routing import members
 
 Status = Literal["certified", "stale", "fallback"]
+JUMP = 3.0  # the free channel's second rise detector: a shift of 3 alpha
 Direction = Literal["rise", "fall"]
 
 
@@ -93,21 +94,25 @@ def confirm(
 def free_hypotheses(
     levels: NDArray[np.float64], labels: NDArray[np.bool_], lam: float, *, alpha: float,
     confidence: float,
-) -> tuple[Hypotheses | None, Hypotheses | None]:  # fmt: skip
+    jump: float = JUMP,
+) -> tuple[Hypotheses | None, Hypotheses | None, Hypotheses | None]:  # fmt: skip
     """The free channel's reference: how often every invoked model is wrong at ``lam``, on
     the window. Rise: its upper confidence bound against ``+ alpha`` (the in-sample rate is
-    biased low, lam was chosen on it); fall: its lower bound against ``- alpha``."""
+    biased low, lam was chosen on it), and against ``+ jump * alpha``, which catches a
+    large shift sooner; fall: its lower bound against ``- alpha``."""
     k = labels.shape[1]
     if not labels.shape[0]:
-        return None, None
+        return None, None, None
     all_wrong = ~(members(levels[:, :k], lam) & labels).any(axis=1)
     low, high = rate_interval(int(all_wrong.sum()), all_wrong.size, confidence=confidence)
-    rise = fall = None
+    rise = large = fall = None
     if high + alpha <= 1 - RATE_FLOOR:
         rise = Hypotheses(clip_rate(high), clip_rate(high + alpha))
+    if high + jump * alpha <= 1 - RATE_FLOOR:
+        large = Hypotheses(clip_rate(high), clip_rate(high + jump * alpha))
     if low - alpha >= RATE_FLOOR:
         fall = Hypotheses(clip_rate(low), clip_rate(low - alpha))
-    return rise, fall
+    return rise, large, fall
 
 
 def labelled_hypotheses(alpha: float) -> Hypotheses:

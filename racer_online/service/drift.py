@@ -15,8 +15,8 @@ from racer_online.messages import AlertMessage
 from racer_online.service.scope import Monitor, ScopeState
 from racer_online.settings import Settings
 
-CHANNELS = 2  # a graded decision feeds the labelled channel or the two free ones
-FLOATS = ("labelled", "free_rise", "free_fall", "window_from", "old_lam")
+CHANNELS = 3  # a graded decision feeds the labelled channel or the three free detectors
+FLOATS = ("labelled", "free_rise", "free_jump", "free_fall", "window_from", "old_lam")
 
 
 def saved_state(mon: Monitor) -> dict[str, str]:
@@ -81,16 +81,20 @@ def watch_free(
     if n <= 0:
         return None
     levels, _ = scope.window_levels()
-    rise, fall = policy.free_hypotheses(
+    rise, jump, fall = policy.free_hypotheses(
         levels, scope.window.labels, scope.threshold.lam, alpha=cfg.alpha,
         confidence=1 - cfg.delta,
     )  # fmt: skip
     h = drift.threshold_for(settings.monitor_false_alarm_rate, channels=CHANNELS)
     if rise is not None:
         mon.free_rise = drift.cusum_counts(mon.free_rise, wrong, n, rise)
+    if jump is not None:
+        mon.free_jump = drift.cusum_counts(mon.free_jump, wrong, n, jump)
     if fall is not None:
         mon.free_fall = drift.cusum_counts(mon.free_fall, wrong, n, fall)
-    for direction, stat, hyp in (("rise", mon.free_rise, rise), ("fall", mon.free_fall, fall)):
+    detectors = (("rise", mon.free_rise, rise), ("rise", mon.free_jump, jump),
+                 ("fall", mon.free_fall, fall))  # fmt: skip
+    for direction, stat, hyp in detectors:
         if hyp is not None and stat >= h:
             evidence = {"channel": "free", "statistic": stat, "h": h, "p0": hyp.p0, "p1": hyp.p1}
             return start_segment(scope, now=now, direction=direction, evidence=evidence)
@@ -102,7 +106,7 @@ def start_segment(
 ) -> AlertMessage:
     mon = scope.monitor
     mon.segment_from, mon.segment_direction, mon.old_lam = now, direction, scope.threshold.lam
-    mon.labelled = mon.free_rise = mon.free_fall = 0.0
+    mon.labelled = mon.free_rise = mon.free_jump = mon.free_fall = 0.0
     mon.after_drift = True
     action = "routing on every model until" if direction == "rise" else "keeping lam until"
     return AlertMessage(

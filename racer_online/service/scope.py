@@ -27,7 +27,8 @@ class Monitor:
     last_certified_at: float | None = None
     stale_alerted_at: float = -np.inf
     labelled: float = 0.0  # CUSUM of exact audited outcomes, alpha against 2 alpha
-    free_rise: float = 0.0  # CUSUMs of "every invoked model wrong", up and down
+    free_rise: float = 0.0  # CUSUMs of "every invoked model wrong": up, up a lot, down
+    free_jump: float = 0.0
     free_fall: float = 0.0
     free_seen: tuple[int, int] | None = None  # the store's counters at the last look
     window_from: float = 0.0  # records decided before this are not read into the window

@@ -50,11 +50,12 @@ def test_free_reference_is_the_upper_bound_of_every_invoked_model_wrong():
     rng = np.random.default_rng(0)
     levels = rng.uniform(size=(2000, 4))
     labels = rng.uniform(size=(2000, 3)) < 0.5
-    rise, fall = policy.free_hypotheses(levels, labels, 0.3, alpha=0.1, confidence=0.9)
+    rise, jump, fall = policy.free_hypotheses(levels, labels, 0.3, alpha=0.1, confidence=0.9)
     in_sample = (~((levels[:, :3] <= 0.3) & labels).any(axis=1)).mean()
     assert rise is not None and fall is not None
     assert fall.p0 < in_sample < rise.p0
     assert rise.p1 == pytest.approx(rise.p0 + 0.1) and fall.p1 == pytest.approx(fall.p0 - 0.1)
+    assert jump is not None and jump.p1 == pytest.approx(rise.p0 + 0.3)
 
 
 def test_segment_routes_on_every_model_until_it_certifies():
