@@ -9,20 +9,24 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from racer_online.apps.cli.common import JsonOpt, app, fmt, out
+from racer_online.apps.cli.common import (
+    DataOpt,
+    JsonOpt,
+    PerPhaseOpt,
+    ScheduleOpt,
+    app,
+    fmt,
+    out,
+)
 
 DEMO_DIR = Path("artifacts/demo")  # the demo's router, trained once and reused
 
 
 @app.command()
 def backtest(
-    data: Annotated[Path | None, typer.Option(help="Outcomes dataset folder or CSV.")] = None,
-    schedule: Annotated[
-        str | None, typer.Option(help='Phases: "name=task,task;name=task" (default: 3 phases).')
-    ] = None,
-    per_phase: Annotated[
-        int | None, typer.Option(help="At most this many queries a phase.")
-    ] = None,
+    data: DataOpt = None,
+    schedule: ScheduleOpt = None,
+    per_phase: PerPhaseOpt = None,
     router: Annotated[
         Path | None, typer.Option(help="A router from train-router (default: the demo's).")
     ] = None,

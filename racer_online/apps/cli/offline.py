@@ -20,8 +20,10 @@ from racer_online.apps.cli.common import (
     Delta,
     JsonOpt,
     MissOpt,
+    PerPhaseOpt,
     PricesOpt,
     RuleOpt,
+    ScheduleOpt,
     app,
     fmt,
     method,
@@ -190,13 +192,8 @@ def replay(
     data: DataOpt = None,
     correct_at: CorrectAtOpt = None,
     scope: Annotated[str, typer.Option(help="Scope the queries belong to.")] = "default",
-    schedule: Annotated[
-        str | None,
-        typer.Option(help='Phases: "name=task,task;name=task" (default: from the data\'s tasks).'),
-    ] = None,
-    per_phase: Annotated[
-        int | None, typer.Option(help="At most this many queries a phase.")
-    ] = None,
+    schedule: ScheduleOpt = None,
+    per_phase: PerPhaseOpt = None,
     rate: Annotated[float, typer.Option(help="Queries per second.")] = 200.0,
     delay_mean: Annotated[float, typer.Option(help="Mean feedback delay, seconds.")] = 0.2,
     static_n: Annotated[int, typer.Option(help="Queries the static baseline calibrates on.")] = 500,
