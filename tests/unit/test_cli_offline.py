@@ -138,3 +138,16 @@ def test_evaluate_on_the_shipped_data():
         assert racer["mean_set_size"] < everything["mean_set_size"] == 9
         assert racer["mean_price"] < everything["mean_price"]
     assert by[(0.1, "top-1")]["risk"] > 0.1  # a single model misroutes more than alpha
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--seeds", "0"), "--seeds must be >= 1"),
+        (("--data", "/nonexistent/outcomes.csv"), "cannot read the outcomes dataset"),
+    ],
+)
+def test_backtest_errors_are_one_line(args, message):
+    done = run("backtest", *args)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
