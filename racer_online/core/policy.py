@@ -81,12 +81,15 @@ def confirm(
     required: NDArray[np.floating], *, direction: Direction, old_lam: float, alpha: float,
     delta: float, bound: Bound,
 ) -> bool:  # fmt: skip
-    """True: replace the window by the segment. After a rise, unless the old threshold is
-    certified on the segment too (a false alarm); after a fall, when the segment certifies
-    a smaller threshold than the old one."""
+    """True: replace the window by the segment. Whenever the old threshold is not
+    certified on the segment (after a rise: the alarm was right; after a fall: the traffic
+    turned again while the segment filled); after a fall, also when the segment certifies
+    a smaller threshold than the old one. Otherwise the alarm was false: merge back."""
     t = np.asarray(required, dtype=np.float64)
+    if not certifies(int(np.count_nonzero(t > old_lam)), t.size, alpha, delta, bound):
+        return True
     if direction == "rise":
-        return not certifies(int(np.count_nonzero(t > old_lam)), t.size, alpha, delta, bound)
+        return False
     found = threshold_from_required(t, alpha=alpha, delta=delta, bound=bound)
     return found.certified and found.lam_hat < old_lam
 

@@ -54,9 +54,10 @@ def watch_labelled(
     scope: ScopeState, misses: NDArray[np.bool_], lam_used: NDArray[np.float64],
     settings: Settings, *, now: float,
 ) -> AlertMessage | None:  # fmt: skip
-    """Exact audited outcomes of decisions routed below lam = 1 (at 1 none can miss)."""
+    """Exact audited outcomes of decisions routed below lam = 1 (at 1 none can miss). It
+    watches inside a segment too: a shift that comes while a segment fills restarts it."""
     mon, cfg = scope.monitor, scope.config
-    if not watching(scope, settings):
+    if not settings.monitor or scope.threshold.lam >= core.FALLBACK_LAM:
         return None
     outcomes = misses[lam_used < core.FALLBACK_LAM]
     h = drift.threshold_for(settings.monitor_false_alarm_rate, channels=CHANNELS)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from racer_online.core import aci_level, drift, policy
+from racer_online.core import aci_level, drift, policy, threshold_from_required
 from racer_online.errors import InvalidInputError
 
 
@@ -77,7 +77,9 @@ def test_confirm_replaces_only_when_the_old_threshold_fails_the_segment():
     assert policy.confirm(t, direction="rise", old_lam=0.2, **options)  # 60% missed
     assert not policy.confirm(t, direction="rise", old_lam=0.49, **options)  # a false alarm
     assert policy.confirm(t, direction="fall", old_lam=0.9, **options)  # smaller sets now
-    assert not policy.confirm(t, direction="fall", old_lam=0.3, **options)
+    fitted = threshold_from_required(t, **options).lam_hat
+    assert not policy.confirm(t, direction="fall", old_lam=fitted, **options)  # no better
+    assert policy.confirm(t, direction="fall", old_lam=0.2, **options)  # turned: it fails
 
 
 def test_uncertified_aci_falls_back():
