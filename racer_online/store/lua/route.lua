@@ -1,8 +1,8 @@
 -- Store each routed decision of a batch once; a redelivered query gets its first decision
 -- back. ARGV after the catalogue, 6 per query: decision, packed scores, lam, audit (0/1),
--- invoked model indices ("0,3"), decision time (unix seconds). Returns one letter per query, n (stored now), e (stored
--- now and early feedback completed it: it entered the window) or r (stored before), then
--- the first decision of each r, in order.
+-- invoked model indices ("0,3"), decision time (unix seconds). Returns one letter per
+-- query, n (stored now), e (stored now and early feedback completed it: it entered the
+-- window) or r (stored before), then the first decision of each r, in order.
 local codes, firsts = {}, {}
 for q = 3, #KEYS do
   local pending, a = KEYS[q], first_item + (q - 3) * 6
