@@ -68,6 +68,9 @@ class ScopeConfig(BaseModel):
     miss: Miss = "answerable"
     # The adaptive conformal controller (racer-method.md section 5): None keeps it off.
     aci_gamma: float | None = Field(default=None, gt=0.0, lt=1.0)
+    # Fully graded records (the `calibrate` format) the window starts from; valid only if
+    # they are i.i.d. with the live traffic (docs/method.md). The drift monitor overrules.
+    warm_start: Path | None = None
     # File order is the catalogue order, which breaks ties between equal scores or prices.
     models: dict[ModelName, ModelConfig] = Field(min_length=1, max_length=MAX_MODELS)
 

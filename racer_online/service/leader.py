@@ -11,18 +11,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from racer_online import core
 from racer_online.core import policy
+from racer_online.errors import ConfigError
 from racer_online.messages import AlertMessage, ThresholdMessage
 from racer_online.service import drift as watch
 from racer_online.service import metrics
 from racer_online.service.scope import ScopeState
+from racer_online.service.window import pack_scores
 from racer_online.settings import Settings
-from racer_online.store import Store
+from racer_online.store import Store, WindowEntry
 
 READ_CHUNK = 10_000
 
@@ -143,7 +146,9 @@ class Leader:
             cfg = scope.config
             state = await self.store.load_monitor(scope.name)
             watch.load_state(scope.monitor, state, alpha=cfg.alpha, aci=cfg.aci_gamma is not None)
-            if not state and self.settings.monitor:  # a new scope: its start is a segment
+            if cfg.warm_start is not None and scope.monitor.window_from == 0.0:
+                scope.window.prepend(warm_start_entries(cfg.warm_start, scope, self.clock()))
+            elif not state and self.settings.monitor:  # a new scope: its start is a segment
                 scope.monitor.segment_from = 0.0
 
     async def _watch(self, scope: ScopeState, *, start: int, now: float) -> AlertMessage | None:
@@ -259,6 +264,26 @@ class Leader:
             bound=cfg.bound, rule=cfg.rule, miss=cfg.miss,
             m_star=choice.m_star, reason=reason, computed_at=now, **stats,
         )  # fmt: skip
+
+
+def warm_start_entries(path: Path, scope: ScopeState, now: float) -> list[WindowEntry]:
+    """Window entries from an offline records file, decided before any live decision."""
+    from racer_online.offline.records import read_records
+
+    records = read_records(path).fully_graded()
+    missing = [m for m in scope.models if m not in records.models]
+    if missing:
+        raise ConfigError(f"warm start {path}: no column for model {missing[0]!r}")
+    columns = [records.models.index(m) for m in scope.models]
+    scores = records.scores[:, columns]
+    given = records.p_abstain if records.p_abstain is not None else np.full(len(records), np.nan)
+    p_abstain = np.where(np.isnan(given), np.prod(1.0 - scores, axis=1), given)
+    labels = ["".join(str(int(y)) for y in row) for row in records.labels[:, columns]]
+    entered = f"{int(now * 1000)}-0"  # they age out of the window like the records of now
+    return [
+        WindowEntry(entered, packed, y, core.FALLBACK_LAM, 0.0)
+        for packed, y in zip(pack_scores(scores, p_abstain), labels, strict=True)
+    ]
 
 
 def _direction(value: str) -> policy.Direction:

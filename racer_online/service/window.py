@@ -58,6 +58,19 @@ class WindowCache:
         self.keep_from(start)
         return max(start, 0)
 
+    def prepend(self, entries: Sequence[WindowEntry]) -> None:
+        """Records older than any read from the store (a warm start); the read position
+        in the store's stream stays where it was."""
+        last_id, ids, older = self.last_id, self.ids, WindowCache(self.n_models)
+        older.append(entries)
+        self.ids = older.ids + ids
+        self.entered_ms = np.append(older.entered_ms, self.entered_ms)
+        self.scores = np.vstack([older.scores, self.scores])
+        self.labels = np.vstack([older.labels, self.labels])
+        self.lam = np.append(older.lam, self.lam)
+        self.decided_at = np.append(older.decided_at, self.decided_at)
+        self.last_id = last_id
+
     def keep_decided_from(self, at: float) -> None:
         """Keep the records of decisions made at or after ``at`` (a restarted window)."""
         keep = self.decided_at >= at

@@ -110,3 +110,21 @@ async def test_each_decision_records_its_rate_and_the_segment_raises_it(tmp_path
     scope.apply(scope.threshold.model_copy(update={"audit_rate": 1.0}))
     routed = await service.route([query(f"q{i}") for i in range(20)])
     assert all(r.fields["audit"] and r.fields["audit_rate"] == 1.0 for r in routed)
+
+
+async def test_a_warm_start_routes_certified_from_the_first_tick(tmp_path):
+    """A scope can start from an offline records file; the monitor can still overrule it."""
+    from racer_online.offline.records import Records, write_records
+
+    rng = np.random.default_rng(5)
+    scores = rng.uniform(size=(600, 3))
+    labels = (rng.uniform(size=(600, 3)) < scores).astype(float)
+    records = Records(tuple(f"r{i}" for i in range(600)), MODELS, scores, labels)
+    write_records(tmp_path / "warm.csv", records)
+    service = make(tmp_path, extra=f'warm_start = "{tmp_path / "warm.csv"}"', audit_rate=0.1)
+    [update] = (await service.leader.recalibrate_due()).thresholds
+    assert (update.status, update.n) == ("certified", 600) and update.lam < 1.0
+    assert service.scopes["default"].monitor.segment_from is None  # no cold-start segment
+    cold = make(tmp_path, audit_rate=0.1)
+    [first] = (await cold.leader.recalibrate_due()).thresholds
+    assert (first.status, first.lam) == ("fallback", 1.0)
