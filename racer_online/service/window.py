@@ -29,10 +29,12 @@ class WindowCache:
     entered_ms: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     scores: NDArray[np.float64] = field(init=False)  # (n, K + 1): models, then ⊥
     labels: NDArray[np.bool_] = field(init=False)  # (n, K)
+    queries: list[str] = field(default_factory=list)
     lam: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))  # decision-time lam
     decided_at: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
+        self._queries: set[str] = set()
         self.scores = np.zeros((0, self.n_models + 1))
         self.labels = np.zeros((0, self.n_models), dtype=bool)
 
@@ -40,6 +42,18 @@ class WindowCache:
         return len(self.lam)
 
     def append(self, entries: Sequence[WindowEntry]) -> None:
+        """Append in entry order; a query already in the window (redelivered after its
+        pending record expired, so decided and graded twice) is kept once."""
+        if entries:
+            self.last_id = entries[-1].id
+        fresh = []
+        for e in entries:
+            if e.query and e.query in self._queries:
+                continue
+            fresh.append(e)
+            if e.query:
+                self._queries.add(e.query)
+        entries = fresh
         if not entries:
             return
         scores = np.frombuffer(b"".join(e.scores for e in entries), dtype=SCORE_DTYPE)
@@ -50,7 +64,7 @@ class WindowCache:
         self.lam = np.append(self.lam, [e.lam for e in entries])
         self.decided_at = np.append(self.decided_at, [e.decided_at for e in entries])
         self.ids += [e.id for e in entries]
-        self.last_id = entries[-1].id
+        self.queries += [e.query for e in entries]
 
     def trim(self, *, max_records: int, min_ms: int) -> int:
         """Keep the newest ``max_records`` not older than ``min_ms``; return how many left."""
@@ -63,7 +77,8 @@ class WindowCache:
         in the store's stream stays where it was."""
         last_id, ids, older = self.last_id, self.ids, WindowCache(self.n_models)
         older.append(entries)
-        self.ids = older.ids + ids
+        self.ids, self.queries = older.ids + ids, older.queries + self.queries
+        self._queries |= older._queries
         self.entered_ms = np.append(older.entered_ms, self.entered_ms)
         self.scores = np.vstack([older.scores, self.scores])
         self.labels = np.vstack([older.labels, self.labels])
@@ -75,6 +90,8 @@ class WindowCache:
         """Keep the records of decisions made at or after ``at`` (a restarted window)."""
         keep = self.decided_at >= at
         self.ids = [i for i, k in zip(self.ids, keep.tolist(), strict=True) if k]
+        self.queries = [q for q, k in zip(self.queries, keep.tolist(), strict=True) if k]
+        self._queries = set(self.queries)
         self.entered_ms, self.scores = self.entered_ms[keep], self.scores[keep]
         self.labels, self.lam = self.labels[keep], self.lam[keep]
         self.decided_at = self.decided_at[keep]
@@ -83,6 +100,8 @@ class WindowCache:
         if start <= 0:
             return
         del self.ids[:start]
+        del self.queries[:start]
+        self._queries = set(self.queries)
         self.entered_ms = self.entered_ms[start:]
         self.scores = self.scores[start:]
         self.labels = self.labels[start:]

@@ -55,6 +55,7 @@ class WindowEntry:
     labels: str  # one '0'/'1' per catalogue model
     lam: float
     decided_at: float = 0.0
+    query: str = ""  # the query's pending key: a redelivered query can enter twice
 
     @property
     def entered_ms(self) -> int:

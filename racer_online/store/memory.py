@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from racer_online.errors import StoreUnavailableError
+from racer_online.store import keys
 from racer_online.store.base import (
     FeedbackOutcome,
     LabelWrite,
@@ -61,7 +62,7 @@ class MemoryStore:
         self._last_id = (ms, self._last_id[1] + 1) if ms <= self._last_id[0] else (ms, 0)
         return f"{self._last_id[0]}-{self._last_id[1]}"
 
-    def _enter(self, scope: str, record: _Pending) -> bool:
+    def _enter(self, scope: str, record: _Pending, query: str) -> bool:
         models = self.config.catalogues[scope]
         if record.decision is None or not record.audit or record.entered:
             return False
@@ -69,7 +70,9 @@ class MemoryStore:
             return False
         labels = "".join(str(record.labels[m]) for m in models)
         window = self._windows.setdefault(scope, [])
-        entry = WindowEntry(self._next_id(), record.scores, labels, record.lam, record.decided_at)
+        entry = WindowEntry(
+            self._next_id(), record.scores, labels, record.lam, record.decided_at, query
+        )
         window.append(entry)
         del window[: max(0, len(window) - self.config.window_size)]
         record.entered = True
@@ -99,7 +102,13 @@ class MemoryStore:
             record.decision, record.scores, record.lam = w.decision, w.scores, w.lam
             record.audit, record.invoked, record.decided_at = w.audit, w.invoked, w.decided_at
             self._count_invoked(w.scope, record)
-            results.append(RouteResult(w.decision, True, self._enter(w.scope, record)))
+            results.append(
+                RouteResult(
+                    w.decision,
+                    True,
+                    self._enter(w.scope, record, keys.pending(w.scope, w.query_id)),
+                )
+            )
         return results
 
     async def feedback(self, writes: Sequence[LabelWrite]) -> list[FeedbackOutcome]:
@@ -119,7 +128,7 @@ class MemoryStore:
                 return FeedbackOutcome.HELD
             return FeedbackOutcome.CONFLICT if conflict else FeedbackOutcome.DUPLICATE
         self._count_invoked(w.scope, record)
-        if self._enter(w.scope, record):
+        if self._enter(w.scope, record, keys.pending(w.scope, w.query_id)):
             return FeedbackOutcome.ENTERED
         if conflict:
             return FeedbackOutcome.CONFLICT

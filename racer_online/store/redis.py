@@ -187,7 +187,12 @@ class RedisStore:
         rows: Any = await self.client.xrange(keys.window(scope), start, "+", count=count)
         return [
             WindowEntry(
-                i.decode(), f[b"s"], f[b"y"].decode(), float(f[b"lam"]), float(f.get(b"t", 0))
+                i.decode(),
+                f[b"s"],
+                f[b"y"].decode(),
+                float(f[b"lam"]),
+                float(f.get(b"t", 0)),
+                f.get(b"q", b"").decode(),
             )
             for i, f in rows
         ]

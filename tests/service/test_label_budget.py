@@ -128,3 +128,18 @@ async def test_a_warm_start_routes_certified_from_the_first_tick(tmp_path):
     cold = make(tmp_path, audit_rate=0.1)
     [first] = (await cold.leader.recalibrate_due()).thresholds
     assert (first.status, first.lam) == ("fallback", 1.0)
+
+
+async def test_a_query_redelivered_after_its_ttl_enters_the_window_once(tmp_path):
+    """Defect 7: past the pending TTL a redelivered query is decided and graded again; the
+    store's stream holds it twice, the leader's window once."""
+    service = make(tmp_path, audit_rate=1.0, pending_ttl_s=60)
+    full = FeedbackMessage(query_id="q", labels={"m0": 1, "m1": 0, "m2": 1})
+    for _ in range(2):
+        await service.route([query("q")])
+        await service.record_feedback([full])
+        service.clock.now += 61  # the pending record expires
+    assert len(await service.store.read_window("default")) == 2
+    await service.leader.recalibrate_due()
+    window = service.scopes["default"].window
+    assert len(window) == 1 and window.queries == ["racer:{default}:pending:q"]

@@ -202,3 +202,4 @@ async def test_window_entries_keep_the_decision_time(make_store):
     await store.feedback([labels(scope, "q1", m0=1, m1=0, m2=1)])
     [entry] = await store.read_window(scope)
     assert (entry.decided_at, entry.lam) == (1_700_000_123.5, 0.25)
+    assert entry.query == redis_keys.pending(scope, "q1")  # the leader keeps a query once

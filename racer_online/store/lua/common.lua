@@ -20,7 +20,8 @@ local function enter_window(pending)
     labels[i] = y
   end
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
-             's', got[4], 'y', table.concat(labels), 'lam', got[5], 't', got[6] or '0')
+             's', got[4], 'y', table.concat(labels), 'lam', got[5], 't', got[6] or '0',
+             'q', pending)
   redis.call('HSET', pending, 'in', '1')
   return 1
 end
