@@ -212,7 +212,7 @@ def settings_for(models: Sequence[str], prices: Sequence[float], **overrides: An
 
 
 def backtest(
-    settings: Settings, scored: Scored, schedule: Sequence[replay.Phase], *,
+    settings: Settings, scored: Scored, schedule: Sequence[replay.Phase] | None, *,
     seeds: int = 10, per_phase: int | None = None, pacing: Pacing = Pacing(),
     static_n: int = 500,
 ) -> dict[str, Any]:  # fmt: skip

@@ -144,7 +144,7 @@ def test_evaluate_on_the_shipped_data():
     ("args", "message"),
     [
         (("--seeds", "0"), "--seeds must be >= 1"),
-        (("--data", "/nonexistent/outcomes.csv"), "cannot read the outcomes dataset"),
+        (("--data", "/nonexistent/outcomes.csv"), "cannot read the outcomes file"),
     ],
 )
 def test_backtest_errors_are_one_line(args, message):

@@ -10,13 +10,16 @@ import typer
 from rich.table import Table
 
 from racer_online.apps.cli.common import (
+    CorrectAtOpt,
     DataOpt,
     JsonOpt,
     PerPhaseOpt,
+    PricesOpt,
     ScheduleOpt,
     app,
     fmt,
     out,
+    read_outcomes,
 )
 
 DEMO_DIR = Path("artifacts/demo")  # the demo's router, trained once and reused
@@ -25,6 +28,8 @@ DEMO_DIR = Path("artifacts/demo")  # the demo's router, trained once and reused
 @app.command()
 def backtest(
     data: DataOpt = None,
+    correct_at: CorrectAtOpt = None,
+    prices: PricesOpt = None,
     schedule: ScheduleOpt = None,
     per_phase: PerPhaseOpt = None,
     router: Annotated[
@@ -47,12 +52,11 @@ def backtest(
     from racer_online.apps.demo import router_file
     from racer_online.errors import InvalidInputError
     from racer_online.offline import backtest as bt
-    from racer_online.offline.datasets import load_outcomes
     from racer_online.routers.files import load_router
 
     if seeds < 1 or feedback_lag < 0 or rate <= 0:
         raise InvalidInputError("--seeds must be >= 1, --feedback-lag >= 0 and --rate > 0")
-    outcomes = load_outcomes(data)
+    outcomes = read_outcomes(data, correct_at, prices)
     path = router if router is not None else router_file(DEMO_DIR)
     settings = bt.settings_for(
         outcomes.models, outcomes.prices.tolist(), audit_rate=audit_rate,
@@ -61,7 +65,7 @@ def backtest(
     scope = settings.scopes[bt.SCOPE]
     rows = replay.held_out_rows(outcomes, path)
     scored = bt.score_rows(outcomes, load_router(path), rows, scope.model_names)
-    phases = replay.parse_schedule(schedule) if schedule else replay.DEFAULT_SCHEDULE
+    phases = replay.parse_schedule(schedule) if schedule else None  # None: the data's tasks
     result = bt.backtest(settings, scored, phases, seeds=seeds, per_phase=per_phase,
                          pacing=bt.Pacing(feedback_lag=feedback_lag, rate=rate))  # fmt: skip
     if as_json:

@@ -85,6 +85,8 @@ def plural(count: int, noun: str, plural_form: str | None = None) -> str:
     if count == 1:
         return f"{count} {noun}"
     return f"{count} {plural_form or (noun[:-1] + 'ies' if noun.endswith('y') else noun + 's')}"
+
+
 ScheduleOpt = Annotated[
     str | None,
     typer.Option(help='Phases: "name=task,task;name=task" (default: from the data\'s tasks).'),
