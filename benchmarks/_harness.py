@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import datetime
 import importlib.metadata
 import json
@@ -31,17 +30,21 @@ from typing import Any
 import numpy as np
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from racer_online.local.services import (
-    EMBEDDED_BROKER_ENV,
     EmbeddedBroker,
     EmbeddedRedis,
-    free_port,
 )
 from racer_online.settings import load_scopes
+from racer_online.testing import (
+    LocalDeployment,
+    ProcessStat,
+    die_with_parent,
+    metric_total,
+    scrape,
+    stop_process,
+)
 
-TOPICS = ("queries", "decisions", "feedback", "thresholds", "alerts", "dlq")
 PARTITIONS = 4  # the settings' default
 MODELS = load_scopes()["default"].model_names  # the packaged 9-model catalogue
 PRICES = load_scopes()["default"].prices
@@ -115,56 +118,20 @@ def _meminfo_mb(name: str) -> int:
     return 0
 
 
-def scrape_metrics(port: int) -> dict[str, float]:
-    """Every sample on the worker's /metrics, e.g. ``racer_feedback_total{...}`` (empty if down)."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
-            text = reply.read().decode()
-    except OSError:
-        return {}
-    samples = {}
-    for line in text.splitlines():
-        head, _, value = line.rpartition(" ")
-        if head and not line.startswith("#"):
-            samples[head] = float(value)
-    return samples
-
-
-def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    wanted = [f'{k}="{v}"' for k, v in labels.items()]
-    return sum(
-        v for head, v in samples.items()
-        if (head == name or head.startswith(name + "{")) and all(w in head for w in wanted)
-    )  # fmt: skip
+scrape_metrics = scrape  # the worker's /metrics text, "" if it is down
+metric_sum = metric_total  # sum of a metric's samples whose labels include the given ones
 
 
 def rss_mb(pid: int | None) -> float:
     """Resident set size of a process (VmRSS), in MB; NaN when it is gone."""
-    if pid is None:
-        return float("nan")
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    stat = ProcessStat.read(pid)
+    return stat.rss_mb if stat else float("nan")
 
 
 def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process so far (from /proc/PID/stat)."""
-    if pid is None:
-        return float("nan")
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process so far; NaN when it is gone."""
+    stat = ProcessStat.read(pid)
+    return stat.cpu_seconds if stat else float("nan")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -174,13 +141,6 @@ def percentile(values: Sequence[float], q: float) -> float:
 def median(values: Sequence[float]) -> float:
     clean = [v for v in values if v == v]
     return statistics.median(clean) if clean else float("nan")
-
-
-def die_with_parent() -> None:
-    """Pre-exec hook: the child gets SIGTERM when this process dies, however it dies (Linux),
-    so an interrupted benchmark leaves no worker or profiler behind."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 # -- services ---------------------------------------------------------------------------------
@@ -212,66 +172,32 @@ def services() -> Iterator[Services]:
 # -- a deployment: topics, scope, workers ------------------------------------------------------
 
 
-class Deployment:
-    """Per-run topics, scope (hence Redis keys) and consumer group, and its workers."""
+class Deployment(LocalDeployment):
+    """Per-run topics, scope (hence Redis keys) and consumer group, and its worker; the
+    audit rate and the batching knobs stay at the settings' defaults."""
+
+    scope: str
 
     def __init__(self, svc: Services, *, label: str, env: dict[str, str] | None = None) -> None:
+        scope = f"bench-{label}-{uuid.uuid4().hex[:8]}"
+        super().__init__(
+            broker_url=svc.broker.url, bootstrap=svc.broker.bootstrap, redis_url=svc.redis.url,
+            directory=Path(tempfile.mkdtemp(prefix=f"racer-{scope}-")), scope=scope,
+            partitions=PARTITIONS, env=env,
+        )  # fmt: skip
         self.svc = svc
-        self.scope = f"bench-{label}-{uuid.uuid4().hex[:8]}"
-        self.dir = Path(tempfile.mkdtemp(prefix=f"racer-{self.scope}-"))
-        self.topics = {name: f"{self.scope}.{name}" for name in TOPICS}
-        (self.dir / "scopes.toml").write_text(scopes_toml(self.scope))
-        self.env = (
-            os.environ
-            | {
-                "RACER_KAFKA_BROKER": svc.broker.url,
-                "RACER_REDIS_URL": svc.redis.url,
-                "RACER_APP_ID": f"racer-{self.scope}",
-                "RACER_SCOPES_FILE": str(self.dir / "scopes.toml"),
-                "RACER_BROKER_SESSION_TIMEOUT_S": "2",
-                "RACER_BROKER_HEARTBEAT_INTERVAL_S": "0.5",
-                "RACER_BROKER_REBALANCE_TIMEOUT_S": "2",
-                "RACER_TOPICS__PARTITIONS": str(PARTITIONS),
-                "RACER_LOG_LEVEL": "INFO",
-                # RACER_AUDIT_RATE and the batching knobs stay at the settings' defaults
-            }
-            | EMBEDDED_BROKER_ENV
-            | {f"RACER_TOPICS__{name.upper()}": topic for name, topic in self.topics.items()}
-            | (env or {})
-        )
+        self.scopes_file.write_text(scopes_toml(scope))
         self.worker: subprocess.Popen[bytes] | None = None
         self.profiler: subprocess.Popen[bytes] | None = None
         self.pythonpath: str | None = None  # e.g. a patched copy of the code, to compare
         self.web_port = 0
 
-    @property
-    def bootstrap(self) -> str:
-        return self.svc.broker.bootstrap
-
-    async def create_topics(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in self.topics.values()])
-        finally:
-            await admin.close()
-
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
         """``python -m racer_online worker`` with this deployment's RACER_* environment."""
-        self.web_port = free_port()
-        env = self.env | {"RACER_WEB_PORT": str(self.web_port)}
         if self.pythonpath:
             env["PYTHONPATH"] = self.pythonpath
-        with open(self.dir / "worker.log", "ab") as log:
-            self.worker = subprocess.Popen(
-                [sys.executable, "-m", "racer_online", "worker"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-            )
+        self.worker = super().start_worker(**env)
+        self.web_port = self.web_ports[-1]
         return self.worker
 
     def profile(self, output: Path) -> None:
@@ -317,17 +243,11 @@ class Deployment:
     def stop_worker(self, grace: float = 30.0) -> None:
         self.stop_profiler()
         proc, self.worker = self.worker, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc, grace=grace)
 
     def log_tail(self, lines: int = 20) -> str:
-        path = self.dir / "worker.log"
+        path = self.log_path(len(self.workers) - 1)
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def redis_client(self) -> redis.Redis:

@@ -13,28 +13,22 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from racer_online.apps import replay
 from racer_online.errors import RacerError
-from racer_online.local.services import embedded_services, free_port
+from racer_online.local.services import embedded_services
 from racer_online.offline.datasets import Outcomes
 from racer_online.settings import Settings
+from racer_online.testing import FAST_GROUP_ENV, LocalDeployment
 
 # The demo runs at the production defaults (audit rate 0.1, the drift monitor on). Only the
 # embedded broker's group timers are short, as in the tests (docs/architecture.md), so that
 # the worker joins its group in seconds.
-DEMO_ENV = {
-    "RACER_BROKER_SESSION_TIMEOUT_S": "2",
-    "RACER_BROKER_HEARTBEAT_INTERVAL_S": "0.5",
-    "RACER_BROKER_REBALANCE_TIMEOUT_S": "2",
-}
+DEMO_ENV = dict(FAST_GROUP_ENV)
 
 
 @contextlib.contextmanager
@@ -50,40 +44,22 @@ def services() -> Iterator[dict[str, str]]:
 
 
 @contextlib.contextmanager
-def worker(env: dict[str, str], log_file: Path) -> Iterator[int]:
-    """One worker process; yields its web port once it answers, stops it on exit."""
-    port = free_port()
-    with open(log_file, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "racer_online", "worker"],
-            env=os.environ | env | {"RACER_WEB_PORT": str(port)},
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+def worker(env: dict[str, str], out_dir: Path) -> Iterator[LocalDeployment]:
+    """One worker process on the services in ``env``; yields once it answers, stops it on
+    exit."""
+    deployment = LocalDeployment(
+        broker_url=env["RACER_KAFKA_BROKER"], bootstrap="", redis_url=env["RACER_REDIS_URL"],
+        directory=out_dir, scope=None, embedded_broker=False, env=env,
+    )  # fmt: skip
     try:
-        _wait_healthy(proc, port, log_file)
-        yield port
+        deployment.start_worker()
+        try:
+            asyncio.run(deployment.wait_answering(0, timeout=60))
+        except AssertionError as exc:
+            raise RacerError(f"{exc}; see {deployment.log_path(0)}") from None
+        yield deployment
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_healthy(proc: subprocess.Popen[bytes], port: int, log_file: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RacerError(f"the worker exited with {proc.returncode}; see {log_file}")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1),
-        ):
-            return
-        time.sleep(0.2)
-    raise RacerError(f"the worker did not answer within 60 s; see {log_file}")
+        deployment.stop(grace=20)
 
 
 def router_file(
@@ -124,10 +100,12 @@ def run_demo(
     if data is not None:
         scopes = out_dir / "scopes.toml"
         scopes.write_text(scopes_toml(outcomes))
-        scoped = {"RACER_SCOPES_FILE": str(scopes)}
+        scoped = {"RACER_SCOPES_FILE": str(scopes.resolve())}
     with services() as addresses:
+        # The worker runs in out_dir: every path it is given is absolute.
         env = addresses | DEMO_ENV | scoped | {
-            "RACER_ROUTER_FILE": str(router), "RACER_APP_ID": f"racer-demo-{os.getpid()}"
+            "RACER_ROUTER_FILE": str(router.resolve()),
+            "RACER_APP_ID": f"racer-demo-{os.getpid()}",
         }  # fmt: skip
         settings = Settings.load(
             kafka_broker=env["RACER_KAFKA_BROKER"], redis_url=env["RACER_REDIS_URL"],
@@ -137,7 +115,7 @@ def run_demo(
             outcomes, rows=replay.held_out_rows(outcomes, router), per_phase=per_phase
         )
         started = time.time()
-        with worker(env, out_dir / "worker.log"), _ctrl_c_cancels_tasks():
+        with worker(env, out_dir), _ctrl_c_cancels_tasks():
             result = asyncio.run(_replay(settings, outcomes, the_plan, rate=rate, live=live))
         write_report(settings, out_dir / "report", since=started)
     return result

@@ -6,14 +6,10 @@ drift alert. Chromium is driven over the DevTools protocol with aiohttp's websoc
 Screenshots go to artifacts/ for a person to look at.
 """
 
-import asyncio
 import base64
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -21,14 +17,13 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from racer_online.apps.reading import load_history
 from racer_online.apps.report import save_report
-from racer_online.local.services import EMBEDDED_BROKER_ENV, free_port
 from racer_online.messages import AlertMessage, ThresholdMessage
 from racer_online.settings import Settings
 from racer_online.store import keys
+from racer_online.testing import LocalDeployment, until
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +35,6 @@ CHROMIUM_FLAGS = [
 ]  # fmt: skip
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 MODELS = ("m0", "m1", "m2")
-TOPICS = ("queries", "decisions", "feedback", "thresholds", "alerts", "dlq")
 LAM_POINTS = "document.querySelectorAll('#chart-lam .lam-point').length"
 
 needs_chromium = pytest.mark.skipif(
@@ -139,85 +133,37 @@ def _devtools_port(profile: Path):
         return None
 
 
-async def until(probe, *, timeout, what, interval=0.2):
-    """Poll ``probe`` (sync or async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        got = await got if asyncio.iscoroutine(got) else got
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(interval)
-
-
 # -- a worker on the session's broker and Redis ----------------------------------------------
 
 
-class Replay:
+class Replay(LocalDeployment):
     """One worker with a drift-sensitive monitor, on topics and a scope of the test's own."""
 
     def __init__(self, broker, redis_url, scope, tmp_path):
-        self.bootstrap, self.scope, self.tmp_path = broker.bootstrap, scope, tmp_path
-        self.topics = {name: f"{scope}.{name}" for name in TOPICS}
-        self.web_port = free_port()
-        (tmp_path / "scopes.toml").write_text(
-            f"[scopes.{scope}]\nalpha = 0.1\ndelta = 0.1\n[scopes.{scope}.models]\n"
-            + "".join(f"{m} = {{ price = 0.1 }}\n" for m in MODELS)
-        )
-        self.env = os.environ | {
-            "RACER_KAFKA_BROKER": broker.url, "RACER_REDIS_URL": redis_url,
-            "RACER_APP_ID": f"racer-{scope}", "RACER_SCOPES_FILE": str(tmp_path / "scopes.toml"),
-            "RACER_AUDIT_RATE": "1.0", "RACER_RECALIBRATE_INTERVAL_S": "1",
-            "RACER_RECALIBRATE_EVERY_RECORDS": "50", "RACER_N_RECENT": "50",
-            "RACER_BROKER_SESSION_TIMEOUT_S": "2", "RACER_BROKER_HEARTBEAT_INTERVAL_S": "0.5",
-            "RACER_BROKER_REBALANCE_TIMEOUT_S": "2", "RACER_WEB_PORT": str(self.web_port),
-            "RACER_TOPICS__PARTITIONS": "4",
-        }  # fmt: skip
-        self.env |= {f"RACER_TOPICS__{name.upper()}": t for name, t in self.topics.items()}
-        self.env |= EMBEDDED_BROKER_ENV
-        self.settings = Settings(
-            _env_file=None, redis_url=redis_url, scopes_file=tmp_path / "scopes.toml"
-        )
+        super().__init__(
+            broker_url=broker.url, bootstrap=broker.bootstrap, redis_url=redis_url,
+            directory=tmp_path, scope=scope,
+            env={
+                "RACER_AUDIT_RATE": "1.0", "RACER_RECALIBRATE_INTERVAL_S": "1",
+                "RACER_RECALIBRATE_EVERY_RECORDS": "50", "RACER_N_RECENT": "50",
+            },
+        )  # fmt: skip
+        self.write_scopes(MODELS, alpha=0.1, delta=0.1)
+        self.settings = Settings(_env_file=None, redis_url=redis_url, scopes_file=self.scopes_file)
         self.redis = aioredis.Redis.from_url(redis_url)
-        self.worker: subprocess.Popen | None = None
         self.sent = 0
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.web_port}"
+        return f"http://127.0.0.1:{self.web_ports[0]}"
 
     async def start(self):
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(t, 4, 1) for t in self.topics.values()])
-        finally:
-            await admin.close()
-        with open(self.tmp_path / "worker.log", "wb") as log:
-            self.worker = subprocess.Popen(
-                [sys.executable, "-m", "racer_online", "worker"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp_path,
-            )  # fmt: skip
-        await until(self._healthy, timeout=60, what="the worker's web server")
+        await self.create_topics()
+        self.start_worker()
+        await self.wait_answering(0)
 
-    async def _healthy(self):
-        assert self.worker.poll() is None, (self.tmp_path / "worker.log").read_text()
-        try:
-            async with aiohttp.ClientSession() as http, http.get(f"{self.url}/health") as r:
-                return r.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    async def stop(self):
-        if self.worker is not None and self.worker.poll() is None:
-            self.worker.send_signal(signal.SIGTERM)
-            try:
-                self.worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.worker.kill()
-                self.worker.wait()
+    async def close(self):
+        self.stop()
         await self.redis.aclose()
 
     async def chunk(self, rng, n, *, flipped):
@@ -275,7 +221,7 @@ async def replay(broker, redis_url, redis_ns, tmp_path):
         await made.start()
         yield made
     finally:
-        await made.stop()
+        await made.close()
 
 
 # -- the tests -----------------------------------------------------------------------------
@@ -294,7 +240,7 @@ async def test_dashboard_charts_a_live_drift(replay, tmp_path):
     for _ in range(2):  # the window restarts from the recent segment and refills
         await replay.chunk(rng, 50, flipped=True)
     stored = await replay.history()
-    assert any(a.kind == "drift" for a in stored["alerts"]), (tmp_path / "worker.log").read_text()
+    assert any(a.kind == "drift" for a in stored["alerts"]), replay.log()
 
     async with aiohttp.ClientSession() as http, http.get(f"{replay.url}/dashboard") as served:
         assert served.status == 200, f"GET /dashboard: {served.status}"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from racer_online.testing import ProcessStat
+
 pytestmark = pytest.mark.e2e
 
 
@@ -21,25 +23,15 @@ def descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
+            stat = ProcessStat.read(int(entry.name))
+            if stat is not None:
+                children.setdefault(stat.ppid, []).append(int(entry.name))
     found, todo = set(), [pid]
     while todo:
         for child in children.get(todo.pop(), []):
             found.add(child)
             todo.append(child)
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path):
@@ -53,7 +45,7 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path):
     started: set[int] = set()
     while time.monotonic() < deadline:  # broker, Redis and the worker are all up
         started = descendants(demo.pid)
-        log = tmp_path / "worker.log"
+        log = tmp_path / "worker-0.log"
         if len(started) >= 3 and log.exists() and b"Ready" in log.read_bytes():
             break
         assert demo.poll() is None, demo.stderr.read()
@@ -65,6 +57,6 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path):
     assert demo.returncode != 0
     assert "Traceback" not in err, err
     deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in started) and time.monotonic() < deadline:
+    while any(ProcessStat.alive(pid) for pid in started) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not [pid for pid in started if alive(pid)], "processes left behind"
+    assert not [pid for pid in started if ProcessStat.alive(pid)], "processes left behind"

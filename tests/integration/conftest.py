@@ -5,86 +5,32 @@ never see each other's messages or state.
 """
 
 import asyncio
-import contextlib
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from racer_online.local.services import EMBEDDED_BROKER_ENV, free_port
-
-TOPICS = ("queries", "decisions", "feedback", "thresholds", "alerts", "dlq")
-PARTITIONS = 4
+from racer_online.testing import LocalDeployment, stop_process
 
 
-class Deployment:
+class Deployment(LocalDeployment):
+    """A `LocalDeployment` that publishes and reads its topics as JSON, every decision
+    audited, recalibrating every second."""
+
     def __init__(self, bootstrap, broker_url, redis_url, tmp_path: Path, scope: str):
-        self.bootstrap = bootstrap
-        self.scope = scope
+        super().__init__(
+            broker_url=broker_url, bootstrap=bootstrap, redis_url=redis_url,
+            directory=tmp_path, scope=scope,
+            env={"RACER_AUDIT_RATE": "1.0", "RACER_RECALIBRATE_INTERVAL_S": "1"},
+        )  # fmt: skip
         self.tmp_path = tmp_path
-        self.topics = {name: f"{scope}.{name}" for name in TOPICS}
-        self.workers: list[subprocess.Popen] = []
-        self.env = (
-            os.environ
-            | {
-                "RACER_KAFKA_BROKER": broker_url,
-                "RACER_REDIS_URL": redis_url,
-                "RACER_APP_ID": f"racer-{scope}",
-                "RACER_SCOPES_FILE": str(tmp_path / "scopes.toml"),
-                "RACER_AUDIT_RATE": "1.0",
-                "RACER_RECALIBRATE_INTERVAL_S": "1",
-                "RACER_BROKER_SESSION_TIMEOUT_S": "2",
-                "RACER_BROKER_HEARTBEAT_INTERVAL_S": "0.5",
-                "RACER_BROKER_REBALANCE_TIMEOUT_S": "2",
-                "RACER_TOPICS__PARTITIONS": str(PARTITIONS),
-                "RACER_LOG_LEVEL": "INFO",
-            }
-            | EMBEDDED_BROKER_ENV
-            | {f"RACER_TOPICS__{name.upper()}": topic for name, topic in self.topics.items()}
-        )
 
     def write_scopes(self, models, *, alpha=0.1, delta=0.1, rule="cumulative", miss="answerable"):
-        lines = [
-            f"[scopes.{self.scope}]",
-            f"alpha = {alpha}",
-            f"delta = {delta}",
-            f'rule = "{rule}"',
-            f'miss = "{miss}"',
-            f"[scopes.{self.scope}.models]",
-        ]
-        lines += [f'"{m}" = {{ price = 0.1 }}' for m in models]
-        (self.tmp_path / "scopes.toml").write_text("\n".join(lines) + "\n")
-
-    async def create_topics(self):
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in self.topics.values()])
-        finally:
-            await admin.close()
-
-    def start_worker(self, **env) -> subprocess.Popen:
-        index = len(self.workers)
-        log = open(self.tmp_path / f"worker-{index}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "racer_online", "worker"],
-            env=self.env | {"RACER_WEB_PORT": str(free_port())} | env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.tmp_path,
-        )
-        self.workers.append(proc)
-        return proc
-
-    def log(self, index=0) -> str:
-        return (self.tmp_path / f"worker-{index}.log").read_text(errors="replace")
+        super().write_scopes(models, alpha=alpha, delta=delta, rule=rule, miss=miss)
 
     async def send(self, topic, values, *, keys=None):
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
@@ -130,17 +76,12 @@ class Deployment:
         return got
 
     def kill(self, proc, sig=signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
+        if proc.poll() is None:
             proc.send_signal(sig)
-        proc.wait(timeout=30)
-
-    def stop(self):
-        for proc in self.workers:
-            if proc.poll() is None:
-                try:
-                    self.kill(proc, signal.SIGTERM)
-                except subprocess.TimeoutExpired:
-                    self.kill(proc)  # SIGKILL: leave nothing behind
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            stop_process(proc, grace=0)
 
 
 @pytest.fixture

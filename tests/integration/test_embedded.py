@@ -23,21 +23,14 @@ from racer_online.local.services import (
     embedded_services,
     kafka_answers,
 )
+from racer_online.testing import ProcessStat
 
 pytestmark = pytest.mark.integration
 
 
 def gone(pid: int) -> bool:
     """No such process, or a zombie (dead, waiting for a reaper that is not us)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    return not ProcessStat.alive(pid)
 
 
 def wait_gone(pids: list[int], timeout: float = 5.0) -> bool:

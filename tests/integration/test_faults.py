@@ -18,7 +18,6 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from racer_online.store import keys
+from racer_online.testing import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -175,20 +175,6 @@ class Tail:
         return out
 
 
-async def until(condition: Callable[[], Any], *, timeout: float, what: str) -> float:
-    """Poll an (async or plain) condition until it holds; return the seconds it took."""
-    started = time.monotonic()
-    while True:
-        held = condition()
-        if asyncio.iscoroutine(held):
-            held = await held
-        if held:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 @dataclass
 class WindowCheck:
     """The window against the traffic: which queries are in it, how often, with which labels."""
@@ -244,9 +230,11 @@ class Window:
 async def settled(window: Window, expected: int, *, timeout: float, quiet: float = 2.0) -> float:
     """Wait until the window holds ``expected`` records and stays put for ``quiet`` seconds
     (a redelivered tail that doubled a record would show in that time)."""
-    took = await until(
+    started = time.monotonic()
+    await until(
         lambda: _at_least(window, expected), timeout=timeout, what=f"{expected} window records"
     )
+    took = time.monotonic() - started
     length, since = await window.length(), time.monotonic()
     while time.monotonic() - since < quiet:
         await asyncio.sleep(0.2)

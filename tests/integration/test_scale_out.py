@@ -13,8 +13,6 @@ import asyncio
 import contextlib
 import re
 import time
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,6 +22,7 @@ import pytest
 from racer_online.local.services import free_port
 from racer_online.offline.datasets import load_outcomes
 from racer_online.offline.evaluation import task_router_records
+from racer_online.testing import metric_total, scrape, until
 
 pytestmark = pytest.mark.integration
 
@@ -82,13 +81,7 @@ def versions(text: str) -> list[int]:
 
 
 def scrape_decisions(port: int, scope: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("racer_decisions_total{") and f'scope="{scope}"' in line
-    )
+    return metric_total(scrape(port), "racer_decisions_total", scope=scope)
 
 
 @pytest.fixture(scope="module")
@@ -111,16 +104,6 @@ def labels(records: Any, rows: range, scope: str) -> list[dict[str, Any]]:
          "labels": dict(zip(records.models, records.labels[i].astype(int).tolist(), strict=True))}
         for i in rows
     ]  # fmt: skip
-
-
-async def until(condition: Callable[[], T], *, timeout: float, what: str, every: float = 0.2) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(every)
 
 
 async def test_three_workers_share_four_partitions_and_one_leader_recalibrates(

@@ -1,8 +1,6 @@
 """Real workers on the real broker and Redis: routing, feedback, recalibration, failures."""
 
 import asyncio
-import re
-import urllib.request
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from racer_online.offline.datasets import load_outcomes
 from racer_online.offline.evaluation import task_router_records
 from racer_online.store import keys
 from racer_online.store.connection import connect
+from racer_online.testing import metric_samples, metric_total, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -115,26 +114,11 @@ async def test_feedback_fills_the_window_and_the_threshold_matches_the_core(
     )
 
 
-def scrape(port) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return response.read().decode()
-
-
 def consumer_lags(text) -> dict[tuple[str, int], float]:
-    lags = {}
-    for line in text.splitlines():
-        if line.startswith("racer_consumer_lag{"):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-            lags[labels["topic"], int(labels["partition"])] = float(line.rsplit(" ", 1)[1])
-    return lags
-
-
-def metric(text, name, scope):
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and f'scope="{scope}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return {
+        (labels["topic"], int(labels["partition"])): value
+        for labels, value in metric_samples(text, "racer_consumer_lag")
+    }
 
 
 async def test_two_workers_split_partitions_and_one_recalibrates(deployment, records):
@@ -149,7 +133,7 @@ async def test_two_workers_split_partitions_and_one_recalibrates(deployment, rec
     await deployment.send("feedback", labels(records, rows, deployment.scope))
     await deployment.collect("thresholds", 10**6, until=lambda got: got[-1]["n"] == 800)
     texts = [scrape(p) for p in ports]
-    decided = [metric(t, "racer_decisions_total", deployment.scope) for t in texts]
+    decided = [metric_total(t, "racer_decisions_total", scope=deployment.scope) for t in texts]
     assert sum(decided) == 800 and min(decided) > 0, decided  # both served partitions
     # Every input partition reports its lag on the worker that owns it: nothing left.
     lags = {key: value for t in texts for key, value in consumer_lags(t).items()}

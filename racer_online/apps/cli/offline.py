@@ -238,4 +238,4 @@ def demo(
     )  # fmt: skip
     show_replay(result, as_json)
     if not as_json:
-        note(f"report in {out_dir / 'report'}, worker log in {out_dir / 'worker.log'}")
+        note(f"report in {out_dir / 'report'}, worker log in {out_dir / 'worker-0.log'}")
