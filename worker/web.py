@@ -22,14 +22,19 @@ def register(app: faust.App, service: RacerService, consumers: Sequence[BatchCon
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Any:
-        """Readiness: consuming, Redis reachable, every scope's certified threshold fresh."""
+        """Readiness: consuming, Redis reachable, every scope's certified threshold fresh; and
+        the facts a caller may wait on: the partitions each input topic's consumer owns and
+        whether this worker is the leader."""
         fresh = service.fresh_thresholds()
         checks = {
             "consuming": bool(app.started and all(c.consuming for c in consumers)),
             "redis": await service.store.ping(),
             "thresholds_fresh": all(fresh.values()),
         }
-        body = {"ready": all(checks.values()), **checks, "scopes": fresh}
+        body = {"ready": all(checks.values()), **checks, "scopes": fresh,
+                "assignment": {c.topic: sorted(tp.partition for tp in c.assignment)
+                               for c in consumers},
+                "leader": app.is_leader()}  # fmt: skip
         return web.json(body, status=200 if body["ready"] else 503)
 
     @app.page("/metrics")

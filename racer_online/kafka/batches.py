@@ -3,10 +3,10 @@
 Faust's stream layer costs about 105 µs of CPU per event (docs/benchmarks.md) against 20 µs
 for aiokafka, which caps a worker far below the throughput the service reaches in batches.
 So the two input topics are read here: ``getmany`` hands a whole fetch to the handler,
-which returns once the batch's Redis writes are done and its sends are handed to the
-producer, with an awaitable for the broker's acknowledgements. The batch's offsets are
-committed after those and after the previous batch's commit, while the next batches are
-already being handled: up to ``max_in_flight`` at once, so that one is computed while
+which returns the messages to send once the batch's Redis writes are done; the consumer
+queues them on the producer and commits the batch's offsets once the broker acknowledged
+every one and the previous batch is committed, while the next batches are already being
+handled: up to ``max_in_flight`` at once, so that one is computed while
 another waits for Redis or the broker (only where the effects of two batches commute). A
 crash, a shutdown or a rebalance in the middle redelivers what is uncommitted, and the
 handlers are idempotent: at-least-once, nothing lost, nothing doubled. Faust still runs
@@ -16,6 +16,7 @@ the app: topic creation, leader election, timers and the web views.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,12 +35,13 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from mode import Service
 
 from racer_online.kafka import clients
+from racer_online.service import metrics
 from racer_online.settings import Settings
 
 log = logging.getLogger(__name__)
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-Handler: TypeAlias = Callable[[Sequence[Record]], Awaitable[Awaitable[Any]]]
 Outgoing: TypeAlias = tuple[str, bytes | None, bytes]  # topic, key, value
+Handler: TypeAlias = Callable[[Sequence[Record]], Awaitable[Sequence[Outgoing]]]
 MAX_FETCH_BYTES = 4 << 20  # per partition: room for the largest message the DLQ reports
 MAX_BATCH_BYTES = 256 << 10  # per partition and request
 FINISH_WAIT_S = 5.0  # for the batches in flight, on a rebalance or a shutdown
@@ -52,17 +54,20 @@ class BatchConsumer(Service):
         topic: str,
         group_id: str,
         handle: Handler,
+        producer: BatchProducer,
         *,
         max_in_flight: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.settings, self.topic, self.group_id, self.handle = settings, topic, group_id, handle
+        self.producer = producer
         self.max_in_flight = max_in_flight
         self.consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Future[None] | None = None
         self._in_flight: deque[asyncio.Future[None]] = deque()  # oldest first
         self._committed: dict[TopicPartition, int] = {}
+        self.assignment: frozenset[TopicPartition] = frozenset()
 
     @property
     def label(self) -> str:
@@ -131,7 +136,8 @@ class BatchConsumer(Service):
         self, fetched: dict[TopicPartition, list[Record]], previous: Awaitable[None] | None
     ) -> None:
         assert self.consumer is not None
-        delivered = await self.handle([r for records in fetched.values() for r in records])
+        out = await self.handle([r for records in fetched.values() for r in records])
+        delivered = await self.producer.enqueue(out)
         if previous is not None:
             await previous  # commits in fetch order; raises if the previous one failed
         await delivered  # a failed send raises: the worker stops before a later commit
@@ -143,6 +149,20 @@ class BatchConsumer(Service):
             # The batch is done: a later commit covers it, or its partitions moved on and
             # their new owner redelivers it (the handlers are idempotent).
             log.warning("%s: batch not committed, may be redelivered: %s", self.label, exc)
+
+    def assign(self, assigned: set[TopicPartition]) -> None:
+        """Take the group's new assignment: publish it (``/ready``, the
+        ``racer_assigned_partition`` metric) and forget what is known of partitions that
+        moved away, so that this worker no longer reports their lag."""
+        for tp in self.assignment - assigned:
+            self._committed.pop(tp, None)
+            for gauge in (metrics.ASSIGNED_PARTITION, metrics.CONSUMER_LAG):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(tp.topic, str(tp.partition))
+        for tp in assigned:
+            metrics.ASSIGNED_PARTITION.labels(tp.topic, str(tp.partition)).set(1)
+        self.assignment = frozenset(assigned)
+        log.info("%s: assigned partitions %s", self.label, sorted(tp.partition for tp in assigned))
 
     def lag(self) -> dict[TopicPartition, int]:
         """Records between what this worker committed and each assigned partition's end (as
@@ -169,7 +189,7 @@ class _FinishBatchesFirst(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.batches.finish(FINISH_WAIT_S)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        pass
+        self.batches.assign(assigned)
 
 
 class BatchProducer(Service):
@@ -199,7 +219,12 @@ class BatchProducer(Service):
         if self.producer is not None:
             await self.producer.stop()  # sends what is queued first
 
-    async def send(self, records: Sequence[Outgoing]) -> Awaitable[Any]:
+    async def send_and_wait(self, records: Sequence[Outgoing]) -> None:
+        """Send the records and wait until the broker acknowledged every one."""
+        acknowledged = await self.enqueue(records)
+        await acknowledged
+
+    async def enqueue(self, records: Sequence[Outgoing]) -> asyncio.Future[Any]:
         """Queue the records, in order within each partition; the result completes when the
         broker has acknowledged every one (and raises if one failed)."""
         assert self.producer is not None

@@ -53,6 +53,11 @@ CONSUMER_LAG = Gauge(
     "Messages behind the end of each assigned partition.",
     ["topic", "partition"],
 )
+ASSIGNED_PARTITION = Gauge(
+    "racer_assigned_partition",
+    "1 for each input partition this worker consumes (its consumer group's assignment).",
+    ["topic", "partition"],
+)
 
 
 def count_decisions(

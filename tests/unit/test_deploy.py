@@ -302,9 +302,9 @@ def test_dockerignore_keeps_what_the_image_copies(dockerfile: str) -> None:
 
 @pytest.fixture(scope="module")
 def worker_routes() -> set[str]:
-    from worker.app import create_app
+    from worker.app import Worker
 
-    return set(create_app(Settings.load(_env_file=None)).web.views)
+    return set(Worker(Settings.load(_env_file=None)).app.web.views)
 
 
 def test_the_worker_serves_what_deployments_probe(worker_routes: set[str]) -> None:

@@ -22,18 +22,12 @@ if TYPE_CHECKING:
 @app.command()
 def worker() -> None:
     """Run the stream worker with the RACER_* settings (Ctrl-C stops it cleanly)."""
+    from worker.app import run
+
     settings = Settings.load()
     settings.scopes  # noqa: B018  # a bad scopes file fails here, as one line
     asyncio.run(check_redis(settings))  # an evicting Redis fails here, as one line
-    import faust
-
-    from worker.app import create_app
-
-    # redirect_stdouts=False: print() stays print(), not a WARNING log line.
-    worker_process = faust.Worker(
-        create_app(settings), loglevel=settings.log_level.lower(), redirect_stdouts=False
-    )
-    worker_process.execute_from_commandline()
+    run(settings)
 
 
 async def check_redis(settings: Settings) -> None:
