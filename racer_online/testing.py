@@ -113,6 +113,17 @@ class ProcessStat:
         return stat is not None and stat.state != "Z"
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses with a socket listening on TCP ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return found
+
+
 def die_with_parent() -> None:
     """Pre-exec hook: the child gets SIGTERM when this process dies, however it dies (Linux),
     so an interrupted test or benchmark leaves no worker behind."""
@@ -224,6 +235,23 @@ class LocalDeployment:
         self.workers.append(proc)
         self.web_ports.append(port)
         return proc
+
+    async def all_committed(self, topic: str, group: str) -> bool:
+        """Whether ``group`` committed every record of this deployment's ``topic`` (by name,
+        e.g. "feedback"): then nothing of it can be delivered again."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False
+        )  # subscribes to nothing, so it never joins the group
+        await reader.start()
+        try:
+            tps = [TopicPartition(self.topics[topic], p) for p in range(self.partitions)]
+            ends = await reader.end_offsets(tps)
+            committed = [await reader.committed(tp) or 0 for tp in tps]
+            return all(done >= ends[tp] for done, tp in zip(committed, tps, strict=True))
+        finally:
+            await reader.stop()
 
     def log(self, index: int = 0) -> str:
         return self.log_path(index).read_text(errors="replace")

@@ -1,25 +1,21 @@
 """Three workers, one consumer group, four partitions: every partition served, one leader
 recalibrating, and a SIGKILLed leader replaced by a survivor within a session timeout.
 
-Signals, all from the real processes: the partition assignment each worker logs after a
-rebalance (aiokafka's "Setting newly assigned partitions ... for group G" table, with the
-generation G synced): the queries topic in the routing group ``<app>.route``, the leader
-topic in Faust's own group ``<app>``; each worker's ``racer_decisions_total`` on
-``/metrics``; and the ``threshold v<N>`` lines that only the Faust leader logs when it
-recalibrates.
+Signals, all from the real processes: what each worker's ``/ready`` says it owns (the
+queries partitions of the routing group ``<app>.route``, and whether it is Faust's leader);
+each worker's ``racer_decisions_total`` on ``/metrics``; and the ``threshold v<N>`` lines
+that only the leader logs when it recalibrates.
 """
 
 import asyncio
 import contextlib
 import re
 import time
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
 
-from racer_online.local.services import free_port
 from racer_online.offline.datasets import load_outcomes
 from racer_online.offline.evaluation import task_router_records
 from racer_online.testing import metric_total, scrape, until
@@ -34,46 +30,8 @@ REBALANCE_S = 2.0  # RACER_BROKER_REBALANCE_TIMEOUT_S: the survivors' re-join
 # Detection (session timeout) + re-join + one leader tick; the slack covers a 2-core
 # machine running three workers, the broker and Redis at once.
 HANDOVER_LIMIT_S = INTERVAL_S + SESSION_S + REBALANCE_S + 3.0
-T = TypeVar("T")
 
-SYNCED = re.compile(r"Successfully synced group (\S+) with generation (\d+)")
-ROW = re.compile(r"^\|\s*(\S+)\s*\|\s*\{([^}]*)\}\s*\|")
-FOR_GROUP = re.compile(r"for group (\S+)")
-VERSION = re.compile(r"threshold v(\d+) ")
-
-
-@dataclass
-class Assignment:
-    generation: int = -1
-    partitions: dict[str, set[int]] = field(default_factory=dict)
-
-
-def partitions(text: str) -> set[int]:
-    """``0-3`` / ``0, 2`` / ``1`` as a set of partition numbers."""
-    found: set[int] = set()
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        low, _, high = part.partition("-")
-        found |= set(range(int(low), int(high or low) + 1))
-    return found
-
-
-def last_assignment(log: str, group: str) -> Assignment:
-    """The partitions the worker was given in ``group``'s last generation it synced."""
-    current, generation = Assignment(), -1
-    table: dict[str, set[int]] | None = None
-    for line in log.splitlines():
-        if (synced := SYNCED.search(line)) and synced.group(1) == group:
-            generation = int(synced.group(2))
-            continue
-        if "Setting newly assigned partitions" in line:
-            table = {}  # an empty assignment closes on the same line: "set() for group G"
-        elif table is not None and (row := ROW.match(line)) and row.group(1) != "topic":
-            table[row.group(1)] = partitions(row.group(2))
-        if table is not None and (closing := FOR_GROUP.search(line)):
-            if closing.group(1) == group:
-                current = Assignment(generation, table)
-            table = None
-    return current
+VERSION = re.compile(r"threshold v(\d+) ")  # the leader's own log line
 
 
 def versions(text: str) -> list[int]:
@@ -110,30 +68,21 @@ async def test_three_workers_share_four_partitions_and_one_leader_recalibrates(
     deployment: Any, records: Any
 ) -> None:
     scope = deployment.scope
-    group = deployment.env["RACER_APP_ID"]
-    queries_topic, leader_topic = deployment.topics["queries"], f"{group}-__assignor-__leader"
+    queries_topic = deployment.topics["queries"]
     deployment.write_scopes(records.models)
-    ports = [free_port() for _ in range(WORKERS)]
-    procs = [deployment.start_worker(RACER_WEB_PORT=str(port)) for port in ports]
+    procs = [deployment.start_worker() for _ in range(WORKERS)]
+    ports = deployment.web_ports
 
-    def stable(group: str, topic: str, partition_count: int) -> list[Assignment] | None:
-        """All workers synced the same generation of the group and split the topic."""
-        got = [last_assignment(deployment.log(i), group) for i in range(WORKERS)]
-        if len({a.generation for a in got}) != 1 or got[0].generation < 0:
-            return None
-        served = [a.partitions.get(topic, set()) for a in got]
-        if sorted(p for s in served for p in s) != list(range(partition_count)):
-            return None  # a partition unserved or served twice: still rebalancing
-        return got
+    def stable() -> list[list[int]] | None:
+        """Every worker owns queries partitions, each partition once, and one is leader."""
+        ready = [deployment.ready(i) for i in range(WORKERS)]
+        owned = [r.get("assignment", {}).get(queries_topic, []) for r in ready]
+        split = sorted(p for o in owned for p in o) == list(range(PARTITIONS))
+        one_leader = sum(bool(r.get("leader")) for r in ready) == 1
+        return owned if split and all(owned) and one_leader else None
 
-    routing = await until(lambda: stable(f"{group}.route", queries_topic, PARTITIONS),
-                          timeout=30, what="a stable three-way assignment")  # fmt: skip
-    assert all(a.partitions.get(queries_topic) for a in routing)  # nobody idles
-    election = await until(lambda: stable(group, leader_topic, 1),
-                           timeout=30, what="one leader")  # fmt: skip
-    leaders = [i for i, a in enumerate(election) if a.partitions.get(leader_topic)]
-    assert len(leaders) == 1, election
-    leader = leaders[0]
+    await until(stable, timeout=30, what="a stable three-way assignment and one leader")
+    leader = next(i for i in range(WORKERS) if deployment.ready(i)["leader"])
     seen_at_stable = [len(deployment.log(i)) for i in range(WORKERS)]
 
     # Every partition served: all decisions come back, and every worker made some.

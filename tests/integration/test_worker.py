@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 
 from racer_online import core
-from racer_online.local.services import free_port
 from racer_online.messages import DeadLetter
 from racer_online.offline.datasets import load_outcomes
 from racer_online.offline.evaluation import task_router_records
 from racer_online.store import keys
 from racer_online.store.connection import connect
-from racer_online.testing import metric_samples, metric_total, scrape
+from racer_online.testing import (
+    listening_addresses,
+    metric_samples,
+    metric_total,
+    scrape,
+    until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -114,6 +119,16 @@ async def test_feedback_fills_the_window_and_the_threshold_matches_the_core(
     )
 
 
+def split_between(deployment, topic: str, workers: int) -> bool:
+    """Each of the workers owns partitions of ``topic`` and together they own each once."""
+    owned = [
+        deployment.ready(i).get("assignment", {}).get(deployment.topics[topic], [])
+        for i in range(workers)
+    ]
+    every = sorted(p for partitions in owned for p in partitions)
+    return all(owned) and every == list(range(deployment.partitions))
+
+
 def consumer_lags(text) -> dict[tuple[str, int], float]:
     return {
         (labels["topic"], int(labels["partition"])): value
@@ -122,11 +137,12 @@ def consumer_lags(text) -> dict[tuple[str, int], float]:
 
 
 async def test_two_workers_split_partitions_and_one_recalibrates(deployment, records):
-    ports = [free_port(), free_port()]
-    workers = [deployment.start_worker(RACER_WEB_PORT=str(p)) for p in ports]
-    # Both must be in the group before the stream starts; a join takes about a session
-    # timeout (2 s) and shows in no message we could wait for.
-    await asyncio.sleep(4)
+    workers = [deployment.start_worker(), deployment.start_worker()]
+    ports = deployment.web_ports
+    # Both must own partitions of both input topics before the stream starts.
+    for name in ("queries", "feedback"):
+        await until(lambda n=name: split_between(deployment, n, len(workers)), timeout=60,
+                    what=f"both workers to own {name} partitions")  # fmt: skip
     rows = range(800)
     await deployment.send("queries", queries(records, rows, deployment.scope))
     await deployment.collect("decisions", 800)
@@ -154,9 +170,22 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(deployment, records,
         await asyncio.sleep(0.3)
         deployment.kill(worker)  # SIGKILL: no commit, no goodbye
         worker = deployment.start_worker()
-    deadline = asyncio.get_running_loop().time() + 90
-    while await window_length(redis_url, deployment.scope) < 1500:
-        assert asyncio.get_running_loop().time() < deadline, "window never filled"
-        await asyncio.sleep(0.5)
-    await asyncio.sleep(2)  # let any redelivered tail land
+    await until(lambda: _filled(redis_url, deployment.scope, 1500), timeout=90, what="the window")
+    # Every feedback record committed: no redelivered tail can land after this.
+    group = f"{deployment.env['RACER_APP_ID']}.feedback"
+    await until(lambda: deployment.all_committed("feedback", group), timeout=60,
+                what="the feedback group to commit every record")  # fmt: skip
     assert await window_length(redis_url, deployment.scope) == 1500
+
+
+async def _filled(redis_url, scope, n):
+    return await window_length(redis_url, scope) >= n
+
+
+async def test_the_web_server_listens_where_racer_web_host_says(deployment):
+    deployment.start_worker()  # the default: loopback only
+    deployment.start_worker(RACER_WEB_HOST="0.0.0.0")  # as the containers set it
+    for index in range(2):
+        await deployment.wait_answering(index)
+    bound = [listening_addresses(port) for port in deployment.web_ports]
+    assert bound == [{"127.0.0.1"}, {"0.0.0.0"}], bound
