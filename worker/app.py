@@ -8,15 +8,19 @@ timers and the web views.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from racer_online.errors import StoreUnavailableError
+from racer_online.errors import ConfigError, StoreUnavailableError
+from racer_online.kafka import clients
 from racer_online.kafka.batches import BatchConsumer, BatchProducer, Outgoing, Record
 from racer_online.messages import DeadLetter, FeedbackMessage, MessageError, QueryMessage
 from racer_online.routers.files import load_router
@@ -177,11 +181,48 @@ def _faust_app(settings: Settings) -> faust.App:
 
 
 def run(settings: Settings) -> None:
-    """Run a worker until it is stopped (SIGTERM, Ctrl-C)."""
+    """Run a worker until it is stopped (SIGTERM, Ctrl-C). A web port that is taken or a
+    broker that does not answer is a `ConfigError` before anything starts: one line from
+    the command, not Faust's traceback."""
+    if settings.web_enabled:
+        _check_bindable(settings.web_host, settings.web_port)
+    asyncio.run(_check_broker(settings))
     # redirect_stdouts=False: print() stays print(), not a WARNING log line.
     faust.Worker(
         Worker(settings).app, loglevel=settings.log_level.lower(), redirect_stdouts=False
     ).execute_from_commandline()
+
+
+def _check_bindable(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"the web server cannot listen on {host}:{port} (RACER_WEB_HOST, "
+                f"RACER_WEB_PORT): {exc.strerror or exc}"
+            ) from None
+
+
+async def _check_broker(settings: Settings, *, timeout_s: float = 10.0) -> None:
+    """One metadata request through the configured client, security included."""
+    admin = clients.admin(settings, request_timeout_ms=int(timeout_s * 1000))
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)  # the error below says it, in one line
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        unreachable = isinstance(exc, KafkaConnectionError | OSError | TimeoutError)
+        reason = "" if unreachable else f": {exc}"
+        raise ConfigError(
+            f"the broker at {settings.kafka_broker} does not answer (RACER_KAFKA_BROKER){reason}"
+        ) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+        client_log.setLevel(level)
 
 
 async def _until_stored(call: Any, items: list[Any]) -> Any:

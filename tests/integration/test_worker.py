@@ -158,6 +158,11 @@ async def test_two_workers_split_partitions_and_one_recalibrates(deployment, rec
     assert set(lags.values()) == {0.0}, lags
     recalibrating = ["threshold v" in deployment.log(i) for i in range(len(workers))]
     assert sum(recalibrating) == 1, recalibrating
+    # The leader declared its output topic once, not on each of its many ticks.
+    declared = f"Creating topic {deployment.topics['thresholds']!r}"
+    assert [deployment.log(i).count(declared) for i in range(len(workers))] == [
+        int(r) for r in recalibrating
+    ]
 
 
 @ON_BOTH

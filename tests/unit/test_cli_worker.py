@@ -1,0 +1,40 @@
+"""`racer-online worker` that cannot start: one line on stderr and exit 1, run as a user
+would (a subprocess); no broker is needed to see it."""
+
+import os
+import socket
+import subprocess
+import sys
+
+from racer_online.local.services import free_port
+
+
+def worker(**env):
+    settings = {k: v for k, v in os.environ.items() if not k.startswith("RACER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "racer_online", "worker"],
+        env=settings | {"RACER_WEB_PORT": str(free_port())} | env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def assert_one_line(result, *fragments):
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("racer-online: error: "), result.stderr
+    assert all(f in lines[0] for f in fragments), lines[0]
+
+
+def test_an_unreachable_broker_is_one_line():
+    nobody = f"kafka://127.0.0.1:{free_port()}"  # a port nothing listens on
+    assert_one_line(worker(RACER_KAFKA_BROKER=nobody), nobody, "does not answer")
+
+
+def test_a_taken_web_port_is_one_line():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = worker(RACER_WEB_PORT=str(port))
+    assert_one_line(result, f"127.0.0.1:{port}", "cannot listen")
