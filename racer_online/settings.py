@@ -13,7 +13,8 @@ import tomllib
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, get_args
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -26,6 +27,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,10 +43,13 @@ Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
+NAMES_ITSELF = "names_itself"  # an error whose message already names its variables
+
+
 def _first_error(error: ValidationError, *, env: bool = False) -> str:
     """One line: ``scopes.x.alpha: ...`` or ``RACER_TOPICS__PARTITIONS: ...``."""
     first = error.errors(include_url=False)[0]
-    parts = [str(part) for part in first["loc"]]
+    parts = [] if first["type"] == NAMES_ITSELF else [str(part) for part in first["loc"]]
     where = ("RACER_" + "__".join(parts).upper()) if env else ".".join(parts)
     more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
     return f"{where + ': ' if parts else ''}{first['msg']}{more}"
@@ -121,11 +126,21 @@ class TopicsConfig(BaseModel):
 
 KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+KAFKA_ENV = "RACER_KAFKA_SECURITY__"
+TLS_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})
+SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
+assert set(get_args(KafkaProtocol)) >= TLS_PROTOCOLS | SASL_PROTOCOLS
+
+
+def _does_not_fit(problem: str | None) -> None:
+    if problem is not None:
+        raise PydanticCustomError(NAMES_ITSELF, problem)
 
 
 class KafkaSecurityConfig(BaseModel):
-    """How to reach the brokers: ``RACER_KAFKA_SECURITY__*``. `racer_online.kafka.clients` checks
-    that the fields fit together and builds the client options; secrets stay `SecretStr`."""
+    """How to reach the brokers: ``RACER_KAFKA_SECURITY__*``. The fields are checked to fit
+    together here, at load; `racer_online.kafka.clients` builds the client options (and reads
+    the files); secrets stay `SecretStr`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -142,6 +157,28 @@ class KafkaSecurityConfig(BaseModel):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _fits_together(self) -> Self:
+        _does_not_fit(self._problem())
+        return self
+
+    def _problem(self) -> str | None:
+        sasl = self.protocol in SASL_PROTOCOLS
+        if sasl and (not self.username or self.password is None):
+            return (f"{KAFKA_ENV}PROTOCOL={self.protocol} needs {KAFKA_ENV}USERNAME and"
+                    f" {KAFKA_ENV}PASSWORD")  # fmt: skip
+        if not sasl and (self.username or self.password is not None):
+            return (f"{KAFKA_ENV}USERNAME/PASSWORD: used only with PROTOCOL=SASL_PLAINTEXT or"
+                    f" SASL_SSL, not {self.protocol}")  # fmt: skip
+        if self.protocol not in TLS_PROTOCOLS:
+            for name in ("ca_file", "cert_file", "key_file", "key_password"):
+                if getattr(self, name) is not None:
+                    return (f"{KAFKA_ENV}{name.upper()}: used only with PROTOCOL=SSL or SASL_SSL,"
+                            f" not {self.protocol}")  # fmt: skip
+        if self.cert_file is None and (self.key_file is not None or self.key_password is not None):
+            return f"{KAFKA_ENV}KEY_FILE/KEY_PASSWORD: set {KAFKA_ENV}CERT_FILE too"
+        return None
 
 
 _REDIS_DSN = TypeAdapter(RedisDsn)
@@ -249,6 +286,26 @@ class Settings(BaseSettings):
         if value is not None and session is not None and value >= session:
             raise PydanticCustomError("heartbeat", "must be below the session timeout")
         return value
+
+    @model_validator(mode="after")
+    def _redis_fits_together(self) -> Self:
+        _does_not_fit(self._redis_problem())
+        return self
+
+    def _redis_problem(self) -> str | None:
+        url = urlsplit(self.redis_url)
+        if url.scheme not in ("rediss", "rediss+cluster"):  # TLS files need a TLS scheme
+            for name in ("redis_ca_file", "redis_cert_file", "redis_key_file"):
+                if getattr(self, name) is not None:
+                    return f"RACER_{name.upper()}: needs a rediss:// RACER_REDIS_URL (TLS)"
+        if self.redis_key_file is not None and self.redis_cert_file is None:
+            return "RACER_REDIS_KEY_FILE: set RACER_REDIS_CERT_FILE too"
+        # redis-py lets the URL's credentials win over keyword ones: refuse the ambiguity.
+        if self.redis_password is not None and url.password:
+            return "RACER_REDIS_PASSWORD: RACER_REDIS_URL holds a password too; keep only one"
+        if self.redis_username is not None and url.username:
+            return "RACER_REDIS_USERNAME: RACER_REDIS_URL holds a user name too"
+        return None
 
     @property
     def kafka_bootstrap(self) -> str:

@@ -17,11 +17,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from racer_online.errors import ConfigError
 from racer_online.files import readable_file, why
-from racer_online.settings import KafkaSecurityConfig, Settings
-
-KAFKA_ENV = "RACER_KAFKA_SECURITY__"
-TLS_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})
-SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
+from racer_online.settings import (
+    KAFKA_ENV,
+    SASL_PROTOCOLS,
+    TLS_PROTOCOLS,
+    KafkaSecurityConfig,
+    Settings,
+)
 
 
 def producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
@@ -48,7 +50,6 @@ def admin(settings: Settings, **options: Any) -> AIOKafkaAdminClient:
 def aiokafka_options(settings: Settings) -> dict[str, Any]:
     """The same credentials for a plain aiokafka client (the CLI's producer)."""
     sec = settings.kafka_security
-    check_kafka_security(sec)
     options: dict[str, Any] = {"security_protocol": sec.protocol}
     if sec.protocol in TLS_PROTOCOLS:
         options["ssl_context"] = kafka_ssl_context(sec)
@@ -81,25 +82,3 @@ def kafka_ssl_context(sec: KafkaSecurityConfig) -> ssl.SSLContext:
                 f" ({why(exc)})"
             ) from None
     return context
-
-
-def check_kafka_security(sec: KafkaSecurityConfig) -> None:
-    sasl = sec.protocol in SASL_PROTOCOLS
-    if sasl and (not sec.username or sec.password is None):
-        raise ConfigError(
-            f"{KAFKA_ENV}PROTOCOL={sec.protocol} needs {KAFKA_ENV}USERNAME and {KAFKA_ENV}PASSWORD"
-        )
-    if not sasl and (sec.username or sec.password is not None):
-        raise ConfigError(
-            f"{KAFKA_ENV}USERNAME/PASSWORD: used only with PROTOCOL=SASL_PLAINTEXT or SASL_SSL,"
-            f" not {sec.protocol}"
-        )
-    if sec.protocol not in TLS_PROTOCOLS:
-        for name in ("ca_file", "cert_file", "key_file", "key_password"):
-            if getattr(sec, name) is not None:
-                raise ConfigError(
-                    f"{KAFKA_ENV}{name.upper()}: used only with PROTOCOL=SSL or SASL_SSL,"
-                    f" not {sec.protocol}"
-                )
-    if sec.cert_file is None and (sec.key_file is not None or sec.key_password is not None):
-        raise ConfigError(f"{KAFKA_ENV}KEY_FILE/KEY_PASSWORD: set {KAFKA_ENV}CERT_FILE too")

@@ -1,4 +1,5 @@
-"""Redis clients from settings: one server or a Cluster, credentials and TLS checked once.
+"""Redis clients from settings: one server or a Cluster, credentials and TLS (the settings
+checked at load that they fit together; the files are read here).
 
 ``redis://`` and ``rediss://`` name one server; ``redis+cluster://`` and
 ``rediss+cluster://`` name any node of a Redis Cluster, whose other nodes the client
@@ -14,7 +15,6 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from racer_online.errors import ConfigError
 from racer_online.files import readable_file
 from racer_online.settings import Settings
 
@@ -40,18 +40,6 @@ def redis_options(settings: Settings) -> dict[str, Any]:
         "RACER_REDIS_CERT_FILE": settings.redis_cert_file,
         "RACER_REDIS_KEY_FILE": settings.redis_key_file,
     }
-    for name, path in files.items():
-        if path is not None and not tls:
-            raise ConfigError(f"{name}: needs a rediss:// RACER_REDIS_URL (TLS)")
-    if settings.redis_key_file is not None and settings.redis_cert_file is None:
-        raise ConfigError("RACER_REDIS_KEY_FILE: set RACER_REDIS_CERT_FILE too")
-    # redis-py lets the URL's credentials win over keyword ones: refuse the ambiguity.
-    if settings.redis_password is not None and url.password:
-        raise ConfigError(
-            "RACER_REDIS_PASSWORD: RACER_REDIS_URL holds a password too; keep only one"
-        )
-    if settings.redis_username is not None and url.username:
-        raise ConfigError("RACER_REDIS_USERNAME: RACER_REDIS_URL holds a user name too")
     options: dict[str, Any] = {}
     if settings.redis_username is not None:
         options["username"] = settings.redis_username

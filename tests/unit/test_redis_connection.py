@@ -29,6 +29,5 @@ def test_tls_files_need_a_tls_scheme_on_a_cluster_too(tmp_path):
     ca.write_text("not checked here")
     tls = Settings(redis_url="rediss+cluster://cache:7000", redis_ca_file=ca, _env_file=None)
     assert redis_options(tls)["ssl_ca_certs"] == str(ca)
-    plain = Settings(redis_url="redis+cluster://cache:7000", redis_ca_file=ca, _env_file=None)
     with pytest.raises(ConfigError, match="needs a rediss:// RACER_REDIS_URL"):
-        redis_options(plain)
+        Settings.load(redis_url="redis+cluster://cache:7000", redis_ca_file=ca, _env_file=None)

@@ -200,12 +200,26 @@ def test_faust_app_takes_the_options(monkeypatch: pytest.MonkeyPatch, pem: dict[
         ({"protocol": "SASL_PLAINTEXT", "username": "u", "password": SECRET, "ca_file": "x"},
          "CA_FILE: used only with PROTOCOL=SSL or SASL_SSL, not SASL_PLAINTEXT"),
         ({"protocol": "SSL", "key_file": "k"}, "KEY_FILE/KEY_PASSWORD: set"),
+    ],
+)  # fmt: skip
+def test_kafka_settings_that_do_not_fit_fail_at_load(
+    monkeypatch: pytest.MonkeyPatch, fields: dict[str, Any], names: str
+) -> None:
+    with pytest.raises(ConfigError, match="^setting RACER_KAFKA_SECURITY__.*" + names) as caught:
+        kafka(monkeypatch, **fields)  # not only when a client is built
+    message = str(caught.value)
+    assert "\n" not in message and SECRET not in message
+
+
+@pytest.mark.parametrize(
+    ("fields", "names"),
+    [
         ({"protocol": "SSL", "ca_file": "/nonexistent/ca.pem"},
          "RACER_KAFKA_SECURITY__CA_FILE: /nonexistent/ca.pem not found"),
         ({"protocol": "SSL", "cert_file": "/nonexistent/c.pem"}, "CERT_FILE: /nonexistent/c.pem"),
     ],
 )  # fmt: skip
-def test_kafka_settings_that_do_not_fit_are_one_line_errors(
+def test_kafka_files_that_cannot_be_read_are_one_line_errors(
     monkeypatch: pytest.MonkeyPatch, fields: dict[str, Any], names: str
 ) -> None:
     settings = kafka(monkeypatch, **fields)
@@ -290,16 +304,22 @@ def test_rediss_with_ca_and_client_certificate(
          "RACER_REDIS_PASSWORD: RACER_REDIS_URL holds a password too"),
         ({"RACER_REDIS_URL": "redis://u:p@h:6379/0", "RACER_REDIS_USERNAME": "v"},
          "RACER_REDIS_USERNAME: RACER_REDIS_URL holds a user name too"),
-        ({"RACER_REDIS_URL": "rediss://h:6380/0", "RACER_REDIS_CA_FILE": "/nonexistent/ca.pem"},
-         "RACER_REDIS_CA_FILE: /nonexistent/ca.pem not found"),
     ],
 )  # fmt: skip
-def test_redis_settings_that_do_not_fit(
+def test_redis_settings_that_do_not_fit_fail_at_load(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
 ) -> None:
-    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")) as caught:
-        redis_options(load(monkeypatch, **env))
+    with pytest.raises(ConfigError, match="^setting " + expected.replace(".", r"\.")) as caught:
+        load(monkeypatch, **env)
     assert "\n" not in str(caught.value) and SECRET not in str(caught.value)
+
+
+def test_a_missing_redis_ca_file_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load(
+        monkeypatch, RACER_REDIS_URL="rediss://h:6380/0", RACER_REDIS_CA_FILE="/nonexistent/ca.pem"
+    )
+    with pytest.raises(ConfigError, match=r"^RACER_REDIS_CA_FILE: /nonexistent/ca\.pem not found"):
+        redis_options(settings)
 
 
 def secret_env() -> dict[str, str]:
@@ -307,6 +327,7 @@ def secret_env() -> dict[str, str]:
         K + "PROTOCOL": "SASL_SSL",
         K + "USERNAME": "racer",
         K + "PASSWORD": SECRET,
+        K + "CERT_FILE": "client.pem",  # a key password goes with a client certificate
         K + "KEY_PASSWORD": SECRET + "-key",
         "RACER_REDIS_PASSWORD": SECRET + "-redis",
     }
@@ -331,7 +352,7 @@ async def test_secrets_never_reach_the_logs(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     env = secret_env() | {K + "CA_FILE": str(pem["ca"])}
-    env.pop(K + "KEY_PASSWORD")
+    env.pop(K + "KEY_PASSWORD"), env.pop(K + "CERT_FILE")
     settings = load(monkeypatch, **env)
     options = kafka_options(settings)
     aiokafka_options(settings)
