@@ -11,10 +11,7 @@ processes with that RACER_* environment. `until` polls a fact (never a fixed sle
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,9 +24,10 @@ from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from racer_online.local.services import EMBEDDED_BROKER_ENV, free_port
+from racer_online.local.services import EMBEDDED_BROKER_ENV, _die_with_parent, free_port
 
 T = TypeVar("T")
+die_with_parent = _die_with_parent  # the pre-exec hook of every child process, written once
 TOPIC_NAMES = ("queries", "decisions", "feedback", "thresholds", "alerts", "dlq")
 # A worker that joins, leaves or dies is noticed within about two seconds instead of the
 # client defaults' 10 to 300: tests and benchmarks start and kill workers on purpose.
@@ -122,13 +120,6 @@ def listening_addresses(port: int) -> set[str]:
         if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
             found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
     return found
-
-
-def die_with_parent() -> None:
-    """Pre-exec hook: the child gets SIGTERM when this process dies, however it dies (Linux),
-    so an interrupted test or benchmark leaves no worker behind."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 30.0) -> None:
