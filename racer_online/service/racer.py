@@ -23,6 +23,7 @@ from racer_online import core
 from racer_online.errors import InvalidInputError, StoreUnavailableError
 from racer_online.messages import (
     AlertMessage,
+    DecisionFields,
     DecisionMessage,
     FeedbackMessage,
     QueryMessage,
@@ -46,11 +47,11 @@ MAX_UNSTORED = 100_000  # decisions kept in memory while Redis is down
 class Routed:
     """A decision, encoded once: these bytes are stored and published as they are."""
 
-    fields: dict[str, Any]  # the fields of a `DecisionMessage`, as JSON values
+    fields: DecisionFields
     raw: bytes
 
     @classmethod
-    def encode(cls, fields: dict[str, Any]) -> Routed:
+    def encode(cls, fields: DecisionFields) -> Routed:
         # Built from validated parts: serialise without building and validating a model,
         # which would cost about five times as much on the hot path.
         return cls(fields, pydantic_core.to_json(fields))
@@ -216,15 +217,15 @@ class RacerService:
         rows = zip(batch, decisions, scores.tolist(), given.tolist(), strict=True)
         for (q, d, row, p_given), packed in zip(rows, pack_scores(scores, p_abstain), strict=True):
             audit = audit_draw(scope.name, q.query_id, key=self._audit_key) < rate
-            routed = Routed.encode({
-                "query_id": q.query_id, "scope": scope.name, "models": list(d.models),
-                "abstain": d.abstain, "flag_unanswerable": d.flag_unanswerable, "audit": audit,
-                "audit_rate": rate,
-                "lam": th.lam, "threshold_version": th.version, "threshold_status": th.status,
-                "alpha": th.alpha, "delta": th.delta, "bound": th.bound,
-                "scores": dict(zip(scope.models, row, strict=True)),
-                "p_abstain": None if np.isnan(p_given) else float(p_given), "decided_at": now,
-            })  # fmt: skip
+            routed = Routed.encode(DecisionFields(
+                query_id=q.query_id, scope=scope.name, models=list(d.models),
+                abstain=d.abstain, flag_unanswerable=d.flag_unanswerable, audit=audit,
+                audit_rate=rate,
+                lam=th.lam, threshold_version=th.version, threshold_status=th.status,
+                alpha=th.alpha, delta=th.delta, bound=th.bound,
+                scores=dict(zip(scope.models, row, strict=True)),
+                p_abstain=None if np.isnan(p_given) else float(p_given), decided_at=now,
+            ))  # fmt: skip
             invoked = tuple(position[m] for m in d.models)
             write = PendingWrite(
                 scope.name, q.query_id, routed.raw, packed, th.lam, audit, invoked, now

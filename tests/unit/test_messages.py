@@ -15,6 +15,7 @@ from racer_online.messages import (
     MAX_TEXT_CHARS,
     AlertMessage,
     DeadLetter,
+    DecisionFields,
     DecisionMessage,
     FeedbackMessage,
     MessageError,
@@ -332,3 +333,7 @@ def test_another_major_version_or_a_bad_version_is_rejected(version, reason):
 def test_a_newer_minor_version_still_validates_the_fields_it_shares():
     with pytest.raises(MessageError, match=r"scores\.m0"):
         QueryMessage.parse(query(schema_version="1.2", scores={"m0": 2.0}, added=1))
+
+
+def test_the_hot_path_spells_the_decision_fields_as_the_model_does():
+    assert list(DecisionFields.__annotations__) == list(DecisionMessage.model_fields)

@@ -94,7 +94,7 @@ async def _decide(settings: Settings, queries: list[QueryMessage]) -> list[dict[
     return [
         {"query_id": q.query_id, "scope": q.scope, "rejected": r.reason}
         if isinstance(r, Rejected)
-        else r.fields
+        else dict(r.fields)
         for q, r in zip(queries, results, strict=True)
     ]
 
