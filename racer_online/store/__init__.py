@@ -7,6 +7,7 @@ from racer_online.store.base import (
     RouteResult,
     Store,
     StoreConfig,
+    StreamId,
     WindowEntry,
 )
 from racer_online.store.memory import MemoryStore
@@ -21,5 +22,6 @@ __all__ = [
     "RouteResult",
     "Store",
     "StoreConfig",
+    "StreamId",
     "WindowEntry",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class FeedbackOutcome(StrEnum):
@@ -48,6 +48,22 @@ class LabelWrite:
     labels: Mapping[str, int]
 
 
+class StreamId(NamedTuple):
+    """A Redis stream entry id, ``<ms>-<seq>``; tuples order as Redis orders the ids."""
+
+    ms: int
+    seq: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> StreamId:
+        """``"1700000000000-3"`` (or just ``"1700000000000"``, sequence 0)."""
+        ms, _, seq = text.partition("-")
+        return cls(int(ms), int(seq or 0))
+
+    def __str__(self) -> str:
+        return f"{self.ms}-{self.seq}"
+
+
 @dataclass(frozen=True)
 class WindowEntry:
     id: str  # "<ms>-<seq>": the time the record entered the window
@@ -59,7 +75,7 @@ class WindowEntry:
 
     @property
     def entered_ms(self) -> int:
-        return int(self.id.split("-", 1)[0])
+        return StreamId.parse(self.id).ms
 
 
 class Store(Protocol):

@@ -14,6 +14,7 @@ from racer_online.store.base import (
     PendingWrite,
     RouteResult,
     StoreConfig,
+    StreamId,
     WindowEntry,
 )
 
@@ -141,14 +142,16 @@ class MemoryStore:
         window = self._windows.get(scope, [])
         start = 0
         if after is not None:
-            key = _id_key(after)
-            start = next((i for i, e in enumerate(window) if _id_key(e.id) > key), len(window))
+            key = StreamId.parse(after)
+            later = (i for i, e in enumerate(window) if StreamId.parse(e.id) > key)
+            start = next(later, len(window))
         return window[start : start + count]
 
     async def trim_window(self, scope: str, *, min_id: str) -> None:
         self._check()
-        key = _id_key(min_id)
-        self._windows[scope] = [e for e in self._windows.get(scope, []) if _id_key(e.id) >= key]
+        key = StreamId.parse(min_id)
+        kept = [e for e in self._windows.get(scope, []) if StreamId.parse(e.id) >= key]
+        self._windows[scope] = kept
 
     async def load_threshold(self, scope: str) -> bytes | None:
         self._check()
@@ -196,8 +199,3 @@ class MemoryStore:
 
     async def close(self) -> None:
         pass
-
-
-def _id_key(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
