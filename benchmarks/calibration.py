@@ -1,4 +1,4 @@
-"""Calibration-core benchmark (racer-method.md sections 4 and 6).
+"""Calibration-core benchmark (docs/method.md sections 4 and 6).
 
 Per window size it times, as the median of 5 runs after one warm-up:
 (a) ``calibrate`` from scores and labels, (b) ``threshold_from_required`` from stored required

@@ -1,4 +1,4 @@
-"""Payloads of every topic: the one schema source (architecture.md, "Topics").
+"""Payloads of every topic: the one schema source (docs/architecture.md, "Topics").
 
 Inbound messages (queries, feedback) carry ``schema_version`` "MAJOR.MINOR" (default
 "1.0"). A field this worker does not know is a typo, rejected rather than silently ignored,

@@ -71,7 +71,7 @@ class ScopeConfig(BaseModel):
     bound: Bound = "binomial"
     rule: Rule = "cumulative"
     miss: Miss = "answerable"
-    # The adaptive conformal controller (racer-method.md section 5): None keeps it off.
+    # The adaptive conformal controller (docs/method.md section 5): None keeps it off.
     aci_gamma: float | None = Field(default=None, gt=0.0, lt=1.0)
     # Fully graded records (the `calibrate` format) the window starts from; valid only if
     # they are i.i.d. with the live traffic (docs/method.md). The drift monitor overrules.
@@ -251,7 +251,8 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
     web_enabled: bool = True
-    # None keeps Faust's defaults; tests and the demo use 2 / 0.5 / 2 (architecture.md).
+    # None keeps Faust's defaults; tests and the demo use 2 / 0.5 / 2 (FAST_GROUP_ENV in
+    # racer_online/testing.py; docs/architecture.md, "Services").
     broker_session_timeout_s: Seconds | None = None
     broker_heartbeat_interval_s: Seconds | None = None
     broker_rebalance_timeout_s: Seconds | None = None

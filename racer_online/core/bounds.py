@@ -1,4 +1,4 @@
-"""Concentration bounds and the certified miss count ``m*`` (racer-method.md section 4).
+"""Concentration bounds and the certified miss count ``m*`` (docs/method.md section 4).
 
 Every bound certifies a miss count ``m`` out of ``n`` records when its p-value for
 H0: R >= alpha is at most ``delta`` (``crc``: when ``(m + 1) / (n + 1) <= alpha``). All of

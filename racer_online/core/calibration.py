@@ -1,4 +1,4 @@
-"""Required thresholds and the one-order-statistic calibration (racer-method.md 3-4).
+"""Required thresholds and the one-order-statistic calibration (docs/method.md 3-4).
 
 Each record reduces to one number, its required threshold ``t``: the record is missed at
 ``lam`` exactly when ``lam < t``. The calibrated threshold is then one order statistic of

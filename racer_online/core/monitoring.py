@@ -1,7 +1,7 @@
 """Watching live outcomes: realised risk and the ACI controller (drift: core/drift.py).
 
 An *exact outcome* is the loss of an audited, fully graded live decision at the
-threshold that decision used (racer-method.md section 5): ``miss = lam_used < t``.
+threshold that decision used (docs/method.md section 5): ``miss = lam_used < t``.
 """
 
 from __future__ import annotations

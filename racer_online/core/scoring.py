@@ -2,7 +2,7 @@
 
 Options are the K models and, under the ``augmented`` miss definition, the abstention
 option ``⊥`` as the last column. The set at threshold ``lam`` is ``{j : e_j <= lam}``, so
-sets are nested in ``lam`` by construction (racer-method.md section 2).
+sets are nested in ``lam`` by construction (docs/method.md section 2).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every router turns a batch of `QueryMessage` into one `RouterScores`. `GivenScores` reads
 the scores the queries carry; `TextRouter` and `KnnRouter` compute them from the text or
-the embedding. RACER only needs the numbers (racer-method.md section 1).
+the embedding. RACER only needs the numbers (docs/method.md section 1).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class GivenScores:
     """The scores the queries carry themselves (the default router).
 
     A query whose ``p_abstain`` is missing, in a batch where some query has one, gets
-    ``prod_k (1 - p_k)`` (racer-method.md section 2); if no query has one, ``p_abstain``
+    ``prod_k (1 - p_k)`` (docs/method.md section 2); if no query has one, ``p_abstain``
     is None.
     """
 

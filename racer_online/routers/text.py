@@ -1,7 +1,7 @@
 """A text router: TF-IDF word 1-2 grams + one logistic regression per model.
 
 One more regression learns "no model is correct"; its probability is ``p_abstain``
-(racer-method.md sections 2 and 7). Inference is one sparse matrix product for the batch.
+(docs/method.md sections 2 and 7). Inference is one sparse matrix product for the batch.
 """
 
 from __future__ import annotations

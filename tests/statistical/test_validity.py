@@ -1,4 +1,4 @@
-"""Validity of the (alpha, delta) guarantee on the shipped real data (racer-method.md 6)."""
+"""Validity of the (alpha, delta) guarantee on the shipped real data (docs/method.md 6)."""
 
 import math
 

@@ -7,7 +7,7 @@ from scipy.stats import binom
 from racer_online.core import BOUNDS, certified_miss_count, certifies, p_value
 from racer_online.errors import InvalidInputError
 
-# racer-method.md section 4: m* per bound (binomial, bentkus, hb, hoeffding, crc).
+# docs/method.md section 4: m* per bound (binomial, bentkus, hb, hoeffding, crc).
 REFERENCE = [
     (10, 0.1, 0.1, (-1, -1, -1, -1, 0)),
     (22, 0.1, 0.1, (0, -1, 0, -1, 1)),

@@ -97,7 +97,7 @@ def test_given_scores_reads_the_message_in_catalogue_order():
     ]
     result = GivenScores(MODELS).score(queries)
     np.testing.assert_array_equal(result.scores, [[0.1, 0.2, 0.3], [1.0, 0.5, 0.0]])
-    # The query without p_abstain gets prod(1 - p) (racer-method.md section 2).
+    # The query without p_abstain gets prod(1 - p) (docs/method.md section 2).
     np.testing.assert_allclose(result.p_abstain, [0.5, 0.0])
     assert GivenScores(MODELS).score(queries[1:]).p_abstain is None
     assert GivenScores(MODELS).score([]).scores.shape == (0, 3)
