@@ -1,8 +1,9 @@
 """The drift dashboard in a real headless Chromium, on a real worker, broker and Redis.
 
 A short replay drives one scope through a drift (the models' accuracies flip mid-stream);
-the page served at /dashboard must then draw one point per stored threshold and mark the
-drift alert. The system's Chromium is driven by Playwright (no browser download).
+the page served at /dashboard must then chart one point per stored threshold and mark the
+drift alert (uPlot draws on a canvas: the figures say what they were handed; the screenshots
+show what was drawn). The system's Chromium is driven by Playwright (no browser download).
 Screenshots go to artifacts/ for a person to look at.
 """
 
@@ -33,7 +34,7 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 MODELS = ("m0", "m1", "m2")
-LAM_POINTS = "document.querySelectorAll('#chart-lam .lam-point').length"
+LAM_POINTS = "Number(document.getElementById('chart-lam').dataset.points)"
 
 needs_chromium = pytest.mark.skipif(
     not os.access(CHROMIUM, os.X_OK), reason="Chromium missing: .ci/run installs it"
@@ -203,10 +204,11 @@ async def test_dashboard_charts_a_live_drift(replay, tmp_path):
 
         stored = await until(page_matches_redis, timeout=60, what="the chart to match Redis")
         drawn = await browser.evaluate("""({
-            lam: document.querySelector('#chart-lam svg').dataset.points,
-            miss: document.querySelectorAll('#chart-risk .miss-point').length,
-            alpha: document.querySelectorAll('#chart-risk .alpha-line').length,
-            drift: document.querySelectorAll('#chart-lam .alert-marker[data-kind=drift]').length,
+            lam: document.getElementById('chart-lam').dataset.points,
+            miss: Number(document.getElementById('chart-risk').dataset.points),
+            alpha: Number(document.getElementById('chart-risk').dataset.rules),
+            drift: Number(document.getElementById('chart-lam').dataset.driftMarkers),
+            canvases: document.querySelectorAll('.chart canvas').length,
             alertRows: document.querySelectorAll('#alert-table .alert-row').length,
             state: document.body.dataset.state,
             summary: document.getElementById('summary').textContent,
@@ -220,6 +222,7 @@ async def test_dashboard_charts_a_live_drift(replay, tmp_path):
     assert drawn["alpha"] == 1 and drawn["state"] == "ready"
     assert drawn["drift"] == sum(a.kind == "drift" for a in alerts) >= 1
     assert drawn["alertRows"] == len(alerts)
+    assert drawn["canvases"] == 4  # one uPlot canvas per chart
     assert f"{thresholds[-1].lam:.3f}" in drawn["summary"]
     assert errors == []
 
@@ -255,7 +258,7 @@ async def test_report_page_draws_every_scope_offline(tmp_path):
         })()""")
         assert await until(lambda: _count(browser, 5), timeout=10, what="the second scope")
         markers = await browser.evaluate(
-            "document.querySelectorAll('#chart-lam .alert-marker').length"
+            "Number(document.getElementById('chart-lam').dataset.alertMarkers)"
         )
         await browser.screenshot(ARTIFACTS / "report.png")
         assert markers == 1 and browser.errors() == []

@@ -1,6 +1,8 @@
 """The drift dashboard as one self-contained HTML page: style, script and data inline.
 
-The same page serves two uses. ``live_page`` is what the worker serves at ``/dashboard``:
+The charts are drawn by uPlot (MIT, vendored unchanged in ``vendor/`` from the npm
+package ``uplot`` 1.6.32, with its LICENSE), inlined like the rest. The same page serves
+two uses. ``live_page`` is what the worker serves at ``/dashboard``:
 the script polls ``api/history`` next to it. ``static_page`` is the report: every scope's
 history is embedded and nothing is fetched. A Content-Security-Policy in the page allows
 only its own inline script and style (and, live, requests to its own origin).
@@ -73,9 +75,11 @@ def _sha256(text: str) -> str:
 
 def _page(config: dict[str, Any], *, title: str, connect_src: str) -> str:
     style, script = _asset("dashboard.css"), _asset("dashboard.js")
+    chart_style, chart_script = _asset("vendor/uPlot.min.css"), _asset("vendor/uPlot.iife.min.js")
     csp = (
-        f"default-src 'none'; script-src {_sha256(script)}; style-src {_sha256(style)}; "
-        f"connect-src {connect_src}; img-src data:; base-uri 'none'; form-action 'none'"
+        f"default-src 'none'; script-src {_sha256(chart_script)} {_sha256(script)}; "
+        f"style-src {_sha256(chart_style)} {_sha256(style)}; connect-src {connect_src}; "
+        "img-src data:; base-uri 'none'; form-action 'none'"
     )
     # JSON inside <script>: a "<" could close the element, so it is escaped.
     data = json.dumps(config, allow_nan=False, separators=(",", ":")).replace("<", "\\u003c")
@@ -84,6 +88,8 @@ def _page(config: dict[str, Any], *, title: str, connect_src: str) -> str:
         "title": html.escape(title),
         "style": style,
         "script": script,
+        "chart_style": chart_style,
+        "chart_script": chart_script,
         "config": data,
     }
     # One pass, so text inside a filled value (an alert message, say) is never a placeholder.

@@ -1,20 +1,16 @@
-// Threshold drift charts, drawn as SVG from the history of one scope.
+// Threshold drift charts of one scope, drawn with uPlot (vendored, inlined in the page).
 // Live mode polls `api/history` (served next to /dashboard by the worker); static mode (the
-// report) reads every scope's history from the page itself. No library, no network beyond that.
+// report) reads every scope's history from the page itself. No network beyond that.
 "use strict";
 (() => {
   const config = JSON.parse(document.getElementById("racer-config").textContent);
-  const SVG_NS = "http://www.w3.org/2000/svg"; // a namespace name, never fetched
   const OVERLAP_S = 60; // re-read this much before the newest point: tolerates clock skew
   const MAX_POINTS = 5000;
-  const MARGIN = { top: 16, right: 18, bottom: 24, left: 50 };
   const KIND_LABEL = {
     drift: "drift",
     risk_violation: "risk violation",
     stale_calibration: "stale calibration",
   };
-  const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
-    21600, 43200, 86400, 172800, 604800, 2592000];
 
   const state = {
     scope: null,
@@ -37,14 +33,12 @@
   const axisPct = (v) => `${Number((100 * v).toFixed(1))}%`; // 5%, 2.5%, 10%
   const pad2 = (n) => String(n).padStart(2, "0");
 
-  function element(tag, attrs = {}, text = null, ns = null) {
-    const node = ns ? document.createElementNS(ns, tag) : document.createElement(tag);
+  function html(tag, attrs = {}, text = null) {
+    const node = document.createElement(tag);
     for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
     if (text !== null) node.textContent = text;
     return node;
   }
-  const html = (tag, attrs, text) => element(tag, attrs, text);
-  const svg = (tag, attrs, text) => element(tag, attrs, text, SVG_NS);
 
   function clockText(t, { date = false, seconds = true } = {}) {
     const d = new Date(t * 1000);
@@ -65,145 +59,101 @@
 
   const nowSeconds = () => (config.mode === "static" ? config.generated_at : Date.now() / 1000);
 
-  // -- scales and ticks ---------------------------------------------------------------------
+  // -- charts: uPlot (vendored in vendor/, inlined before this script) ---------------------
 
-  function scale(d0, d1, r0, r1) {
-    const k = d1 === d0 ? 0 : (r1 - r0) / (d1 - d0);
-    return (v) => r0 + (v - d0) * k;
+  const dpr = () => window.devicePixelRatio || 1;
+  const color = (name) => getComputedStyle(document.documentElement).getPropertyValue(`--${name}`).trim();
+  const ALERT_COLOR = { drift: "drift", risk_violation: "risk", stale_calibration: "stale-alert" };
+  const charts = {}; // figure id -> its uPlot, replaced on each render
+  // Time ticks on round local times, never finer than a second.
+  const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
+    21600, 43200, 86400, 172800, 604800, 2592000];
+  const timeTicks = (span) => (u, splits) =>
+    splits.map((t) => clockText(t, span > 86400 ? { date: true, seconds: false } : {}));
+
+  // What uPlot draws on its canvas beyond the series: horizontal rules with a label (alpha),
+  // one vertical marker per alert (with a flag naming it on the lambda chart), "no data".
+  function decorations(spec) {
+    return (u) => {
+      const { ctx } = u;
+      const { left, top, width, height } = u.bbox;
+      const k = dpr();
+      ctx.save();
+      ctx.font = `600 ${10 * k}px system-ui, sans-serif`;
+      for (const rule of spec.rules ?? []) {
+        if (!isNum(rule.value)) continue;
+        const y = Math.round(u.valToPos(rule.value, "y", true));
+        ctx.strokeStyle = ctx.fillStyle = color(rule.color);
+        ctx.lineWidth = 1.5 * k;
+        ctx.setLineDash([6 * k, 4 * k]);
+        ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + width, y); ctx.stroke();
+        ctx.textAlign = "right";
+        ctx.fillText(rule.label, left + width - 2 * k, y - 4 * k);
+      }
+      ctx.textAlign = "left";
+      for (const alert of spec.alerts) {
+        const x = Math.round(u.valToPos(alert.at, "x", true));
+        if (x < left || x > left + width) continue;
+        ctx.strokeStyle = ctx.fillStyle = color(ALERT_COLOR[alert.kind] ?? "drift");
+        ctx.lineWidth = 1.5 * k;
+        ctx.setLineDash(alert.kind === "stale_calibration" ? [2 * k, 3 * k] : []);
+        ctx.beginPath(); ctx.moveTo(x, top - 6 * k); ctx.lineTo(x, top + height); ctx.stroke();
+        if (spec.flags) ctx.fillText(KIND_LABEL[alert.kind] ?? alert.kind, x + 3 * k, top - 3 * k);
+      }
+      if (spec.empty) {
+        ctx.fillStyle = color("muted");
+        ctx.font = `${13 * k}px system-ui, sans-serif`;
+        ctx.textAlign = "center";
+        ctx.fillText(spec.empty, left + width / 2, top + height / 2);
+      }
+      ctx.restore();
+    };
   }
 
-  function valueTicks(lo, hi, count) {
-    const raw = (hi - lo) / count;
-    const magnitude = 10 ** Math.floor(Math.log10(raw));
-    const step = [1, 2, 5, 10].map((m) => m * magnitude).find((s) => s >= raw);
-    const ticks = [];
-    for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + 1e-9; v += step) ticks.push(v);
-    return { ticks, step };
+  function seriesOptions(s) {
+    const stroke = s.color ? color(s.color) : "transparent";
+    return {
+      label: s.label,
+      stroke,
+      width: s.width ?? (s.color ? 2 : 0),
+      dash: s.dash,
+      paths: s.line === false ? () => null : s.step ? uPlot.paths.stepped({ align: 1 }) : undefined,
+      points: s.points
+        ? { show: true, size: s.points.size ?? 7, fill: color(s.points.color), stroke: "#fff", width: 1 }
+        : { show: false },
+    };
   }
 
-  function timeTicks(t0, t1, count) {
-    const span = Math.max(t1 - t0, 1);
-    const step = TIME_STEPS.find((s) => span / s <= count) ?? Math.ceil(span / count / 86400) * 86400;
-    const offset = -new Date(t0 * 1000).getTimezoneOffset() * 60; // ticks on local round times
-    const ticks = [];
-    for (let t = Math.ceil((t0 + offset) / step) * step - offset; t <= t1; t += step) ticks.push(t);
-    return { ticks, step };
-  }
-
-  function timeTickText(t, step) {
-    if (step >= 86400) {
-      const d = new Date(t * 1000);
-      return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())}`;
-    }
-    return clockText(t, { seconds: step < 60 });
-  }
-
-  // -- one chart ------------------------------------------------------------------------------
-
-  // spec: { height, x: [t0, t1], y: [lo, hi], yText, points, series, band, rules, alerts, empty }
+  // spec: { height, x: [t0, t1], y: [lo, hi], yText, xs, series, band, rules, alerts, flags, empty }
+  // Each series: { label, values (one per xs), color, step, dash, line: false, points }.
   function drawChart(figure, spec) {
     const plot = figure.querySelector(".plot");
     const width = Math.max(Math.floor(plot.getBoundingClientRect().width), 320);
-    const height = spec.height;
-    const root = svg("svg", {
-      width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
-      "aria-label": figure.querySelector("figcaption").textContent,
-      "data-points": spec.points.reduce((sum, p) => sum + p.values.length, 0),
-    });
-    const left = MARGIN.left;
-    const right = width - MARGIN.right;
-    const top = MARGIN.top;
-    const bottom = height - MARGIN.bottom;
-    const x = scale(spec.x[0], spec.x[1], left, right);
-    const y = scale(spec.y[0], spec.y[1], bottom, top);
-
-    const grid = root.appendChild(svg("g", { class: "grid" }));
-    for (const v of valueTicks(spec.y[0], spec.y[1], Math.max(2, Math.floor(height / 45))).ticks) {
-      grid.appendChild(svg("line", { x1: left, x2: right, y1: y(v), y2: y(v) }));
-      root.appendChild(svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end" }, spec.yText(v)));
-    }
-    const time = timeTicks(spec.x[0], spec.x[1], Math.max(2, Math.floor(width / 110)));
-    for (const t of time.ticks) {
-      root.appendChild(svg("text", { x: x(t), y: bottom + 16, "text-anchor": "middle" },
-        timeTickText(t, time.step)));
-    }
-    root.appendChild(svg("line", { class: "axis-line", x1: left, x2: right, y1: bottom, y2: bottom }));
-
-    if (spec.empty) {
-      root.appendChild(svg("text", {
-        class: "no-data", x: (left + right) / 2, y: (top + bottom) / 2, "text-anchor": "middle",
-      }, spec.empty));
-    }
-    for (const band of spec.band ?? []) {
-      for (const run of runs(band.values, (v) => isNum(v[1]) && isNum(v[2]))) {
-        const upper = run.map((v) => `${x(v[0])},${y(v[2])}`);
-        const lower = run.slice().reverse().map((v) => `${x(v[0])},${y(v[1])}`);
-        root.appendChild(svg("polygon", { class: band.cls, points: upper.concat(lower).join(" ") }));
-      }
-    }
-    for (const rule of spec.rules ?? []) {
-      if (!isNum(rule.value)) continue;
-      root.appendChild(svg("line", { class: rule.cls, x1: left, x2: right, y1: y(rule.value), y2: y(rule.value) }));
-      root.appendChild(svg("text", {
-        class: "alpha-label", x: right - 2, y: y(rule.value) - 4, "text-anchor": "end",
-      }, rule.label));
-    }
-    for (const line of spec.series ?? []) {
-      for (const run of runs(line.values, (v) => isNum(v[1]))) {
-        root.appendChild(svg("path", { class: line.cls, d: pathOf(run, x, y, line.step, spec.x[1]) }));
-      }
-    }
-    drawAlerts(root, spec.alerts, x, top, bottom, spec.flags);
-    for (const set of spec.points) {
-      const group = root.appendChild(svg("g", { class: "points" }));
-      for (const v of set.values) {
-        const dot = group.appendChild(svg("circle", {
-          class: `${set.cls} ${v.extra ?? ""}`.trim(), cx: x(v.t), cy: y(v.y), r: set.r ?? 3.5,
-        }));
-        dot.appendChild(svg("title", {}, v.title));
-      }
-    }
-    plot.replaceChildren(root);
-  }
-
-  function runs(values, ok) {
-    const out = [];
-    let current = [];
-    for (const v of values) {
-      if (ok(v)) current.push(v);
-      else if (current.length) { out.push(current); current = []; }
-    }
-    if (current.length) out.push(current);
-    return out;
-  }
-
-  function pathOf(run, x, y, step, end) {
-    if (!step) return run.map((v, i) => `${i ? "L" : "M"}${x(v[0])},${y(v[1])}`).join(" ");
-    // A threshold holds until the next recalibration: draw it as steps up to the end.
-    const parts = [`M${x(run[0][0])},${y(run[0][1])}`];
-    for (let i = 1; i < run.length; i++) {
-      parts.push(`H${x(run[i][0])}`, `V${y(run[i][1])}`);
-    }
-    parts.push(`H${x(end)}`);
-    return parts.join(" ");
-  }
-
-  function drawAlerts(root, alerts, x, top, bottom, flags) {
-    const group = root.appendChild(svg("g", { class: "alerts" }));
-    for (const alert of alerts) {
-      const kind = `alert-${alert.kind}`;
-      const marker = group.appendChild(svg("line", {
-        class: `alert-marker ${kind}`, "data-kind": alert.kind,
-        x1: x(alert.at), x2: x(alert.at), y1: top - 6, y2: bottom,
-      }));
-      marker.appendChild(svg("title", {},
-        `${clockText(alert.at, { date: true })} · ${KIND_LABEL[alert.kind] ?? alert.kind}: ${alert.message}`));
-      if (flags) {
-        group.appendChild(svg("text", {
-          class: `alert-flag ${kind}`, x: x(alert.at) + 3, y: top - 4,
-        }, KIND_LABEL[alert.kind] ?? alert.kind));
-      }
-    }
+    const axis = { stroke: color("muted"), font: "11px system-ui, sans-serif",
+      grid: { stroke: color("line"), width: 1 }, ticks: { show: false } };
+    const bands = spec.band
+      ? [{ series: spec.band.map((i) => i + 1), fill: color("band") }] : [];
+    const options = {
+      width, height: spec.height, padding: [18, 16, 0, 0],
+      legend: { show: false }, cursor: { drag: { x: false, y: false } },
+      scales: { x: { time: true, range: () => spec.x }, y: { range: () => spec.y } },
+      axes: [
+        { ...axis, space: 90, incrs: TIME_STEPS, values: timeTicks(spec.x[1] - spec.x[0]) },
+        { ...axis, size: 50, values: (u, splits) => splits.map(spec.yText) },
+      ],
+      series: [{}, ...spec.series.map(seriesOptions)],
+      bands,
+      hooks: { draw: [decorations(spec)] },
+    };
+    charts[figure.id]?.destroy();
+    plot.replaceChildren();
+    charts[figure.id] = new uPlot(options, [spec.xs, ...spec.series.map((s) => s.values)], plot);
+    // What was handed to the chart, for a reader (and a test) that cannot see a canvas.
+    const shown = spec.series.filter((s) => s.points);
+    figure.dataset.points = String(shown.reduce((n, s) => n + s.values.filter(isNum).length, 0));
+    figure.dataset.rules = String((spec.rules ?? []).filter((r) => isNum(r.value)).length);
+    figure.dataset.driftMarkers = String(spec.alerts.filter((a) => a.kind === "drift").length);
+    figure.dataset.alertMarkers = String(spec.alerts.length);
   }
 
   // -- the page -------------------------------------------------------------------------------
@@ -220,64 +170,67 @@
     return [t0 - pad, t1 + pad];
   }
 
-  // The top of a value axis: a little above the largest value, rounded up to a tick.
+  // The top of a value axis: a little above the largest value, rounded up to a round step.
   function upperOf(values, floor) {
     const top = 1.1 * Math.max(floor, ...values.filter(isNum));
-    const { step } = valueTicks(0, top, 5);
+    const magnitude = 10 ** Math.floor(Math.log10(top / 5));
+    const step = [1, 2, 5, 10].map((m) => m * magnitude).find((s) => s >= top / 5);
     return Math.ceil(top / step - 1e-9) * step;
   }
 
-  function pointTitle(t, what) {
-    return `v${t.version} · ${clockText(t.computed_at, { date: true })} · ${what}` +
-      ` · ${t.status}, n = ${t.n}, ${t.reason}`;
-  }
-
+  // One chart spec per figure, for the live page and the report alike.
   function renderCharts() {
     const ths = state.thresholds;
     const alerts = state.alerts;
     const x = timeDomain(ths, alerts);
     const empty = ths.length ? null : "no recalibration recorded yet";
-    const at = (key) => ths.map((t) => [t.computed_at, t[key]]);
-    const dots = (cls, key, show) => ({
-      cls,
-      values: ths.filter((t) => isNum(t[key])).map((t) => ({
-        t: t.computed_at, y: t[key], title: pointTitle(t, show(t[key])),
-        extra: cls === "lam-point" ? `status-${t.status}` : "",
-      })),
+    // A threshold holds until the next one: the step line runs on to the end of the axis.
+    const xs = ths.map((t) => t.computed_at).concat(ths.length ? [x[1]] : []);
+    const at = (key, last = null) => ths.map((t) => (isNum(t[key]) ? t[key] : null))
+      .concat(ths.length ? [last] : []);
+    const lastOf = (key) => (ths.length ? ths[ths.length - 1][key] : null);
+    const byStatus = (status) => ({
+      label: status, line: false, points: { color: status },
+      values: ths.map((t) => (t.status === status ? t.lam : null)).concat(ths.length ? [null] : []),
     });
+    const base = { x, xs, alerts, empty };
 
     drawChart(byId("chart-lam"), {
-      height: 230, x, y: [0, 1], yText: (v) => v.toFixed(1), empty, flags: true, alerts,
-      series: [{ cls: "series lam", values: at("lam"), step: true }],
-      points: [dots("lam-point", "lam", (v) => `λ = ${fixed(v, 4)}`)],
+      ...base, height: 230, y: [0, 1], yText: (v) => v.toFixed(1), flags: true,
+      series: [
+        { label: "λ", values: at("lam", lastOf("lam")), color: "lam", step: true },
+        byStatus("certified"), byStatus("stale"), byStatus("fallback"),
+      ],
     });
 
-    const alpha = ths.length ? ths[ths.length - 1].alpha : null;
+    const alpha = lastOf("alpha");
     byId("legend-alpha-t").hidden = !ths.some((t) => isNum(t.alpha_t));
     const highs = ths.map((t) => t.realised_high).concat(ths.map((t) => t.realised_miss_rate));
     drawChart(byId("chart-risk"), {
-      height: 230, x, y: [0, Math.min(1, upperOf(highs, 2 * (alpha ?? 0.05)))],
-      yText: axisPct, empty, alerts,
-      band: [{ cls: "band", values: ths.map((t) => [t.computed_at, t.realised_low, t.realised_high]) }],
-      rules: [{ cls: "alpha-line", value: alpha, label: `α = ${alpha}` }],
+      ...base, height: 230, y: [0, Math.min(1, upperOf(highs, 2 * (alpha ?? 0.05)))], yText: axisPct,
+      rules: [{ value: alpha, label: `α = ${alpha}`, color: "alpha" }],
+      band: [0, 1],
       series: [
-        { cls: "series miss", values: at("realised_miss_rate") },
-        { cls: "alpha-t-line", values: at("alpha_t"), step: true },
+        { label: "upper", values: at("realised_high") },
+        { label: "lower", values: at("realised_low") },
+        { label: "realised miss rate", values: at("realised_miss_rate"), color: "miss",
+          points: { color: "miss" } },
+        { label: "α_t", values: at("alpha_t", lastOf("alpha_t")), color: "alpha-t", step: true,
+          width: 1.5, dash: [3, 3] },
       ],
-      points: [dots("miss-point", "realised_miss_rate", (v) => `realised miss rate ${pct(v)}`)],
     });
 
-    const sizes = ths.map((t) => t.mean_set_size);
     drawChart(byId("chart-size"), {
-      height: 170, x, y: [0, upperOf(sizes, 1)], yText: (v) => fixed(v, v % 1 ? 1 : 0), empty, alerts,
-      series: [{ cls: "series size", values: at("mean_set_size") }],
-      points: [{ ...dots("size-point", "mean_set_size", (v) => `mean set size ${fixed(v, 2)}`), r: 2.5 }],
+      ...base, height: 170, y: [0, upperOf(ths.map((t) => t.mean_set_size), 1)],
+      yText: (v) => fixed(v, v % 1 ? 1 : 0),
+      series: [{ label: "mean set size", values: at("mean_set_size"), color: "size",
+        points: { color: "size", size: 5 } }],
     });
     drawChart(byId("chart-abstain"), {
-      height: 170, x, y: [0, Math.min(1, upperOf(ths.map((t) => t.abstain_rate), 0.05))],
-      yText: axisPct, empty, alerts,
-      series: [{ cls: "series abstain", values: at("abstain_rate") }],
-      points: [{ ...dots("abstain-point", "abstain_rate", (v) => `abstention ${pct(v)}`), r: 2.5 }],
+      ...base, height: 170, y: [0, Math.min(1, upperOf(ths.map((t) => t.abstain_rate), 0.05))],
+      yText: axisPct,
+      series: [{ label: "abstention", values: at("abstain_rate"), color: "abstain",
+        points: { color: "abstain", size: 5 } }],
     });
   }
 
