@@ -155,90 +155,117 @@ async def replay(
             f"scope {scope!r} has model {sorted(missing)[0]!r}, not in {outcomes.name}: point "
             "RACER_SCOPES_FILE at a scopes file of the data's models (demo --data writes one)"
         )
-    columns = [outcomes.models.index(m) for m in config.model_names]
-    labels = outcomes.labels[the_plan.rows][:, columns]
-    run = uuid.uuid4().hex[:8]
-    ids = [f"replay-{run}-{i}" for i in range(len(the_plan.rows))]
-    position = {qid: i for i, qid in enumerate(ids)}
-    decided: dict[int, DecisionMessage] = {}
-    rng = np.random.default_rng(seed)
-    topics = settings.topics
-    producer = clients.producer(settings, linger_ms=5)
-    consumer = clients.consumer(settings, topics.decisions, group_id=f"racer-replay-{run}")
-    await producer.start()
-    await consumer.start()
-    grading: set[asyncio.Task[None]] = set()
-
-    async def grade(i: int, decision: DecisionMessage) -> None:
-        await asyncio.sleep(rng.exponential(delay_mean_s) if delay_mean_s > 0 else 0)
-        graded = config.model_names if decision.audit else decision.models
-        if graded:
-            event = FeedbackMessage(query_id=ids[i], scope=scope, labels={
-                m: int(labels[i, config.model_names.index(m)]) for m in graded})  # fmt: skip
-            await producer.send(topics.feedback, event.to_bytes(), key=ids[i].encode())
-
-    async def collect() -> None:
-        last_progress = time.monotonic()
-        while len(decided) < len(ids):
-            if time.monotonic() - last_progress > IDLE_TIMEOUT_S:
-                raise RacerError(
-                    f"{len(ids) - len(decided)} of {len(ids)} queries got no decision within "
-                    f"{IDLE_TIMEOUT_S:.0f} s: is a worker running with a base router for text "
-                    f"queries? Rejected queries are on {topics.dlq}"
-                )
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                last_progress = time.monotonic()
-                for record in records:
-                    decision = DecisionMessage.parse(record.value)
-                    i = position.get(decision.query_id)
-                    if i is None or i in decided:
-                        continue  # another run's decision, or a redelivery
-                    decided[i] = decision
-                    task = asyncio.create_task(grade(i, decision))
-                    grading.add(task)
-                    task.add_done_callback(grading.discard)
-                    if on_progress:
-                        on_progress(len(decided), len(ids))
-
-    collecting = None
-    try:
-        await _until_assigned(consumer)
-        collecting = asyncio.create_task(collect())
-        started = time.monotonic()
-        for i, row in enumerate(the_plan.rows):
-            query = QueryMessage(query_id=ids[i], scope=scope, text=outcomes.questions[row])
-            await producer.send(topics.queries, query.to_bytes(), key=ids[i].encode())
-            ahead = (i + 1) / rate - (time.monotonic() - started)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-        await collecting
-        await asyncio.gather(*grading)
-        await producer.flush()
-    finally:
-        unfinished = [t for t in (collecting, *grading) if t is not None and not t.done()]
-        for task in unfinished:  # an error or Ctrl-C: stop reading and grading first
-            task.cancel()
-        await asyncio.gather(*unfinished, return_exceptions=True)
-        await consumer.stop()
-        await producer.stop()
-
-    decisions = [decided[i] for i in range(len(ids))]
-    chosen = np.zeros((len(ids), len(columns) + 1), bool)
+    run = _Run(settings, outcomes, the_plan, scope, config, seed=seed, on_progress=on_progress)
+    decisions = await run.stream(rate=rate, delay_mean_s=delay_mean_s)
+    chosen = np.zeros((len(decisions), len(config.model_names) + 1), bool)
     for i, d in enumerate(decisions):
         chosen[i, [config.model_names.index(m) for m in d.models]] = True
         chosen[i, -1] = d.flag_unanswerable
     prices = np.array(config.prices)
-    online = phase_figures(the_plan, chosen, labels, prices, miss=config.miss)
-    others = baselines(the_plan, decisions, labels, config, static_n=static_n,
+    online = phase_figures(the_plan, chosen, run.labels, prices, miss=config.miss)
+    others = baselines(the_plan, decisions, run.labels, config, static_n=static_n,
                        alpha=config.alpha, delta=config.delta)  # fmt: skip
     return {
         "alpha": config.alpha,
         "delta": config.delta,
         "phases": [asdict(f) for f in online],
         "baselines": {name: [asdict(f) for f in figs] for name, figs in others.items()},
-        "run": run,  # query ids are replay-<run>-<position>
+        "run": run.id,  # query ids are replay-<run>-<position>
         "thresholds": sorted({(d.threshold_version, d.lam) for d in decisions}),
     }
+
+
+class _Run:
+    """One replay on the stream: send the plan's queries at a rate, read their decisions back
+    and grade each after a random delay, as a grader would."""
+
+    def __init__(
+        self, settings: Settings, outcomes: Outcomes, the_plan: Plan, scope: str,
+        config: ScopeConfig, *, seed: int, on_progress: Callable[[int, int], None] | None,
+    ) -> None:  # fmt: skip
+        self.settings, self.outcomes, self.plan = settings, outcomes, the_plan
+        self.scope, self.config, self.on_progress = scope, config, on_progress
+        columns = [outcomes.models.index(m) for m in config.model_names]
+        self.labels = outcomes.labels[the_plan.rows][:, columns]
+        self.id = uuid.uuid4().hex[:8]
+        self.ids = [f"replay-{self.id}-{i}" for i in range(len(the_plan.rows))]
+        self.position = {qid: i for i, qid in enumerate(self.ids)}
+        self.decided: dict[int, DecisionMessage] = {}
+        self.rng = np.random.default_rng(seed)
+        self.grading: set[asyncio.Task[None]] = set()
+        self.delay_mean_s = 0.0
+        self.producer = clients.producer(settings, linger_ms=5)
+        self.consumer = clients.consumer(
+            settings, settings.topics.decisions, group_id=f"racer-replay-{self.id}"
+        )
+
+    async def stream(self, *, rate: float, delay_mean_s: float) -> list[DecisionMessage]:
+        """Every query's decision, in plan order, once every grade is sent."""
+        self.delay_mean_s = delay_mean_s
+        await self.producer.start()
+        await self.consumer.start()
+        collecting = None
+        try:
+            await _until_assigned(self.consumer)
+            collecting = asyncio.create_task(self.collect())
+            await self.send_queries(rate)
+            await collecting
+            await asyncio.gather(*self.grading)
+            await self.producer.flush()
+        finally:
+            unfinished = [t for t in (collecting, *self.grading) if t is not None and not t.done()]
+            for task in unfinished:  # an error or Ctrl-C: stop reading and grading first
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            await self.consumer.stop()
+            await self.producer.stop()
+        return [self.decided[i] for i in range(len(self.ids))]
+
+    async def send_queries(self, rate: float) -> None:
+        started, topic = time.monotonic(), self.settings.topics.queries
+        for i, row in enumerate(self.plan.rows):
+            query = QueryMessage(query_id=self.ids[i], scope=self.scope,
+                                 text=self.outcomes.questions[row])  # fmt: skip
+            await self.producer.send(topic, query.to_bytes(), key=self.ids[i].encode())
+            ahead = (i + 1) / rate - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+    async def collect(self) -> None:
+        last_progress = time.monotonic()
+        while len(self.decided) < len(self.ids):
+            if time.monotonic() - last_progress > IDLE_TIMEOUT_S:
+                raise RacerError(
+                    f"{len(self.ids) - len(self.decided)} of {len(self.ids)} queries got no "
+                    f"decision within {IDLE_TIMEOUT_S:.0f} s: is a worker running with a base "
+                    f"router for text queries? Rejected queries are on {self.settings.topics.dlq}"
+                )
+            for records in (await self.consumer.getmany(timeout_ms=200)).values():
+                last_progress = time.monotonic()
+                for record in records:
+                    self.take(DecisionMessage.parse(record.value))
+
+    def take(self, decision: DecisionMessage) -> None:
+        i = self.position.get(decision.query_id)
+        if i is None or i in self.decided:
+            return  # another run's decision, or a redelivery
+        self.decided[i] = decision
+        task = asyncio.create_task(self.grade(i, decision))
+        self.grading.add(task)
+        task.add_done_callback(self.grading.discard)
+        if self.on_progress:
+            self.on_progress(len(self.decided), len(self.ids))
+
+    async def grade(self, i: int, decision: DecisionMessage) -> None:
+        delay = self.rng.exponential(self.delay_mean_s) if self.delay_mean_s > 0 else 0
+        await asyncio.sleep(delay)
+        names = self.config.model_names
+        graded = names if decision.audit else decision.models
+        if graded:
+            labels = {m: int(self.labels[i, names.index(m)]) for m in graded}
+            event = FeedbackMessage(query_id=self.ids[i], scope=self.scope, labels=labels)
+            topic = self.settings.topics.feedback
+            await self.producer.send(topic, event.to_bytes(), key=self.ids[i].encode())
 
 
 async def _until_assigned(consumer: AIOKafkaConsumer) -> None:
