@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -109,25 +109,46 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """RACER on an outcomes dataset, next to top-1 and all-models routing."""
-    from racer_online.offline.evaluation import mean_figures, random_splits, task_router_records
+    from racer_online.offline.evaluation import task_router_records
 
     outcomes = read_outcomes(data, correct_at, prices)
     records = task_router_records(outcomes, seed=seed)
     if not 0 < n_calibration < len(records):
         raise InvalidInputError(f"--n-calibration must lie in [1, {len(records) - 1}]")
+    choices = method(bound, rule, miss)
+    rows = _evaluation_rows(records, delta, choices, n_calibration, splits, seed)
+    if as_json:
+        print(json.dumps({"data": outcomes.name, "priced": outcomes.priced, "delta": delta,
+                          **choices, "n_calibration": n_calibration, "splits": splits,
+                          "rows": rows}))  # fmt: skip
+        return
+    columns = ("alpha", "router", "lam_hat", "risk", "mean_set_size", "abstain_rate", "mean_price")
+    table = Table(
+        "alpha", "router", "lam_hat", "test risk", "mean set size", "abstain", "mean price",
+        title=f"RACER on {outcomes.name}: {rule} / {miss}, {bound} bound, delta = {delta}, "
+        f"{n_calibration} calibration records, mean of {splits} splits",
+    )  # fmt: skip
+    for row in rows:
+        table.add_row(*(fmt(row[k]) for k in columns))
+    out.print(table)
+    if not outcomes.priced:
+        note(
+            f"note: {outcomes.name} gives no prices (price:<model> columns or --prices): "
+            "mean price is 0"
+        )
+
+
+def _evaluation_rows(
+    records: Any, delta: float, choices: dict[str, Any], n_calibration: int, splits: int, seed: int
+) -> list[dict[str, Any]]:
+    """Mean figures of RACER, top-1 and all-models routing over random splits, per alpha."""
+    from racer_online.offline.evaluation import mean_figures, random_splits
+
     rows = []
     for alpha in (0.05, 0.1, 0.2):
-        results = list(
-            random_splits(
-                records,
-                alpha=alpha,
-                delta=delta,
-                **method(bound, rule, miss),
-                n_calibration=n_calibration,
-                splits=splits,
-                seed=seed,
-            )
-        )
+        split = random_splits(records, alpha=alpha, delta=delta, **choices,
+                              n_calibration=n_calibration, splits=splits, seed=seed)  # fmt: skip
+        results = list(split)
         for name, figs in (
             ("racer", [r.racer for r in results]),
             ("top-1", [r.top1 for r in results]),
@@ -136,55 +157,7 @@ def evaluate(
             mean = mean_figures(figs)
             lam = float(np.mean([r.lam_hat for r in results])) if name == "racer" else None
             rows.append({"alpha": alpha, "router": name, "lam_hat": lam, **vars(mean)})
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "data": outcomes.name,
-                    "priced": outcomes.priced,
-                    "delta": delta,
-                    "bound": bound,
-                    "rule": rule,
-                    "miss": miss,
-                    "n_calibration": n_calibration,
-                    "splits": splits,
-                    "rows": rows,
-                }
-            )
-        )
-        return
-    table = Table(
-        "alpha",
-        "router",
-        "lam_hat",
-        "test risk",
-        "mean set size",
-        "abstain",
-        "mean price",
-        title=f"RACER on {outcomes.name}: {rule} / {miss}, {bound} bound, delta = {delta}, "
-        f"{n_calibration} calibration records, mean of {splits} splits",
-    )
-    for row in rows:
-        table.add_row(
-            *(
-                fmt(row[k])
-                for k in (
-                    "alpha",
-                    "router",
-                    "lam_hat",
-                    "risk",
-                    "mean_set_size",
-                    "abstain_rate",
-                    "mean_price",
-                )
-            )
-        )
-    out.print(table)
-    if not outcomes.priced:
-        note(
-            f"note: {outcomes.name} gives no prices (price:<model> columns or --prices): "
-            "mean price is 0"
-        )
+    return rows
 
 
 @app.command()
@@ -238,4 +211,4 @@ def demo(
     )  # fmt: skip
     show_replay(result, as_json)
     if not as_json:
-        note(f"report in {out_dir / 'report'}, worker log in {out_dir / 'worker-0.log'}")
+        note(f"report in {out_dir / 'report'}, worker log in {out_dir / 'worker.log'}")
