@@ -220,6 +220,7 @@ class Settings(BaseSettings):
     topics: TopicsConfig = Field(default_factory=TopicsConfig)
     scopes_file: Path | None = None
     router_file: Path | None = None  # a trained text router, for queries that carry text
+    dataset: Path | None = None  # an outcomes dataset instead of the shipped one
 
     audit_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     # Keys the audit draw. Replicas should share it (a redelivered query then draws the same

@@ -34,12 +34,12 @@ DEMO_ENV = dict(FAST_GROUP_ENV)
 @contextlib.contextmanager
 def services() -> Iterator[dict[str, str]]:
     """The configured services when both are set, else embedded ones."""
-    configured = {k: os.environ[k] for k in ("RACER_KAFKA_BROKER", "RACER_REDIS_URL")
-                  if os.environ.get(k)}  # fmt: skip
-    if len(configured) == 2:
-        yield configured
+    settings = Settings.load()
+    given = settings.model_fields_set  # what the environment set, not the defaults
+    if {"kafka_broker", "redis_url"} <= given:
+        yield {"RACER_KAFKA_BROKER": settings.kafka_broker, "RACER_REDIS_URL": settings.redis_url}
         return
-    with embedded_services(configured.get("RACER_REDIS_URL")) as started:
+    with embedded_services(settings.redis_url if "redis_url" in given else None) as started:
         yield started.env()
 
 

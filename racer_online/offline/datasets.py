@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -37,9 +36,11 @@ PRICE_COLUMNS = ("price", "input_price_usd_per_M")  # in a prices file; the seco
 
 
 def default_dataset_dir() -> Path:
-    override = os.environ.get("RACER_DATASET")
-    if override:
-        return Path(override)
+    from racer_online.settings import Settings
+
+    override = Settings.load().dataset  # RACER_DATASET
+    if override is not None:
+        return override
     return Path(str(resources.files("racer_online.data").joinpath("llmrouter-9llm")))
 
 

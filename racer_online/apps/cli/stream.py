@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 from typing import TYPE_CHECKING, Annotated
 
@@ -91,9 +90,15 @@ def dev_services() -> None:
 
     with (
         contextlib.suppress(KeyboardInterrupt),  # Ctrl-C is how they stop: exit 0
-        embedded_services(os.environ.get("RACER_REDIS_URL")) as services,
+        embedded_services(_configured_redis()) as services,
     ):
         for name, value in services.env().items():
             print(f"{name}={value}", flush=True)
         note("dev services are up; Ctrl-C stops them")
         threading.Event().wait()
+
+
+def _configured_redis() -> str | None:
+    """``RACER_REDIS_URL`` when the environment sets it (the embedded services use it)."""
+    settings = Settings.load()
+    return settings.redis_url if "redis_url" in settings.model_fields_set else None
