@@ -180,13 +180,16 @@ def _faust_app(settings: Settings) -> faust.App:
     )
 
 
-def run(settings: Settings) -> None:
-    """Run a worker until it is stopped (SIGTERM, Ctrl-C). A web port that is taken or a
-    broker that does not answer is a `ConfigError` before anything starts: one line from
-    the command, not Faust's traceback."""
+def check_can_start(settings: Settings) -> None:
+    """A web port that is taken or a broker that does not answer is a `ConfigError` before
+    anything starts: one line from the command, not Faust's traceback."""
     if settings.web_enabled:
         _check_bindable(settings.web_host, settings.web_port)
     asyncio.run(_check_broker(settings))
+
+
+def run(settings: Settings) -> None:
+    """Run a worker until it is stopped (SIGTERM, Ctrl-C)."""
     # redirect_stdouts=False: print() stays print(), not a WARNING log line.
     faust.Worker(
         Worker(settings).app, loglevel=settings.log_level.lower(), redirect_stdouts=False
