@@ -180,11 +180,15 @@ def _faust_app(settings: Settings) -> faust.App:
     )
 
 
-def check_can_start(settings: Settings) -> None:
-    """A web port that is taken or a broker that does not answer is a `ConfigError` before
-    anything starts: one line from the command, not Faust's traceback."""
+def check_web_port(settings: Settings) -> None:
+    """A web port that is taken is a `ConfigError` before anything starts: one line from the
+    command, not Faust's traceback."""
     if settings.web_enabled:
         _check_bindable(settings.web_host, settings.web_port)
+
+
+def check_broker(settings: Settings) -> None:
+    """A broker that does not answer is a `ConfigError` before anything starts."""
     asyncio.run(_check_broker(settings))
 
 

@@ -1,11 +1,15 @@
 """Real workers on the real broker and Redis: routing, feedback, recalibration, failures."""
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from racer_online import core
+from racer_online.local.services import free_port
 from racer_online.messages import DeadLetter
 from racer_online.offline.datasets import load_outcomes
 from racer_online.offline.evaluation import task_router_records
@@ -194,3 +198,16 @@ async def test_the_web_server_listens_where_racer_web_host_says(deployment):
         await deployment.wait_answering(index)
     bound = [listening_addresses(port) for port in deployment.web_ports]
     assert bound == [{"127.0.0.1"}, {"0.0.0.0"}], bound
+
+
+def test_a_broker_that_does_not_answer_stops_the_worker_in_one_line(redis_url):
+    nobody = f"kafka://127.0.0.1:{free_port()}"  # a port nothing listens on
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RACER_")}
+    env = clean | {"RACER_KAFKA_BROKER": nobody, "RACER_REDIS_URL": redis_url,
+                   "RACER_WEB_PORT": str(free_port())}  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "racer_online", "worker"], env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"racer-online: error: the broker at {nobody} does not answer (RACER_KAFKA_BROKER)"
+    ]

@@ -21,12 +21,13 @@ if TYPE_CHECKING:
 @app.command()
 def worker() -> None:
     """Run the stream worker with the RACER_* settings (Ctrl-C stops it cleanly)."""
-    from worker.app import check_can_start, run
+    from worker.app import check_broker, check_web_port, run
 
     settings = Settings.load()
     settings.scopes  # noqa: B018  # a bad scopes file fails here, as one line
-    check_can_start(settings)  # a taken web port or a silent broker: one line
+    check_web_port(settings)  # a taken web port fails here, as one line
     asyncio.run(check_redis(settings))  # an evicting Redis fails here, as one line
+    check_broker(settings)  # and a broker that does not answer
     run(settings)
 
 
