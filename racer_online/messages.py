@@ -282,6 +282,8 @@ class ThresholdMessage(_Message):
     upper_bound_n: int = 0
     upper_bound_miss_rate: float | None = None
     alpha_t: float | None = None  # the ACI working level, when the controller is on
+    # Audited decisions whose grading never completed, entered as a worst case, in all.
+    expired_audits: int = 0
     # Per model, on the window at lam: {"in_set_rate": ..., "price_share": ...}. Descriptive.
     per_model: dict[str, dict[str, float]] = Field(default_factory=dict)
     # The audit rate the workers draw at while this threshold stands (None: the setting).

@@ -28,6 +28,7 @@ from racer_online.settings import Settings
 from racer_online.store import Store, WindowEntry
 
 READ_CHUNK = 10_000
+SWEEP_CHUNK = 100  # audits per sweep call: each call blocks Redis as briefly as a route call
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Leader:
         self.scopes = scopes  # shared with the service, which routes on their thresholds
         self.clock = clock
         self.started_at = clock()
+        self.expired_audits: dict[str, int] = {}  # scope -> entered as a worst case, in all
 
     def forget_windows(self) -> None:
         """Leadership was elsewhere: re-read windows and monitor state from the store."""
@@ -64,6 +66,7 @@ class Leader:
         thresholds: list[ThresholdMessage] = []
         alerts: list[AlertMessage] = []
         for scope in self.scopes.values():
+            await self._sweep_expired_audits(scope.name, now)
             drift, trimmed = await self._sync_window(scope, now)
             drift = drift or await self._watch_free(scope, now)
             elapsed = now - scope.calibrated_at >= self.settings.recalibrate_interval_s
@@ -119,6 +122,17 @@ class Leader:
         if update.status == "certified" and scope.monitor.segment_from is None:
             scope.monitor.after_drift = False
         return update
+
+    async def _sweep_expired_audits(self, scope_name: str, now: float) -> None:
+        """Audits whose grading never completed enter the window as a worst case: a label
+        missing because of the query (not at random) would otherwise bias the risk low."""
+        while True:
+            swept = await self.store.sweep_expired_audits(scope_name, now=now, limit=SWEEP_CHUNK)
+            self.expired_audits[scope_name] = swept.expired_total
+            metrics.EXPIRED_AUDITS.labels(scope_name).inc(swept.entered)
+            metrics.LOST_AUDITS.labels(scope_name).inc(swept.lost)
+            if swept.entered + swept.lost < SWEEP_CHUNK:
+                return
 
     async def _sync_window(self, scope: ScopeState, now: float) -> tuple[AlertMessage | None, int]:
         """Read records entered since the last read, watch their outcomes, trim the window."""
@@ -237,7 +251,11 @@ class Leader:
             )  # fmt: skip
             audit_rate = 1.0  # the segment fills at once, and only from decisions after tau
         lam, status = choice.lam, choice.status
-        stats: dict[str, Any] = {"alpha_t": mon.alpha_t, "audit_rate": audit_rate}
+        stats: dict[str, Any] = {
+            "alpha_t": mon.alpha_t,
+            "audit_rate": audit_rate,
+            "expired_audits": self.expired_audits.get(scope.name, 0),
+        }
         if n and levels is not None:
             chosen = core.set_stats(levels, lam, n_models=len(scope.models), prices=scope.prices)
             stats |= {

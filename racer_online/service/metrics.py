@@ -47,6 +47,16 @@ EXACT_MISSES = Counter("racer_exact_misses", "Exact outcomes that were misroutes
 REALISED_MISS_RATE = Gauge(
     "racer_realised_miss_rate", "Exact miss rate of the most recent audited decisions.", ["scope"]
 )
+EXPIRED_AUDITS = Counter(
+    "racer_expired_audits",
+    "Audited decisions whose grading never completed, entered as a worst case.",
+    ["scope"],
+)
+LOST_AUDITS = Counter(
+    "racer_lost_audits",
+    "Audited decisions never completed whose record was gone before the sweep (not entered).",
+    ["scope"],
+)
 ALERTS = Counter("racer_alerts", "Alerts published.", ["scope", "kind"])
 CONSUMER_LAG = Gauge(
     "racer_consumer_lag",

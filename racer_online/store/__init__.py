@@ -8,6 +8,7 @@ from racer_online.store.base import (
     Store,
     StoreConfig,
     StreamId,
+    SweepResult,
     WindowEntry,
 )
 from racer_online.store.memory import MemoryStore
@@ -23,5 +24,6 @@ __all__ = [
     "Store",
     "StoreConfig",
     "StreamId",
+    "SweepResult",
     "WindowEntry",
 ]

@@ -2,7 +2,9 @@
 
 A pending record holds a routed decision and the labels graded so far. A record enters
 the scope's window exactly once: when it was drawn for audit and every model of the
-scope's catalogue is graded, whichever of query and feedback came last.
+scope's catalogue is graded, whichever of query and feedback came last, or when its
+feedback horizon ended first: then the leader's sweep enters it with its missing labels as
+wrong (a worst case; docs/method.md says why this keeps the bound valid).
 """
 
 from __future__ import annotations
@@ -39,6 +41,15 @@ class RouteResult:
     decision: bytes  # the first decision stored for this query (redeliveries get it back)
     created: bool
     entered: bool  # early feedback completed the record at once
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """One sweep of audited records whose feedback horizon ended before they completed."""
+
+    entered: int  # entered the window now, missing labels as wrong (a worst case)
+    lost: int  # their record was gone before the sweep came: counted, never entered
+    expired_total: int  # entered as a worst case since the scope began
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,10 @@ class Store(Protocol):
     ) -> list[WindowEntry]: ...
 
     async def trim_window(self, scope: str, *, min_id: str) -> None: ...
+
+    async def sweep_expired_audits(
+        self, scope: str, *, now: float, limit: int = 100
+    ) -> SweepResult: ...
 
     async def load_threshold(self, scope: str) -> bytes | None: ...
 

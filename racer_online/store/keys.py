@@ -17,6 +17,16 @@ def window(scope: str) -> str:
     return f"{PREFIX}:{{{scope}}}:window"
 
 
+def audits(scope: str) -> str:
+    """Sorted set: pending keys of audited records not yet complete, by horizon end (s)."""
+    return f"{PREFIX}:{{{scope}}}:audits"
+
+
+def counters(scope: str) -> str:
+    """Hash: ``expired_audits`` entered as a worst case; ``lost_audits`` swept too late."""
+    return f"{PREFIX}:{{{scope}}}:counters"
+
+
 def threshold(scope: str) -> str:
     """Hash: the scope's current threshold (``version``, ``json``)."""
     return f"{PREFIX}:{{{scope}}}:threshold"

@@ -15,6 +15,7 @@ from racer_online.store.base import (
     RouteResult,
     StoreConfig,
     StreamId,
+    SweepResult,
     WindowEntry,
 )
 
@@ -45,6 +46,8 @@ class MemoryStore:
         self._alerts: dict[str, list[bytes]] = {}
         self._upper: dict[str, tuple[int, int]] = {}
         self._monitor: dict[str, dict[str, str]] = {}
+        self._audits: dict[str, dict[str, float]] = {}  # scope -> query id -> horizon end
+        self._expired: dict[str, tuple[int, int]] = {}  # scope -> (expired, lost) audits
         self._last_id = (0, 0)
 
     def _check(self) -> None:
@@ -63,13 +66,14 @@ class MemoryStore:
         self._last_id = (ms, self._last_id[1] + 1) if ms <= self._last_id[0] else (ms, 0)
         return f"{self._last_id[0]}-{self._last_id[1]}"
 
-    def _enter(self, scope: str, record: _Pending, query: str) -> bool:
+    def _enter(self, scope: str, record: _Pending, query: str, *, worst_case: bool = False) -> bool:
+        """``worst_case``: the sweep enters it with its missing labels as wrong."""
         models = self.config.catalogues[scope]
         if record.decision is None or not record.audit or record.entered:
             return False
-        if any(m not in record.labels for m in models):
+        if not worst_case and any(m not in record.labels for m in models):
             return False
-        labels = "".join(str(record.labels[m]) for m in models)
+        labels = "".join(str(record.labels.get(m, 0)) for m in models)
         window = self._windows.setdefault(scope, [])
         entry = WindowEntry(
             self._next_id(), record.scores, labels, record.lam, record.decided_at, query
@@ -103,14 +107,33 @@ class MemoryStore:
             record.decision, record.scores, record.lam = w.decision, w.scores, w.lam
             record.audit, record.invoked, record.decided_at = w.audit, w.invoked, w.decided_at
             self._count_invoked(w.scope, record)
-            results.append(
-                RouteResult(
-                    w.decision,
-                    True,
-                    self._enter(w.scope, record, keys.pending(w.scope, w.query_id)),
-                )
-            )
+            entered = self._enter(w.scope, record, keys.pending(w.scope, w.query_id))
+            if w.audit and not entered:  # kept one horizon longer for the sweep (route.lua)
+                record.expires += self.config.pending_ttl_s
+                horizon_end = w.decided_at + self.config.pending_ttl_s
+                self._audits.setdefault(w.scope, {})[w.query_id] = horizon_end
+            results.append(RouteResult(w.decision, True, entered))
         return results
+
+    async def sweep_expired_audits(
+        self, scope: str, *, now: float, limit: int = 100
+    ) -> SweepResult:
+        """See sweep.lua."""
+        self._check()
+        audits = self._audits.get(scope, {})
+        due = sorted((end, q) for q, end in audits.items() if end <= now)[:limit]
+        entered = lost = 0
+        for _, query_id in due:
+            del audits[query_id]
+            record = self._live(scope, query_id)
+            if record is None or record.decision is None:
+                lost += 1
+            elif not record.entered:
+                pending_key = keys.pending(scope, query_id)
+                entered += self._enter(scope, record, pending_key, worst_case=True)
+        expired, lost_before = self._expired.get(scope, (0, 0))
+        self._expired[scope] = (expired + entered, lost_before + lost)
+        return SweepResult(entered, lost, expired + entered)
 
     async def feedback(self, writes: Sequence[LabelWrite]) -> list[FeedbackOutcome]:
         self._check()

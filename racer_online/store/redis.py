@@ -31,6 +31,7 @@ from racer_online.store.base import (
     PendingWrite,
     RouteResult,
     StoreConfig,
+    SweepResult,
     WindowEntry,
 )
 from racer_online.store.connection import AsyncRedis, connect, redis_options
@@ -93,6 +94,7 @@ class RedisStore:
         self._route = client.register_script(_lua("route.lua"))
         self._feedback = client.register_script(_lua("feedback.lua"))
         self._save = client.register_script(_lua("save_threshold.lua"))
+        self._sweep = client.register_script(_lua("sweep.lua"))
 
     @classmethod
     def from_settings(cls, settings: Settings, config: StoreConfig) -> RedisStore:
@@ -132,9 +134,10 @@ class RedisStore:
             for start in range(0, len(rows), MAX_SCRIPT_RECORDS):
                 chunk = rows[start : start + MAX_SCRIPT_RECORDS]
                 pending_keys: list[str] = [keys.pending(scope, items[i].query_id) for i in chunk]
+                scope_keys = [keys.window(scope), keys.upper_bound(scope), keys.audits(scope)]
                 calls[scope].append((
                     chunk,
-                    [keys.window(scope), keys.upper_bound(scope), *pending_keys],
+                    [*scope_keys, *pending_keys],
                     head + [a for i in chunk for a in args(items[i])],
                 ))  # fmt: skip
         if isinstance(self.client, RedisCluster):
@@ -196,6 +199,17 @@ class RedisStore:
             )
             for i, f in rows
         ]
+
+    @_classified
+    async def sweep_expired_audits(
+        self, scope: str, *, now: float, limit: int = MAX_SCRIPT_RECORDS
+    ) -> SweepResult:
+        models: Sequence[str] = self.config.catalogues[scope]
+        got: Any = await self._sweep(
+            keys=[keys.window(scope), keys.audits(scope), keys.counters(scope)],
+            args=[repr(now), limit, self.config.window_size, len(models), *models],
+        )
+        return SweepResult(int(got[0]), int(got[1]), int(got[2]))
 
     @_classified
     async def trim_window(self, scope: str, *, min_id: str) -> None:

@@ -1,5 +1,7 @@
 """One contract, two stores: the in-memory twin must behave like Redis."""
 
+from dataclasses import replace
+
 import pytest
 import redis.asyncio as aioredis
 
@@ -10,6 +12,7 @@ from racer_online.store import (
     PendingWrite,
     RedisStore,
     StoreConfig,
+    SweepResult,
 )
 from racer_online.store import keys as redis_keys
 
@@ -143,14 +146,18 @@ async def test_redis_keys_share_one_cluster_slot(redis_url, redis_ns):
         redis_keys.window(redis_ns),
         redis_keys.threshold(redis_ns),
         redis_keys.history(redis_ns),
+        redis_keys.audits(redis_ns),
+        redis_keys.counters(redis_ns),
     ]
     client = aioredis.Redis.from_url(redis_url)
     try:
         store = RedisStore(
             client, StoreConfig({redis_ns: MODELS}, pending_ttl_s=60, window_size=10)
         )
-        await store.route([pending(redis_ns, "q")])
+        await store.route([pending(redis_ns, "q", audit=False), pending(redis_ns, "qa")])
         assert 0 < await client.pttl(names[0]) <= 60_000  # the feedback horizon
+        # An audit waiting for its grading lives one horizon longer, for the sweep.
+        assert 60_000 < await client.pttl(redis_keys.pending(redis_ns, "qa")) <= 120_000
     finally:
         await client.aclose()
     assert all(f"{{{redis_ns}}}" in name for name in names)
@@ -203,3 +210,65 @@ async def test_window_entries_keep_the_decision_time(make_store):
     [entry] = await store.read_window(scope)
     assert (entry.decided_at, entry.lam) == (1_700_000_123.5, 0.25)
     assert entry.query == redis_keys.pending(scope, "q1")  # the leader keeps a query once
+
+
+DECIDED = 1_700_000_000.0  # decision time of the sweep tests' records; their TTL is 60 s
+
+
+def audit_at(scope, qid, *, audit=True):
+    return PendingWrite(scope, qid, b"d-" + qid.encode(), b"\x00\x01", 0.25, audit, (0,), DECIDED)
+
+
+async def test_an_expired_incomplete_audit_enters_once_as_a_worst_case(make_store):
+    store, scope = make_store(), make_store.scope
+    await store.route([audit_at(scope, "q1"), audit_at(scope, "u1", audit=False)])
+    await store.feedback([labels(scope, "q1", m0=1), labels(scope, "u1", m0=1)])
+    assert await store.sweep_expired_audits(scope, now=DECIDED + 59) == SweepResult(0, 0, 0)
+    assert await store.sweep_expired_audits(scope, now=DECIDED + 61) == SweepResult(1, 0, 1)
+    [entry] = await store.read_window(scope)  # missing labels count as wrong: m1, m2 = 0
+    assert (entry.labels, entry.lam, entry.decided_at) == ("100", 0.25, DECIDED)
+    assert entry.query == redis_keys.pending(scope, "q1")
+    assert await store.sweep_expired_audits(scope, now=DECIDED + 62) == SweepResult(0, 0, 1)
+    # A label that comes after the sweep (the worker drops it as late unless the clocks
+    # disagree) never enters the record a second time.
+    assert await store.feedback([labels(scope, "q1", m1=1, m2=1)]) == ["joined"]
+    assert len(await store.read_window(scope)) == 1
+
+
+async def test_a_completed_audit_is_only_removed_from_the_sweep(make_store):
+    store, scope = make_store(), make_store.scope
+    await store.route([audit_at(scope, "q1")])
+    assert await store.feedback([labels(scope, "q1", m0=1, m1=0, m2=1)]) == ["entered"]
+    assert await store.sweep_expired_audits(scope, now=DECIDED + 61) == SweepResult(0, 0, 0)
+    assert [e.labels for e in await store.read_window(scope)] == ["101"]
+
+
+async def test_a_redelivered_audit_is_swept_once(make_store):
+    store, scope = make_store(), make_store.scope
+    await store.route([audit_at(scope, "q1")])
+    again = await store.route([audit_at(scope, "q1")])
+    assert not again[0].created
+    assert await store.sweep_expired_audits(scope, now=DECIDED + 61) == SweepResult(1, 0, 1)
+    assert [e.labels for e in await store.read_window(scope)] == ["000"]
+
+
+async def test_the_sweep_is_bounded_per_call_and_takes_the_oldest_first(make_store):
+    store, scope = make_store(), make_store.scope
+    writes = [audit_at(scope, f"q{i}") for i in range(5)]
+    await store.route([replace(w, decided_at=DECIDED + i) for i, w in enumerate(writes)])
+    assert await store.sweep_expired_audits(scope, now=DECIDED + 70, limit=3) == (
+        SweepResult(3, 0, 3)
+    )
+    assert [e.query[-2:] for e in await store.read_window(scope)] == ["q0", "q1", "q2"]
+    assert await store.sweep_expired_audits(scope, now=DECIDED + 70) == SweepResult(2, 0, 5)
+
+
+async def test_an_audit_whose_record_is_gone_is_counted_lost(make_store):
+    store, scope = make_store(), make_store.scope
+    await store.route([audit_at(scope, "q1")])
+    if isinstance(store, MemoryStore):
+        store.clock.now += 121  # past the audit's grace period
+    else:
+        await store.client.delete(redis_keys.pending(scope, "q1"))  # what its TTL does
+    assert await store.sweep_expired_audits(scope, now=DECIDED + 61) == SweepResult(0, 1, 0)
+    assert await store.read_window(scope) == []

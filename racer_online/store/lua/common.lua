@@ -1,10 +1,11 @@
 -- Shared head of route.lua and feedback.lua (prepended to them). Both take one scope's
--- batch: KEYS[1] the window stream, KEYS[2] the upper-bound counters, then one pending hash
--- per query. ARGV starts with ttl_ms, window maxlen, n, the n catalogue models.
+-- batch: KEYS[1] the window stream, KEYS[2] the upper-bound counters, KEYS[3] the audits
+-- awaiting their grading (see sweep.lua), then one pending hash per query. ARGV starts with ttl_ms, window maxlen, n, the n catalogue models.
 local ttl, maxlen, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local models = {}
 for i = 1, n do models[i] = ARGV[3 + i] end
 local first_item = 4 + n  -- where the per-query arguments start
+local first_key = 4  -- where the pending hashes start
 
 -- A record enters the window once: routed, drawn for audit, every catalogue model graded.
 -- Returns 1 when it entered now.

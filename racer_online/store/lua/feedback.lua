@@ -25,7 +25,7 @@ local function merge(pending, a, count)
 end
 
 local out, a = {}, first_item
-for q = 3, #KEYS do
+for q = first_key, #KEYS do
   local count = tonumber(ARGV[a])
   out[#out + 1] = string.sub(merge(KEYS[q], a + 1, count), 1, 1)
   a = a + 1 + 2 * count
