@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,9 +94,13 @@ class SimulatedClock:
 
 
 async def run_stream(
-    settings: Settings, scored: Scored, the_plan: replay.Plan, *, pacing: Pacing, run_id: str
-) -> Run:
-    """Route the plan's queries batch by batch, grade them ``feedback_lag`` queries later."""
+    settings: Settings, scored: Scored, the_plan: replay.Plan, *, pacing: Pacing, run_id: str,
+    ungraded: Callable[[NDArray[np.bool_]], bool] | None = None,
+) -> Run:  # fmt: skip
+    """Route the plan's queries batch by batch, grade them ``feedback_lag`` queries later.
+
+    ``ungraded``: a grader who never grades the queries whose labels it picks (missing not
+    at random), so that their audits reach the window only through the leader's sweep."""
     clock = SimulatedClock()
     service = RacerService(settings, MemoryStore(store_config(settings), clock=clock), clock=clock)
     at = {int(r): i for i, r in enumerate(scored.rows)}
@@ -112,7 +116,11 @@ async def run_stream(
             assert isinstance(result, Routed), result
             run.decisions.append(result.decision)
         due = max(graded, end - pacing.feedback_lag)
-        events = [_grades(run.decisions[j], labels[j], models) for j in range(graded, due)]
+        events = [
+            _grades(run.decisions[j], labels[j], models)
+            for j in range(graded, due)
+            if ungraded is None or not ungraded(labels[j])
+        ]
         await service.record_feedback([e for e in events if e is not None])
         graded = due
         updates = await service.leader.recalibrate_due()

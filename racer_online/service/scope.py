@@ -70,7 +70,8 @@ class ScopeState:
         rows = slice(start, None) if isinstance(start, int) else start
         scores, labels = self.window.scores[rows], self.window.labels[rows]
         levels = self.levels(scores[:, :k], scores[:, k])
-        return levels, core.required_thresholds(levels, labels, miss=self.config.miss)
+        required = core.required_thresholds(levels, labels, miss=self.config.miss)
+        return levels, worst_case(required, levels[:, :k], labels, self.window.unknown[rows])
 
     def model_figures(self, levels: NDArray[np.float64], lam: float) -> dict[str, dict[str, float]]:
         """How often each model is in the window's sets at ``lam``, and its price share."""
@@ -93,3 +94,22 @@ class ScopeState:
         self.window = WindowCache(len(self.models))
         self.monitor = Monitor()
         self.calibrated_at = -np.inf
+
+
+def worst_case(
+    required: NDArray[np.float64],
+    levels: NDArray[np.float64],
+    labels: NDArray[np.bool_],
+    unknown: NDArray[np.bool_],
+) -> NDArray[np.float64]:
+    """The largest required threshold that the labels never given allow (docs/method.md).
+
+    ``required`` treats an unknown label as wrong, which is already the worst case when a
+    known label is right (t is a minimum over the right models). With none known right,
+    one unknown model could be the only right one: t is then at least its entry level.
+    """
+    open_ = unknown.any(axis=1) & ~labels.any(axis=1)
+    if not open_.any():
+        return required
+    highest_unknown = np.where(unknown, levels, -np.inf).max(axis=1)
+    return np.where(open_, np.maximum(required, highest_unknown), required)

@@ -29,6 +29,8 @@ class WindowCache:
     entered_ms: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     scores: NDArray[np.float64] = field(init=False)  # (n, K + 1): models, then ⊥
     labels: NDArray[np.bool_] = field(init=False)  # (n, K)
+    # (n, K): a label the grader never gave ('?': an audit swept after its horizon).
+    unknown: NDArray[np.bool_] = field(init=False)
     queries: list[str] = field(default_factory=list)
     lam: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))  # decision-time lam
     decided_at: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
@@ -37,6 +39,7 @@ class WindowCache:
         self._queries: set[str] = set()
         self.scores = np.zeros((0, self.n_models + 1))
         self.labels = np.zeros((0, self.n_models), dtype=bool)
+        self.unknown = np.zeros((0, self.n_models), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.lam)
@@ -60,6 +63,7 @@ class WindowCache:
         labels = np.frombuffer("".join(e.labels for e in entries).encode(), dtype=np.uint8)
         self.scores = np.vstack([self.scores, scores.reshape(len(entries), -1)])
         self.labels = np.vstack([self.labels, (labels == ord("1")).reshape(len(entries), -1)])
+        self.unknown = np.vstack([self.unknown, (labels == ord("?")).reshape(len(entries), -1)])
         self.entered_ms = np.append(self.entered_ms, [e.entered_ms for e in entries])
         self.lam = np.append(self.lam, [e.lam for e in entries])
         self.decided_at = np.append(self.decided_at, [e.decided_at for e in entries])
@@ -82,6 +86,7 @@ class WindowCache:
         self.entered_ms = np.append(older.entered_ms, self.entered_ms)
         self.scores = np.vstack([older.scores, self.scores])
         self.labels = np.vstack([older.labels, self.labels])
+        self.unknown = np.vstack([older.unknown, self.unknown])
         self.lam = np.append(older.lam, self.lam)
         self.decided_at = np.append(older.decided_at, self.decided_at)
         self.last_id = last_id
@@ -94,6 +99,7 @@ class WindowCache:
         self._queries = set(self.queries)
         self.entered_ms, self.scores = self.entered_ms[keep], self.scores[keep]
         self.labels, self.lam = self.labels[keep], self.lam[keep]
+        self.unknown = self.unknown[keep]
         self.decided_at = self.decided_at[keep]
 
     def keep_from(self, start: int) -> None:
@@ -105,5 +111,6 @@ class WindowCache:
         self.entered_ms = self.entered_ms[start:]
         self.scores = self.scores[start:]
         self.labels = self.labels[start:]
+        self.unknown = self.unknown[start:]
         self.lam = self.lam[start:]
         self.decided_at = self.decided_at[start:]

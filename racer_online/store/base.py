@@ -4,7 +4,8 @@ A pending record holds a routed decision and the labels graded so far. A record 
 the scope's window exactly once: when it was drawn for audit and every model of the
 scope's catalogue is graded, whichever of query and feedback came last, or when its
 feedback horizon ended first: then the leader's sweep enters it with its missing labels as
-wrong (a worst case; docs/method.md says why this keeps the bound valid).
+'?', and the leader takes the worst case over them (docs/method.md says why this keeps the
+bound valid).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class RouteResult:
 class SweepResult:
     """One sweep of audited records whose feedback horizon ended before they completed."""
 
-    entered: int  # entered the window now, missing labels as wrong (a worst case)
+    entered: int  # entered the window now, missing labels as '?' (the leader's worst case)
     lost: int  # their record was gone before the sweep came: counted, never entered
     expired_total: int  # entered as a worst case since the scope began
 
@@ -79,7 +80,7 @@ class StreamId(NamedTuple):
 class WindowEntry:
     id: str  # "<ms>-<seq>": the time the record entered the window
     scores: bytes
-    labels: str  # one '0'/'1' per catalogue model
+    labels: str  # one '0'/'1' per catalogue model; '?' never graded (a swept audit)
     lam: float
     decided_at: float = 0.0
     query: str = ""  # the query's pending key: a redelivered query can enter twice

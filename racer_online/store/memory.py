@@ -67,13 +67,13 @@ class MemoryStore:
         return f"{self._last_id[0]}-{self._last_id[1]}"
 
     def _enter(self, scope: str, record: _Pending, query: str, *, worst_case: bool = False) -> bool:
-        """``worst_case``: the sweep enters it with its missing labels as wrong."""
+        """``worst_case``: the sweep enters it with its missing labels as '?'."""
         models = self.config.catalogues[scope]
         if record.decision is None or not record.audit or record.entered:
             return False
         if not worst_case and any(m not in record.labels for m in models):
             return False
-        labels = "".join(str(record.labels.get(m, 0)) for m in models)
+        labels = "".join(str(record.labels.get(m, "?")) for m in models)
         window = self._windows.setdefault(scope, [])
         entry = WindowEntry(
             self._next_id(), record.scores, labels, record.lam, record.decided_at, query
@@ -81,6 +81,8 @@ class MemoryStore:
         window.append(entry)
         del window[: max(0, len(window) - self.config.window_size)]
         record.entered = True
+        # Complete: the sweep no longer needs it, so it gives back its grace period.
+        record.expires = min(record.expires, self.clock() + self.config.pending_ttl_s)
         return True
 
     def _count_invoked(self, scope: str, record: _Pending) -> None:

@@ -143,3 +143,28 @@ async def test_a_query_redelivered_after_its_ttl_enters_the_window_once(tmp_path
     await service.leader.recalibrate_due()
     window = service.scopes["default"].window
     assert len(window) == 1 and window.queries == ["racer:{default}:pending:q"]
+
+
+async def test_the_leader_enters_an_audit_never_graded_as_a_worst_case(tmp_path):
+    """Defect 5: an audit whose grading never completes enters once, after the horizon,
+    with the worst case its missing labels allow, and is counted."""
+    service = make(tmp_path, audit_rate=1.0, pending_ttl_s=60)
+    await service.route([query("graded"), query("dropped")])
+    await service.record_feedback([
+        FeedbackMessage(query_id="graded", labels={"m0": 1, "m1": 0, "m2": 1}),
+        FeedbackMessage(query_id="dropped", labels={"m0": 0}),  # m1, m2 never come
+    ])  # fmt: skip
+    first = (await service.leader.recalibrate_due()).thresholds
+    assert len(service.scopes["default"].window) == 1 and first[-1].expired_audits == 0
+    service.clock.now += 61  # the horizon of both ends
+    [update] = (await service.leader.recalibrate_due()).thresholds
+    window = service.scopes["default"].window
+    assert window.queries[-1] == "racer:{default}:pending:dropped"
+    _, required = service.scopes["default"].window_levels()
+    levels = service.scopes["default"].levels(window.scores[:, :3], window.scores[:, 3])
+    # m0 wrong, m1 and m2 unknown: the one right model may be the last one ranked.
+    assert required[-1] == levels[-1, 1:].max() > required[0]
+    assert update.expired_audits == 1
+    service.clock.now += 61
+    await service.leader.recalibrate_due()
+    assert len(window) == 2  # entered once

@@ -225,8 +225,8 @@ async def test_an_expired_incomplete_audit_enters_once_as_a_worst_case(make_stor
     await store.feedback([labels(scope, "q1", m0=1), labels(scope, "u1", m0=1)])
     assert await store.sweep_expired_audits(scope, now=DECIDED + 59) == SweepResult(0, 0, 0)
     assert await store.sweep_expired_audits(scope, now=DECIDED + 61) == SweepResult(1, 0, 1)
-    [entry] = await store.read_window(scope)  # missing labels count as wrong: m1, m2 = 0
-    assert (entry.labels, entry.lam, entry.decided_at) == ("100", 0.25, DECIDED)
+    [entry] = await store.read_window(scope)  # m1 and m2 were never graded
+    assert (entry.labels, entry.lam, entry.decided_at) == ("1??", 0.25, DECIDED)
     assert entry.query == redis_keys.pending(scope, "q1")
     assert await store.sweep_expired_audits(scope, now=DECIDED + 62) == SweepResult(0, 0, 1)
     # A label that comes after the sweep (the worker drops it as late unless the clocks
@@ -249,7 +249,7 @@ async def test_a_redelivered_audit_is_swept_once(make_store):
     again = await store.route([audit_at(scope, "q1")])
     assert not again[0].created
     assert await store.sweep_expired_audits(scope, now=DECIDED + 61) == SweepResult(1, 0, 1)
-    assert [e.labels for e in await store.read_window(scope)] == ["000"]
+    assert [e.labels for e in await store.read_window(scope)] == ["???"]
 
 
 async def test_the_sweep_is_bounded_per_call_and_takes_the_oldest_first(make_store):

@@ -24,6 +24,8 @@ local function enter_window(pending)
              's', got[4], 'y', table.concat(labels), 'lam', got[5], 't', got[6] or '0',
              'q', pending)
   redis.call('HSET', pending, 'in', '1')
+  -- Complete: the sweep no longer needs it, so it gives back its grace period.
+  if redis.call('PTTL', pending) > tonumber(ttl) then redis.call('PEXPIRE', pending, ttl) end
   return 1
 end
 

@@ -2,10 +2,10 @@
 -- stream, KEYS[2] the scope's audits (sorted set: pending key scored by the time its
 -- feedback horizon ends), KEYS[3] the counters hash. ARGV: now (unix seconds), limit,
 -- window maxlen, n, the n catalogue models. Takes at most `limit` members whose horizon
--- ended; each one not yet in the window enters once, its missing labels as wrong (so every
--- model it lacks counts as a miss: an upper bound of its true loss), with the lam and
--- decision time it was decided with. A member whose hash is gone (the sweep ran later than
--- the hash's grace period) is counted as lost. Returns {entered, lost, entered in total}.
+-- ended; each one not yet in the window enters once, with the lam and decision time it was
+-- decided with, its missing labels as '?': the leader takes the worst case over them. A
+-- member whose hash is gone (the sweep ran later than the hash's grace period) is counted
+-- as lost. Returns {entered, lost, entered in total}.
 local now, limit, maxlen, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)
 local entered, lost = 0, 0
@@ -17,7 +17,7 @@ for _, pending in ipairs(due) do
     lost = lost + 1
   elseif not got[2] then
     local labels = {}
-    for i = 1, n do labels[i] = got[5 + i] or '0' end
+    for i = 1, n do labels[i] = got[5 + i] or '?' end
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 's', got[3],
                'y', table.concat(labels), 'lam', got[4], 't', got[5] or '0', 'q', pending)
     redis.call('HSET', pending, 'in', '1')
