@@ -131,10 +131,12 @@ class RedisStore:
         for scope, rows in by_scope.items():
             models: Sequence[str] = self.config.catalogues[scope]
             head: list[Any] = [self._ttl_ms, self.config.window_size, len(models), *models]
+            scope_keys: list[str] = [
+                keys.window(scope), keys.upper_bound(scope), keys.audits(scope)
+            ]  # fmt: skip
             for start in range(0, len(rows), MAX_SCRIPT_RECORDS):
                 chunk = rows[start : start + MAX_SCRIPT_RECORDS]
                 pending_keys: list[str] = [keys.pending(scope, items[i].query_id) for i in chunk]
-                scope_keys = [keys.window(scope), keys.upper_bound(scope), keys.audits(scope)]
                 calls[scope].append((
                     chunk,
                     [*scope_keys, *pending_keys],
