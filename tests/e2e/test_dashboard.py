@@ -210,6 +210,8 @@ async def test_dashboard_charts_a_live_drift(replay, tmp_path):
             drift: Number(document.getElementById('chart-lam').dataset.driftMarkers),
             canvases: document.querySelectorAll('.chart canvas').length,
             alertRows: document.querySelectorAll('#alert-table .alert-row').length,
+            models: [...document.querySelectorAll('#model-table .model-row')]
+                .map((row) => [...row.cells].map((cell) => cell.textContent)),
             state: document.body.dataset.state,
             summary: document.getElementById('summary').textContent,
         })""")
@@ -224,6 +226,12 @@ async def test_dashboard_charts_a_live_drift(replay, tmp_path):
     assert drawn["alertRows"] == len(alerts)
     assert drawn["canvases"] == 4  # one uPlot canvas per chart
     assert f"{thresholds[-1].lam:.3f}" in drawn["summary"]
+    shown = {model: (in_set, share) for model, in_set, share in drawn["models"]}
+    per_model = thresholds[-1].per_model
+    assert set(shown) == set(MODELS) == set(per_model)
+    for model, figures in per_model.items():
+        assert shown[model] == (f"{100 * figures['in_set_rate']:.1f}%",
+                                f"{100 * figures['price_share']:.1f}%")  # fmt: skip
     assert errors == []
 
 

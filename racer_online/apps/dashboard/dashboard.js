@@ -288,6 +288,25 @@
     }));
   }
 
+  // Per model, on the window at the current threshold, the most used first.
+  function renderModels() {
+    const last = state.thresholds[state.thresholds.length - 1];
+    const ranked = Object.entries(last?.per_model ?? {})
+      .sort(([, a], [, b]) => (b.in_set_rate ?? 0) - (a.in_set_rate ?? 0));
+    const body = byId("model-table").tBodies[0];
+    body.replaceChildren(...ranked.map(([model, figures]) => {
+      const row = html("tr", { class: "model-row" });
+      row.appendChild(html("td", {}, model));
+      row.appendChild(html("td", {}, pct(figures.in_set_rate)));
+      row.appendChild(html("td", {}, pct(figures.price_share)));
+      return row;
+    }));
+    if (!ranked.length) {
+      const row = body.appendChild(html("tr"));
+      row.appendChild(html("td", { colspan: 3, class: "hint" }, "no threshold with model figures yet"));
+    }
+  }
+
   function renderStatus() {
     const status = byId("connection");
     status.classList.toggle("error", Boolean(state.error));
@@ -304,6 +323,7 @@
   function render() {
     renderSummary();
     renderCharts();
+    renderModels();
     renderAlerts();
     renderStatus();
     document.body.dataset.thresholds = String(state.thresholds.length);
