@@ -25,7 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from racer_online.apps.reading import load_history
 from racer_online.apps.report import save_report
-from racer_online.local.services import EMBEDDED_BROKER_ENV, free_port
+from racer_online.local.services import free_port
 from racer_online.messages import AlertMessage, ThresholdMessage
 from racer_online.settings import Settings
 from racer_online.store import keys
@@ -176,7 +176,7 @@ class Replay:
             "RACER_TOPICS__PARTITIONS": "4",
         }  # fmt: skip
         self.env |= {f"RACER_TOPICS__{name.upper()}": t for name, t in self.topics.items()}
-        self.env |= EMBEDDED_BROKER_ENV
+        self.env |= broker.env()  # the fetch wait this broker needs
         self.settings = Settings(
             _env_file=None, redis_url=redis_url, scopes_file=tmp_path / "scopes.toml"
         )

@@ -18,15 +18,17 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from racer_online.local.services import EMBEDDED_BROKER_ENV, free_port
+from racer_online.local.brokers import local_broker
+from racer_online.local.services import EmbeddedRedis, free_port
 
 TOPICS = ("queries", "decisions", "feedback", "thresholds", "alerts", "dlq")
 PARTITIONS = 4
 
 
 class Deployment:
-    def __init__(self, bootstrap, broker_url, redis_url, tmp_path: Path, scope: str):
-        self.bootstrap = bootstrap
+    def __init__(self, broker, redis_url, tmp_path: Path, scope: str):
+        self.bootstrap = broker.bootstrap
+        self.replication = broker.replication  # 3 on the 3-node cluster
         self.scope = scope
         self.tmp_path = tmp_path
         self.topics = {name: f"{scope}.{name}" for name in TOPICS}
@@ -34,7 +36,6 @@ class Deployment:
         self.env = (
             os.environ
             | {
-                "RACER_KAFKA_BROKER": broker_url,
                 "RACER_REDIS_URL": redis_url,
                 "RACER_APP_ID": f"racer-{scope}",
                 "RACER_SCOPES_FILE": str(tmp_path / "scopes.toml"),
@@ -46,7 +47,7 @@ class Deployment:
                 "RACER_TOPICS__PARTITIONS": str(PARTITIONS),
                 "RACER_LOG_LEVEL": "INFO",
             }
-            | EMBEDDED_BROKER_ENV
+            | broker.env()  # its address and the fetch wait it needs
             | {f"RACER_TOPICS__{name.upper()}": topic for name, topic in self.topics.items()}
         )
 
@@ -62,11 +63,14 @@ class Deployment:
         lines += [f'"{m}" = {{ price = 0.1 }}' for m in models]
         (self.tmp_path / "scopes.toml").write_text("\n".join(lines) + "\n")
 
-    async def create_topics(self):
+    async def create_topics(self, config: dict[str, str] | None = None):
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in self.topics.values()])
+            await admin.create_topics([
+                NewTopic(t, PARTITIONS, self.replication, topic_configs=config or {})
+                for t in self.topics.values()
+            ])  # fmt: skip
         finally:
             await admin.close()
 
@@ -144,9 +148,12 @@ class Deployment:
 
 
 @pytest.fixture
-async def deployment(broker, redis_url, redis_ns, tmp_path):
-    made = Deployment(broker.bootstrap, broker.url, redis_url, tmp_path, redis_ns)
-    await made.create_topics()
+async def deployment(request, broker, redis_url, redis_ns, tmp_path):
+    """Workers on the session's broker and Redis; ``@pytest.mark.topic_config(**config)``
+    creates the topics with that config."""
+    made = Deployment(broker, redis_url, tmp_path, redis_ns)
+    marker = request.node.get_closest_marker("topic_config")
+    await made.create_topics(marker.kwargs if marker else None)
     yield made
     made.stop()
 
@@ -155,15 +162,14 @@ async def deployment(broker, redis_url, redis_ns, tmp_path):
 
 
 class FaultServices:
-    """A broker and an append-only Redis that only this test uses, so it may kill, pause
-    and restart them without touching the session's services."""
+    """A broker (the session's kind, or ``kind``/``nodes``) and an append-only Redis that
+    only this test uses, so it may kill, pause and restart them without touching the
+    session's services."""
 
-    def __init__(self, tmp_path: Path):
-        from racer_online.local.services import EmbeddedBroker, EmbeddedRedis
-
+    def __init__(self, tmp_path: Path, kind: str, nodes: int = 1):
         for name in ("broker", "redis"):
             (tmp_path / name).mkdir()
-        self.broker = EmbeddedBroker(log_dir=tmp_path / "broker")
+        self.broker = local_broker(kind, nodes=nodes, workdir=tmp_path / "broker")
         self.redis = EmbeddedRedis(appendonly=True, data_dir=tmp_path / "redis")
 
     def stop(self):
@@ -172,9 +178,12 @@ class FaultServices:
 
 
 @pytest.fixture
-def fault_services(tmp_path, monkeypatch):
+def fault_services(request, tmp_path, monkeypatch, broker_kind):
+    """`FaultServices`; ``@pytest.mark.parametrize("fault_services", [("apache", 3)],
+    indirect=True)`` asks for another broker than the session's kind."""
     monkeypatch.delenv("RACER_REDIS_URL", raising=False)  # start a Redis that may be restarted
-    services = FaultServices(tmp_path)
+    kind, nodes = getattr(request, "param", (broker_kind, 1))
+    services = FaultServices(tmp_path, kind, nodes)
     try:
         services.broker.start()
         services.redis.start()
@@ -189,9 +198,8 @@ async def fault_deployment(fault_services, tmp_path):
     record is ever trimmed (the tests count every record)."""
     import uuid
 
-    broker = fault_services.broker
     made = Deployment(
-        broker.bootstrap, broker.url, fault_services.redis.url, tmp_path,
+        fault_services.broker, fault_services.redis.url, tmp_path,
         f"fault-{uuid.uuid4().hex[:12]}",
     )  # fmt: skip
     made.env |= {"RACER_MONITOR": "false"}
