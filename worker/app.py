@@ -45,6 +45,7 @@ def create_app(settings: Settings) -> faust.App:
         broker=settings.kafka_broker,
         processing_guarantee="at_least_once",
         topic_partitions=settings.topics.partitions,
+        topic_replication_factor=settings.topics.replication,
         web_enabled=settings.web_enabled,
         web_host=settings.web_host,
         web_port=settings.web_port,
@@ -62,6 +63,7 @@ def create_app(settings: Settings) -> faust.App:
             key_serializer="raw",
             value_serializer="raw",
             partitions=names.partitions,
+            replicas=names.replication,
             internal=True,  # so Faust creates it with the configured partition count
         )
 

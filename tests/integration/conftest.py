@@ -25,6 +25,23 @@ TOPICS = ("queries", "decisions", "feedback", "thresholds", "alerts", "dlq")
 PARTITIONS = 4
 
 
+async def until_led(admin: AIOKafkaAdminClient, topics: list[str], timeout: float = 30.0):
+    """Apache Kafka acknowledges a topic's creation before its brokers know the leaders:
+    wait until the metadata shows a leader for every partition."""
+    deadline = time.monotonic() + timeout
+    while True:
+        described = await admin.describe_topics(topics)
+        if all(
+            t["error_code"] == 0
+            and len(t["partitions"]) == PARTITIONS
+            and all(p["leader"] >= 0 for p in t["partitions"])
+            for t in described
+        ):
+            return
+        assert time.monotonic() < deadline, f"no leaders for {topics} after {timeout} s"
+        await asyncio.sleep(0.05)
+
+
 class Deployment:
     def __init__(self, broker, redis_url, tmp_path: Path, scope: str):
         self.bootstrap = broker.bootstrap
@@ -71,6 +88,7 @@ class Deployment:
                 NewTopic(t, PARTITIONS, self.replication, topic_configs=config or {})
                 for t in self.topics.values()
             ])  # fmt: skip
+            await until_led(admin, list(self.topics.values()))
         finally:
             await admin.close()
 

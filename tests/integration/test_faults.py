@@ -98,7 +98,10 @@ class Publisher:
 
     def __init__(self, deployment: Any) -> None:
         self.deployment = deployment
-        self.producer = AIOKafkaProducer(bootstrap_servers=deployment.bootstrap, linger_ms=5)
+        # acks=all: a record acknowledged by a leader that dies next is not lost with it
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=deployment.bootstrap, linger_ms=5, acks="all"
+        )
         self.sent_at: dict[str, float] = {}  # query id -> when its query was sent
 
     async def __aenter__(self) -> Publisher:
