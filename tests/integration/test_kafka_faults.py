@@ -36,8 +36,6 @@ from test_faults import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-CLUSTER = pytest.mark.parametrize("fault_services", [("apache", 3)], indirect=True)
-SINGLE_NODE = pytest.mark.parametrize("fault_services", [("apache", 1)], indirect=True)
 Fault = Callable[[Window, Tail, asyncio.Task[None]], Awaitable[dict[str, Any]]]
 
 
@@ -106,7 +104,8 @@ def assert_exact(figures: dict[str, Any], *, workers_alive: int = 1) -> None:
     assert figures["workers_alive"] == workers_alive and not figures["crash_lines"], summary
 
 
-@CLUSTER
+@pytest.mark.apache
+@pytest.mark.parametrize("fault_services", [("apache", 3)], indirect=True)
 async def test_the_leader_of_the_queries_partitions_killed_and_restarted(deployed, fault_services):
     kafka = fault_services.broker
 
@@ -145,7 +144,8 @@ def _led_without(kafka: Any, deployed: Any, victim: int) -> bool:
     return len(leaders) == 4 and all(node not in (victim, -1) for node in leaders.values())
 
 
-@CLUSTER
+@pytest.mark.apache
+@pytest.mark.parametrize("fault_services", [("apache", 3)], indirect=True)
 async def test_a_rolling_restart_of_all_three_nodes(deployed, fault_services):
     kafka = fault_services.broker
 
@@ -167,7 +167,8 @@ async def test_a_rolling_restart_of_all_three_nodes(deployed, fault_services):
     assert_exact(figures)
 
 
-@SINGLE_NODE
+@pytest.mark.apache
+@pytest.mark.parametrize("fault_services", [("apache", 1)], indirect=True)
 async def test_a_single_node_broker_killed_and_restarted_on_its_log(deployed, fault_services):
     kafka = fault_services.broker
 
