@@ -245,7 +245,11 @@ class EmbeddedServices:
     redis_url: str
 
     def env(self) -> dict[str, str]:
-        return {**self.broker.env(), "RACER_REDIS_URL": self.redis_url}
+        broker = self.broker.env()
+        return {"RACER_KAFKA_BROKER": broker.pop("RACER_KAFKA_BROKER")} | {
+            "RACER_REDIS_URL": self.redis_url,
+            **broker,
+        }
 
 
 @contextlib.contextmanager

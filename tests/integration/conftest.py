@@ -92,6 +92,29 @@ class Deployment:
         finally:
             await admin.close()
 
+    async def group_members(self, group: str, members: int, timeout: float = 60.0) -> float:
+        """Wait until the consumer group ``<app id>.<group>`` is stable with ``members``
+        members (a join takes a session timeout or more on a busy machine); seconds taken."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        started = time.monotonic()
+        try:
+            while True:
+                (described,) = await admin.describe_consumer_groups(
+                    [f"{self.env['RACER_APP_ID']}.{group}"]
+                )
+                (state,) = (
+                    described.groups
+                )  # (error, group, state, protocol type, protocol, members)
+                if state[2] == "Stable" and len(state[5]) == members:
+                    return time.monotonic() - started
+                assert time.monotonic() - started < timeout, (
+                    f"{group}: {state[2]}, {len(state[5])} members"
+                )
+                await asyncio.sleep(0.1)
+        finally:
+            await admin.close()
+
     def start_worker(self, **env) -> subprocess.Popen:
         index = len(self.workers)
         log = open(self.tmp_path / f"worker-{index}.log", "wb")  # noqa: SIM115

@@ -140,9 +140,8 @@ def metric(text, name, scope):
 async def test_two_workers_split_partitions_and_one_recalibrates(deployment, records):
     ports = [free_port(), free_port()]
     workers = [deployment.start_worker(RACER_WEB_PORT=str(p)) for p in ports]
-    # Both must be in the group before the stream starts; a join takes about a session
-    # timeout (2 s) and shows in no message we could wait for.
-    await asyncio.sleep(4)
+    # Both must be in the routing group before the stream starts.
+    await deployment.group_members("route", 2)
     rows = range(800)
     await deployment.send("queries", queries(records, rows, deployment.scope))
     await deployment.collect("decisions", 800)
