@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The broker of the integration, fault and e2e tiers: apache (Apache Kafka, needs Java 17 and
+# Maven) or tansu (embedded, no Java): `make test TEST_BROKER=tansu` for a quick loop, which
+# leaves out the tests that need Apache Kafka's replication or log (marked apache).
+TEST_BROKER ?= apache
+BROKER_MARKS := $(if $(filter tansu,$(TEST_BROKER)),-m "not apache",)
 
 .PHONY: demo test lint bench clean install
 
@@ -23,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/mypy racer_online worker
 
 test: lint
-	$(BIN)/pytest -q
+	RACER_TEST_BROKER=$(TEST_BROKER) $(BIN)/pytest -q $(BROKER_MARKS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.calibration

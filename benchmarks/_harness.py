@@ -31,10 +31,8 @@ import numpy as np
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from racer_online.local.services import (
-    EmbeddedBroker,
-    EmbeddedRedis,
-)
+from racer_online.local.brokers import LocalBroker, local_broker
+from racer_online.local.services import EmbeddedRedis
 from racer_online.settings import load_scopes
 from racer_online.testing import (
     LocalDeployment,
@@ -146,9 +144,12 @@ def median(values: Sequence[float]) -> float:
 # -- services ---------------------------------------------------------------------------------
 
 
+_started_kind = ["tansu"]  # the broker of the current `services` block, for the probes
+
+
 @dataclass
 class Services:
-    broker: EmbeddedBroker
+    broker: LocalBroker
     redis: EmbeddedRedis
 
     @property
@@ -157,9 +158,11 @@ class Services:
 
 
 @contextlib.contextmanager
-def services() -> Iterator[Services]:
-    """The embedded broker and a Redis (``RACER_REDIS_URL`` if it answers, else fresh)."""
-    broker, store = EmbeddedBroker(), EmbeddedRedis()
+def services(broker_kind: str = "tansu") -> Iterator[Services]:
+    """A broker (`local_broker`'s kind) and a Redis (``RACER_REDIS_URL`` if it answers, else
+    fresh)."""
+    broker, store = local_broker(broker_kind), EmbeddedRedis()
+    _started_kind.append(broker_kind)
     try:
         broker.start()
         store.start()
@@ -183,7 +186,8 @@ class Deployment(LocalDeployment):
         super().__init__(
             broker_url=svc.broker.url, bootstrap=svc.broker.bootstrap, redis_url=svc.redis.url,
             directory=Path(tempfile.mkdtemp(prefix=f"racer-{scope}-")), scope=scope,
-            partitions=PARTITIONS, env=env,
+            partitions=PARTITIONS, replication=svc.broker.replication, embedded_broker=False,
+            env=svc.broker.env() | (env or {}),  # the fetch wait this broker needs
         )  # fmt: skip
         self.svc = svc
         self.scopes_file.write_text(scopes_toml(scope))
@@ -341,14 +345,19 @@ async def publish(
 
 # Tansu answers a fetch only after about half its max wait, even when records arrived
 # sooner (measured: p50 ~ wait/4, p99 ~ wait/2 per consumer hop), so every consumer that
-# takes part in a latency figure asks for 1 ms (which costs a fetch per ms when idle).
-PROBE_FETCH_WAIT_MS = 1
+# takes part in a latency figure asks it for 1 ms (which costs a fetch per ms when idle).
+# Apache Kafka answers as soon as a record is there: its consumers keep Kafka's 500 ms,
+# and do not spend the shared CPU on a thousand empty fetches a second.
+PROBE_FETCH_WAIT_MS = {"tansu": 1, "apache": 500}
 
 
 async def tail_consumer(
-    bootstrap: str, topic: str, *, from_start: bool, fetch_max_wait_ms: int = PROBE_FETCH_WAIT_MS
+    bootstrap: str, topic: str, *, from_start: bool, fetch_max_wait_ms: int | None = None
 ) -> AIOKafkaConsumer:
-    """A group-less consumer of every partition, positioned at the start or at the end now."""
+    """A group-less consumer of every partition, positioned at the start or at the end now;
+    by default with the fetch wait of the broker that `services` started last."""
+    if fetch_max_wait_ms is None:
+        fetch_max_wait_ms = PROBE_FETCH_WAIT_MS[_started_kind[-1]]
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
         auto_offset_reset="earliest" if from_start else "latest",
@@ -374,6 +383,7 @@ class Collected:
     first_recv: float | None = None
     last_recv: float | None = None
     keys: set[bytes] = field(default_factory=set)
+    timestamps: list[int] = field(default_factory=list)  # every wanted record's, in ms
     cpu_first: list[float] = field(default_factory=list)  # CPU seconds of ``cpu_of``
     cpu_last: list[float] = field(default_factory=list)
     last_cpu_at: float = 0.0
@@ -406,6 +416,7 @@ async def collect(
                 got.first_recv = got.first_recv or now
                 got.last_recv = now
                 ts = m.timestamp
+                got.timestamps.append(ts)
                 got.first_ts_ms = ts if got.first_ts_ms is None else min(got.first_ts_ms, ts)
                 got.last_ts_ms = ts if got.last_ts_ms is None else max(got.last_ts_ms, ts)
         if got.last_cpu_at == now:  # once per poll that brought new records
@@ -578,9 +589,10 @@ def start_faust_floor(svc: Services, src: str, dst: str) -> subprocess.Popen[byt
 # -- raw aiokafka pass-through, in its own process like a worker ------------------------------
 
 
-async def passthrough(bootstrap: str, src: str, dst: str) -> None:
+async def passthrough(bootstrap: str, src: str, dst: str, kind: str) -> None:
     """Consume ``src`` from the start (no group) and produce every record to ``dst`` as it
-    comes, awaiting the acks of each fetched batch, until SIGTERM."""
+    comes, awaiting the acks of each fetched batch, until SIGTERM; ``kind``: the broker's."""
+    _started_kind.append(kind)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     consumer = await tail_consumer(bootstrap, src, from_start=True)
@@ -601,7 +613,7 @@ async def passthrough(bootstrap: str, src: str, dst: str) -> None:
 
 def start_passthrough(svc: Services, src: str, dst: str) -> subprocess.Popen[bytes]:
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    args = ["passthrough", svc.broker.bootstrap, src, dst]
+    args = ["passthrough", svc.broker.bootstrap, src, dst, svc.broker.name]
     return subprocess.Popen(
         [sys.executable, "-m", "benchmarks._harness", *args],
         env=env,
@@ -614,6 +626,6 @@ def start_passthrough(svc: Services, src: str, dst: str) -> subprocess.Popen[byt
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["passthrough"]:
-        asyncio.run(passthrough(*sys.argv[2:5]))
+        asyncio.run(passthrough(*sys.argv[2:6]))
     else:
         faust_floor_app().main()  # ``worker ...``: the Faust floor

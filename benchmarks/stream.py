@@ -59,10 +59,9 @@ from benchmarks._harness import (
     tail_consumer,
     wait_ready,
 )
+from benchmarks.lag import LagSampler
+from benchmarks.stream_report import _ms, broker_fact, show, side_by_side, table_rows
 from racer_online.store import keys
-
-RAW_TARGET, P99_TARGET_MS, BYTES_TARGET = 0.4, 15.0, 200.0
-
 
 # -- (1) raw pass-through ----------------------------------------------------------------------
 
@@ -153,6 +152,7 @@ class Latencies:
     cpu: list[float] = field(default_factory=list)
     sent: int = 0
     lost: int = 0
+    lag: list[int] = field(default_factory=list)  # the route group's, sampled (workers only)
 
     def add(self, other: Latencies) -> None:
         self.total += other.total
@@ -161,13 +161,19 @@ class Latencies:
         self.cpu += other.cpu
         self.sent += other.sent
         self.lost += other.lost
+        self.lag += other.lag
 
     def summary(self) -> dict[str, float]:
         ms = {"": self.total, "in_": self.inbound, "out_": self.outbound}
         out = {f"{name}p{q}_ms": 1000 * percentile(values, q)
                for name, values in ms.items() for q in (50, 99)}  # fmt: skip
-        return out | {"latency_cpu": median(self.cpu), "latency_sent": self.sent,
-                      "latency_lost": self.lost}  # fmt: skip
+        lag = (
+            {"lag_p50": percentile(self.lag, 50), "lag_max": float(max(self.lag))}
+            if self.lag
+            else {}
+        )
+        return out | lag | {"latency_cpu": median(self.cpu), "latency_sent": self.sent,
+                            "latency_lost": self.lost}  # fmt: skip
 
 
 async def probe_latency(
@@ -305,6 +311,56 @@ async def worker_run(
     return result
 
 
+async def two_workers_run(svc: Services, args: argparse.Namespace) -> dict[str, float]:
+    """(2) route with two workers on 2N pre-published queries. They join the group one
+    after the other, so the rate counts only the decisions made once the group is stable
+    with both members (before that, one routes alone)."""
+    n = 2 * args.n
+    dep = Deployment(svc, label="two", env=dict(kv.split("=", 1) for kv in args.worker_env))
+    dep.pythonpath = args.worker_pythonpath
+    await dep.create_topics()
+    ids, queries, _ = Traffic(dep.scope, seed=3).batch(n)
+    await publish(dep.bootstrap, dep.topics["queries"], ids, queries)
+    decisions = await tail_consumer(dep.bootstrap, dep.topics["decisions"], from_start=True)
+    first = dep.start_worker()
+    try:
+        dep.start_worker()
+        both = asyncio.create_task(group_stable(dep.bootstrap, f"racer-{dep.scope}.route", 2))
+        alive = lambda: first.poll() is None and dep.alive()  # noqa: E731
+        got = await collect(decisions, n, timeout=600, wanted={q.encode() for q in ids},
+                            alive=alive)  # fmt: skip
+        stable_ms = await both
+    finally:
+        await decisions.stop()
+        dep.stop_worker()
+        dep.worker = first
+        dep.stop_worker()
+        dep.delete_keys()
+    after = [ts for ts in got.timestamps if ts >= stable_ms]
+    if got.count < n or len(after) < 2:
+        raise RuntimeError(
+            f"two workers: {got.count}/{n} decisions, {len(after)} after both joined"
+        )
+    return {"route2_msgs": len(after) / ((max(after) - stable_ms) / 1000)}
+
+
+async def group_stable(bootstrap: str, group: str, members: int, timeout: float = 120.0) -> float:
+    """When (ms since the epoch) ``group`` is first seen stable with ``members`` members."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            (described,) = await admin.describe_consumer_groups([group])
+            (state,) = described.groups
+            if state[2] == "Stable" and len(state[5]) == members:  # (error, id, state, ...)
+                return time.time() * 1000
+            await asyncio.sleep(0.05)
+    finally:
+        await admin.close()
+    raise RuntimeError(f"group {group} not stable with {members} members in {timeout} s")
+
+
 async def worker_latency(svc: Services, args: argparse.Namespace, rep: int) -> dict[str, float]:
     """(3) publish-to-decision latency, each segment on a fresh deployment: Tansu's fetch
     cost grows with the length of a partition (docs/benchmarks.md)."""
@@ -319,10 +375,19 @@ async def worker_latency(svc: Services, args: argparse.Namespace, rep: int) -> d
             await wait_ready(dep, traffic)
             if args.profile:
                 dep.profile(Path(args.profile) / f"latency-{rep + 1}-{segment + 1}.txt")
-            pooled.add(await probe_latency(
-                dep.bootstrap, dep.topics, traffic, args.rate, args.latency_seconds,
-                output=dep.topics["decisions"], cpu_of=dep.worker_pid,
-            ))  # fmt: skip
+            group = f"racer-{dep.scope}.route"
+            async with LagSampler(dep.bootstrap, group, dep.topics["queries"], PARTITIONS) as lag:
+                measured = await probe_latency(
+                    dep.bootstrap,
+                    dep.topics,
+                    traffic,
+                    args.rate,
+                    args.latency_seconds,
+                    output=dep.topics["decisions"],
+                    cpu_of=dep.worker_pid,
+                )
+            measured.lag = lag.samples
+            pooled.add(measured)
         finally:
             dep.stop_worker()
             dep.delete_keys()
@@ -356,64 +421,7 @@ async def time_feedback(
     raise RuntimeError("feedback not joined within 600 s, or the worker died")
 
 
-# -- report --------------------------------------------------------------------------------------
-
-
-def _count(v: float) -> str:
-    return f"{v:,.0f}"
-
-
-def _ms(v: float) -> str:
-    return f"{v:.1f}"
-
-
-def _ratio(v: float) -> str:
-    return f"{v:.2f}x"
-
-
-ROWS: list[tuple[str, str, str, Callable[[float], str]]] = [
-    ("raw_msgs", "(1) raw aiokafka pass-through, msg/s", "", _count),
-    ("raw_cpu_us", "(1) raw pass-through CPU µs per message", "", _count),
-    ("route_msgs", "(2) route, one worker, msg/s", "", _count),
-    ("route_ratio", "(2) route / raw", f">= {RAW_TARGET}x", _ratio),
-    ("route_cpu_us", "(2) route: worker CPU µs per query", "", _count),
-    ("route_redis_us", "(2) route: Redis CPU µs per query", "", _count),
-    ("floor_msgs", "(2) ref: Faust floor (take_events + send, no service), msg/s", "", _count),
-    ("floor_cpu_us", "(2) ref: Faust floor CPU µs per message", "", _count),
-    ("p50_ms", "(3) publish-to-decision p50, ms", "", _ms),
-    ("p99_ms", "(3) publish-to-decision p99, ms", f"<= {P99_TARGET_MS:.0f}", _ms),
-    ("in_p50_ms", "(3) of which publish -> decided (in), p50, ms", "", _ms),
-    ("in_p99_ms", "(3) of which publish -> decided (in), p99, ms", "", _ms),
-    ("out_p50_ms", "(3) of which decided -> received (out), p50, ms", "", _ms),
-    ("out_p99_ms", "(3) of which decided -> received (out), p99, ms", "", _ms),
-    ("latency_cpu", "(3) worker CPU at that rate, cores", "", lambda v: f"{v:.2f}"),
-    ("raw_p50_ms", "(3) ref: raw pass-through p50, ms", "", _ms),
-    ("raw_p99_ms", "(3) ref: raw pass-through p99, ms", "", _ms),
-    ("feedback_msgs", "(4) feedback join, events/s", "", _count),
-    ("feedback_cpu_us", "(4) feedback: worker CPU µs per event", "", _count),
-    ("feedback_redis_us", "(4) feedback: Redis CPU µs per event", "", _count),
-    ("window_len", "(5) window records", "", _count),
-    ("window_bytes", "(5) window bytes/record (MEMORY USAGE)", f"<= {BYTES_TARGET:.0f}", _count),
-    ("window_bytes_copy", "(5) window bytes/record (used_memory of a COPY)", "", _count),
-    ("pending_bytes", "Redis bytes per routed query (pending record)", "", _count),
-    ("graded_bytes", "Redis bytes per query, graded, incl. window", "", _count),
-]
-CHECKS = {
-    "route_ratio": lambda v: v >= RAW_TARGET,
-    "p99_ms": lambda v: v <= P99_TARGET_MS,
-    "window_bytes": lambda v: v <= BYTES_TARGET,
-}
-
-
-def table_rows(reps: list[dict[str, float]]) -> list[list[str]]:
-    rows = []
-    for key, label, target, fmt in ROWS:
-        values = [r.get(key, float("nan")) for r in reps]
-        mid = median(values)
-        met = "" if key not in CHECKS else ("yes" if CHECKS[key](mid) else "**no**")
-        rows.append([label, *(fmt(v) if v == v else "-" for v in values),
-                     fmt(mid) if mid == mid else "-", target, met])  # fmt: skip
-    return rows
+# -- runs ----------------------------------------------------------------------------------------
 
 
 async def broker_fetch(args: argparse.Namespace, console: Console) -> None:
@@ -464,15 +472,19 @@ async def broker_fetch(args: argparse.Namespace, console: Console) -> None:
             print("| " + " | ".join(row) + " |")
 
 
-async def run(args: argparse.Namespace, console: Console) -> None:
-    with services() as svc:
+async def measure(kind: str, args: argparse.Namespace, console: Console) -> tuple[
+    dict[str, str], list[dict[str, float]]
+]:  # fmt: skip
+    """Every repetition on one broker kind: the machine's facts and each repetition's values."""
+    with services(kind) as svc:
         facts = machine_facts(svc.redis.url)
+        facts["broker"] = broker_fact(svc.broker)
         facts["redis"] = f"{svc.redis.kind} ({svc.redis.url})"
         for key, value in facts.items():
             console.print(f"[bold]{key}[/]: {value}")
         reps: list[dict[str, float]] = []
         for rep in range(args.reps):
-            console.print(f"[bold]repetition {rep + 1}/{args.reps}[/]")
+            console.print(f"[bold]{kind}: repetition {rep + 1}/{args.reps}[/]")
             values: dict[str, float] = {}
             if not args.worker_only:
                 values |= await raw_run(svc, args.n)
@@ -480,30 +492,36 @@ async def run(args: argparse.Namespace, console: Console) -> None:
                 values |= await floor_run(svc, args.n)
                 console.print(f"  raw and floor: { {k: round(v, 2) for k, v in values.items()} }")
             values |= await worker_run(svc, args, console, rep)
+            values |= await two_workers_run(svc, args)
             values |= await worker_latency(svc, args, rep)
             values["route_ratio"] = values["route_msgs"] / values.get("raw_msgs", float("nan"))
             console.print(f"  worker: { {k: round(v, 2) for k, v in values.items()} }")
             reps.append(values)
         facts["CPU pressure at end"] = cpu_pressure()
-    headers = ["metric", *(f"run {i + 1}" for i in range(len(reps))), "median", "target", "met"]
-    title = (
-        f"One worker, 9 models, {PARTITIONS} partitions, audit rate 0.1, N = {args.n:,}, "
-        f"latency at {args.rate:,.0f} q/s, {args.latency_segments} x {args.latency_seconds:.0f} s"
-    )
-    if args.worker_env or args.worker_pythonpath:
-        title += f"; worker: {' '.join(args.worker_env)} {args.worker_pythonpath or ''}".rstrip()
-    table = Table(*headers, title=title)
-    rows = table_rows(reps)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    if args.markdown:
-        print("\n" + "\n".join(f"- {key}: {value}" for key, value in facts.items()))
-        print(f"\n{title}\n")
-        print("| " + " | ".join(headers) + " |")
-        print("|---|" + "---:|" * (len(headers) - 3) + "---|---|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
+    return facts, reps
+
+
+async def run(args: argparse.Namespace, console: Console) -> None:
+    by_broker: dict[str, list[dict[str, float]]] = {}
+    for kind in args.broker.split(","):
+        facts, by_broker[kind] = await measure(kind, args, console)
+        reps = by_broker[kind]
+        headers = ["metric", *(f"run {i + 1}" for i in range(len(reps))), "median", "target", "met"]
+        title = (
+            f"{facts['broker']}: one worker, 9 models, {PARTITIONS} partitions, audit rate 0.1, "
+            f"N = {args.n:,}, latency at {args.rate:,.0f} q/s, "
+            f"{args.latency_segments} x {args.latency_seconds:.0f} s"
+        )
+        if args.worker_env or args.worker_pythonpath:
+            title += (
+                f"; worker: {' '.join(args.worker_env)} {args.worker_pythonpath or ''}".rstrip()
+            )
+        if args.markdown:
+            print("\n" + "\n".join(f"- {key}: {value}" for key, value in facts.items()))
+        show(console, title, headers, table_rows(reps), args.markdown)
+    if len(by_broker) > 1:
+        headers = ["metric (median)", *by_broker, "target"]
+        show(console, "Brokers side by side", headers, side_by_side(by_broker), args.markdown)
 
 
 def main() -> None:
@@ -518,6 +536,10 @@ def main() -> None:
         default=3,
         help="latency segments per repetition, each on fresh topics",
     )
+    parser.add_argument(
+        "--broker", default="apache,tansu",
+        help="comma-separated brokers, each measured in turn: apache (Java 17), tansu",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke run: N=5000, 1 rep, 5 s")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     parser.add_argument(

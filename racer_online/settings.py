@@ -122,6 +122,9 @@ class TopicsConfig(BaseModel):
     alerts: TopicName = "racer.alerts"
     dlq: TopicName = "racer.dlq"
     partitions: int = Field(default=4, ge=1)
+    # Of the topics the worker creates, Faust's own leader-election topic among them:
+    # Faust would make them 1, so a replicated cluster lost them with a single broker.
+    replication: int = Field(default=1, ge=1)
 
 
 KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]

@@ -154,10 +154,12 @@ class LocalDeployment:
         directory: Path,
         scope: str | None,
         partitions: int = 4,
+        replication: int = 1,
         embedded_broker: bool = True,
         env: dict[str, str] | None = None,
     ) -> None:
         self.scope, self.dir, self.partitions = scope, directory, partitions
+        self.replication = replication  # 3 on a 3-node cluster
         self.broker_url, self.bootstrap, self.redis_url = broker_url, bootstrap, redis_url
         self.topics = {name: f"{scope}.{name}" for name in TOPIC_NAMES} if scope else {}
         self.scopes_file = directory / "scopes.toml"
@@ -196,17 +198,33 @@ class LocalDeployment:
         lines += [f'"{m}" = {{ price = {price} }}' for m in models]
         self.scopes_file.write_text("\n".join(lines) + "\n")
 
-    async def create_topics(self) -> None:
+    async def create_topics(self, config: dict[str, str] | None = None) -> None:
+        """This deployment's topics (with a topic ``config``), once every partition has a
+        leader: Apache Kafka acknowledges a creation before its brokers know the leaders."""
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
-            await admin.create_topics(
-                [NewTopic(t, self.partitions, 1) for t in self.topics.values()]
-            )
+            await admin.create_topics([
+                NewTopic(t, self.partitions, self.replication, topic_configs=config or {})
+                for t in self.topics.values()
+            ])  # fmt: skip
+            deadline = time.monotonic() + 30
+            while not await self._led(admin):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no leaders for {list(self.topics.values())} in 30 s")
+                await asyncio.sleep(0.05)
         finally:
             await admin.close()
+
+    async def _led(self, admin: Any) -> bool:
+        described = await admin.describe_topics(list(self.topics.values()))
+        return all(
+            t["error_code"] == 0 and len(t["partitions"]) == self.partitions
+            and all(p["leader"] >= 0 for p in t["partitions"])
+            for t in described
+        )  # fmt: skip
 
     def log_path(self, index: int = 0) -> Path:
         return self.dir / f"worker-{index}.log"

@@ -1,5 +1,10 @@
 """Shared fixtures: a real broker and a real Redis, started lazily, once per session.
 
+The broker is Tansu unless ``RACER_TEST_BROKER=apache`` (`make test` sets it): Apache Kafka
+from Maven Central, which needs Java 17 and Maven (a missing one fails the tests that need a
+broker with one line saying what to install). Tests marked ``apache`` need Apache Kafka
+whatever the session broker is (its replication, its log on disk).
+
 Redis isolation: the Redis may be shared (a developer's, CI's 127.0.0.1:6379, another test run
 going on at the same time), so no test may FLUSHDB or use fixed key names. Put the `redis_ns`
 string in every key a test writes (as the key prefix or as the scope name, e.g.
@@ -13,14 +18,24 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from racer_online.local.brokers import BROKERS, LocalBroker, local_broker
 from racer_online.local.redis_cluster import LocalRedisCluster
-from racer_online.local.services import EmbeddedBroker, EmbeddedRedis, redis_reachable
+from racer_online.local.services import EmbeddedRedis, redis_reachable
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker]:
-    """One Tansu broker for the session; tests use unique topic names (uuid) to stay apart."""
-    with EmbeddedBroker() as started:
+def broker_kind() -> str:
+    """``tansu`` or ``apache``, from ``RACER_TEST_BROKER`` (default tansu)."""
+    kind = os.environ.get("RACER_TEST_BROKER", "tansu")
+    if kind not in BROKERS:
+        pytest.exit(f"RACER_TEST_BROKER={kind!r}: one of {', '.join(BROKERS)}", returncode=2)
+    return kind
+
+
+@pytest.fixture(scope="session")
+def broker(broker_kind: str) -> Iterator[LocalBroker]:
+    """One broker for the session; tests use unique topic names (uuid) to stay apart."""
+    with local_broker(broker_kind) as started:
         yield started
 
 

@@ -71,6 +71,7 @@ class Worker:
             key_serializer="raw",
             value_serializer="raw",
             partitions=self.names.partitions,
+            replicas=self.names.replication,
             internal=True,  # so Faust creates it with the configured partition count
         )
 
@@ -172,6 +173,7 @@ def _faust_app(settings: Settings) -> faust.App:
         broker=settings.kafka_broker,
         processing_guarantee="at_least_once",
         topic_partitions=settings.topics.partitions,
+        topic_replication_factor=settings.topics.replication,
         web_enabled=settings.web_enabled,
         web_bind=settings.web_host,  # the address it listens on (web_host is only advertised)
         web_port=settings.web_port,

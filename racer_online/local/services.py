@@ -2,7 +2,8 @@
 
 Both run as child processes on free loopback ports and are stopped on exit, on SIGTERM/SIGINT,
 at interpreter exit and (Linux) when this process dies, so Ctrl-C never leaves a broker behind.
-The broker is Tansu with memory storage: fine for tests and the demo, never for production.
+The broker is Tansu with memory storage (fine for tests and the demo, never for production,
+and no Java needed), or Apache Kafka (`racer_online.local.kafka`): `local_broker` picks one.
 """
 
 import atexit
@@ -21,11 +22,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import redis
 
 from racer_online.errors import RacerError
+
+if TYPE_CHECKING:
+    from racer_online.local.brokers import LocalBroker
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +151,18 @@ class _Child:
 class EmbeddedBroker(_Child):
     """A Tansu broker (memory storage: every topic and offset dies with it) on a free port."""
 
+    name = "tansu"
+    replication = 1  # topics' replication factor: one node
+
     def __init__(self, port: int | None = None, *, log_dir: str | Path | None = None) -> None:
         super().__init__(log_dir, "tansu.log")
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"  # for aiokafka
         self.url = f"kafka://{self.bootstrap}"  # for Faust
+
+    def env(self) -> dict[str, str]:
+        """A client's settings for this broker."""
+        return {"RACER_KAFKA_BROKER": self.url, **EMBEDDED_BROKER_ENV}
 
     def start(self, timeout: float = 15.0) -> Self:
         """Start the binary; return once it answers the Kafka protocol."""
@@ -228,30 +239,32 @@ class EmbeddedRedis(_Child):
 class EmbeddedServices:
     """What ``embedded_services`` yields: both services, their addresses, a worker's env."""
 
-    broker: EmbeddedBroker
+    broker: "LocalBroker"
     redis: EmbeddedRedis
     kafka_broker: str
     redis_url: str
 
     def env(self) -> dict[str, str]:
-        return {
-            "RACER_KAFKA_BROKER": self.kafka_broker,
+        broker = self.broker.env()
+        return {"RACER_KAFKA_BROKER": broker.pop("RACER_KAFKA_BROKER")} | {
             "RACER_REDIS_URL": self.redis_url,
-            **EMBEDDED_BROKER_ENV,
+            **broker,
         }
 
 
 @contextlib.contextmanager
 def embedded_services(
-    redis_url: str | None = None, *, appendonly: bool = False
+    redis_url: str | None = None, *, appendonly: bool = False, broker: str = "tansu"
 ) -> Iterator[EmbeddedServices]:
-    """Broker + Redis for the block, stopped however it ends.
+    """Broker (`local_broker`'s ``broker``) + Redis for the block, stopped however it ends.
 
     SIGTERM/SIGINT become SystemExit/KeyboardInterrupt (or go to the handler installed before),
     so the block unwinds first (a worker inside commits and leaves its group) and the services
     stop after it; atexit and the children's parent-death signal cover the other ways out.
     """
-    broker, redis_server = EmbeddedBroker(), EmbeddedRedis(redis_url, appendonly=appendonly)
+    from racer_online.local.brokers import local_broker
+
+    kafka, redis_server = local_broker(broker), EmbeddedRedis(redis_url, appendonly=appendonly)
     previous: dict[int, Any] = {}
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -262,7 +275,7 @@ def embedded_services(
             raise SystemExit(128 + signum)
 
     def stop() -> None:
-        broker.stop()
+        kafka.stop()
         redis_server.stop()
 
     atexit.register(stop)
@@ -270,9 +283,9 @@ def embedded_services(
         if threading.current_thread() is threading.main_thread():  # signal.signal needs it
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, on_signal)
-        broker.start()
+        kafka.start()
         redis_server.start()
-        yield EmbeddedServices(broker, redis_server, broker.url, redis_server.url)
+        yield EmbeddedServices(kafka, redis_server, kafka.url, redis_server.url)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -91,8 +91,9 @@ class Replay(LocalDeployment):
     def __init__(self, broker, redis_url, scope, tmp_path):
         super().__init__(
             broker_url=broker.url, bootstrap=broker.bootstrap, redis_url=redis_url,
-            directory=tmp_path, scope=scope,
-            env={
+            directory=tmp_path, scope=scope, replication=broker.replication,
+            embedded_broker=False,  # the broker's own env() says which fetch wait it needs
+            env=broker.env() | {
                 "RACER_AUDIT_RATE": "1.0", "RACER_RECALIBRATE_INTERVAL_S": "1",
                 "RACER_RECALIBRATE_EVERY_RECORDS": "50", "RACER_N_RECENT": "50",
             },

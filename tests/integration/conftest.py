@@ -14,18 +14,21 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from racer_online.local.brokers import local_broker
+from racer_online.local.services import EmbeddedRedis
 from racer_online.testing import LocalDeployment, stop_process
 
 
 class Deployment(LocalDeployment):
-    """A `LocalDeployment` that publishes and reads its topics as JSON, every decision
-    audited, recalibrating every second."""
+    """A `LocalDeployment` on a local broker (Tansu or Apache Kafka) that publishes and
+    reads its topics as JSON, every decision audited, recalibrating every second."""
 
-    def __init__(self, bootstrap, broker_url, redis_url, tmp_path: Path, scope: str):
+    def __init__(self, broker, redis_url, tmp_path: Path, scope: str):
         super().__init__(
-            broker_url=broker_url, bootstrap=bootstrap, redis_url=redis_url,
-            directory=tmp_path, scope=scope,
-            env={"RACER_AUDIT_RATE": "1.0", "RACER_RECALIBRATE_INTERVAL_S": "1"},
+            broker_url=broker.url, bootstrap=broker.bootstrap, redis_url=redis_url,
+            directory=tmp_path, scope=scope, replication=broker.replication,
+            embedded_broker=False,  # the broker's own env() says which fetch wait it needs
+            env=broker.env() | {"RACER_AUDIT_RATE": "1.0", "RACER_RECALIBRATE_INTERVAL_S": "1"},
         )  # fmt: skip
         self.tmp_path = tmp_path
 
@@ -85,9 +88,12 @@ class Deployment(LocalDeployment):
 
 
 @pytest.fixture
-async def deployment(broker, redis_url, redis_ns, tmp_path):
-    made = Deployment(broker.bootstrap, broker.url, redis_url, tmp_path, redis_ns)
-    await made.create_topics()
+async def deployment(request, broker, redis_url, redis_ns, tmp_path):
+    """Workers on the session's broker and Redis; ``@pytest.mark.topic_config(**config)``
+    creates the topics with that config."""
+    made = Deployment(broker, redis_url, tmp_path, redis_ns)
+    marker = request.node.get_closest_marker("topic_config")
+    await made.create_topics(marker.kwargs if marker else None)
     yield made
     made.stop()
 
@@ -96,15 +102,14 @@ async def deployment(broker, redis_url, redis_ns, tmp_path):
 
 
 class FaultServices:
-    """A broker and an append-only Redis that only this test uses, so it may kill, pause
-    and restart them without touching the session's services."""
+    """A broker (the session's kind, or ``kind``/``nodes``) and an append-only Redis that
+    only this test uses, so it may kill, pause and restart them without touching the
+    session's services."""
 
-    def __init__(self, tmp_path: Path):
-        from racer_online.local.services import EmbeddedBroker, EmbeddedRedis
-
+    def __init__(self, tmp_path: Path, kind: str, nodes: int = 1):
         for name in ("broker", "redis"):
             (tmp_path / name).mkdir()
-        self.broker = EmbeddedBroker(log_dir=tmp_path / "broker")
+        self.broker = local_broker(kind, nodes=nodes, workdir=tmp_path / "broker")
         self.redis = EmbeddedRedis(appendonly=True, data_dir=tmp_path / "redis")
 
     def stop(self):
@@ -113,9 +118,12 @@ class FaultServices:
 
 
 @pytest.fixture
-def fault_services(tmp_path, monkeypatch):
+def fault_services(request, tmp_path, monkeypatch, broker_kind):
+    """`FaultServices`; ``@pytest.mark.parametrize("fault_services", [("apache", 3)],
+    indirect=True)`` asks for another broker than the session's kind."""
     monkeypatch.delenv("RACER_REDIS_URL", raising=False)  # start a Redis that may be restarted
-    services = FaultServices(tmp_path)
+    kind, nodes = getattr(request, "param", (broker_kind, 1))
+    services = FaultServices(tmp_path, kind, nodes)
     try:
         services.broker.start()
         services.redis.start()
@@ -130,9 +138,8 @@ async def fault_deployment(fault_services, tmp_path):
     record is ever trimmed (the tests count every record)."""
     import uuid
 
-    broker = fault_services.broker
     made = Deployment(
-        broker.bootstrap, broker.url, fault_services.redis.url, tmp_path,
+        fault_services.broker, fault_services.redis.url, tmp_path,
         f"fault-{uuid.uuid4().hex[:12]}",
     )  # fmt: skip
     made.env |= {"RACER_MONITOR": "false"}

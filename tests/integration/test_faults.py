@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 from collections import Counter
@@ -98,7 +99,10 @@ class Publisher:
 
     def __init__(self, deployment: Any) -> None:
         self.deployment = deployment
-        self.producer = AIOKafkaProducer(bootstrap_servers=deployment.bootstrap, linger_ms=5)
+        # acks=all: a record acknowledged by a leader that dies next is not lost with it
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=deployment.bootstrap, linger_ms=5, acks="all"
+        )
         self.sent_at: dict[str, float] = {}  # query id -> when its query was sent
 
     async def __aenter__(self) -> Publisher:
@@ -279,11 +283,15 @@ def deployed(fault_deployment):
 
 
 async def publish_gated(
-    publisher: Publisher, events: list[Any], cut: int, gate: asyncio.Event
+    publisher: Publisher, events: list[Any], cuts: list[int], gates: list[asyncio.Event]
 ) -> None:
-    await publisher.publish(events[:cut], rate=230)  # a client's pace: ~25 s
-    await gate.wait()
-    await publisher.publish(events[cut:], rate=230)
+    """The stream in parts, each released by the kill before it: every worker gets fresh
+    work of its own before it is killed, however long it takes to start on a busy machine."""
+    bounds = [0, *cuts, len(events)]
+    for part, (first, last) in enumerate(itertools.pairwise(bounds)):
+        if part:
+            await gates[part - 1].wait()
+        await publisher.publish(events[first:last], rate=230)  # a client's pace: ~30 s
 
 
 async def test_five_sigkills_mid_stream_lose_and_double_nothing(deployed, fault_services):
@@ -295,14 +303,15 @@ async def test_five_sigkills_mid_stream_lose_and_double_nothing(deployed, fault_
     worker, kills, started = deployed.start_worker(), [], time.monotonic()
     try:
         async with Publisher(deployed) as publisher, Tail(deployed, "decisions") as decisions:
-            # The last 15% of the stream waits for the fifth kill: every kill is mid-stream.
-            gate, cut = asyncio.Event(), int(len(events) * 0.85)
-            sending = asyncio.create_task(publish_gated(publisher, events, cut, gate))
-            for target in (0.08, 0.2, 0.35, 0.5, 0.65):
+            # The last 30% of the stream waits for the fifth kill: every kill is mid-stream.
+            cuts = [int(len(events) * f) for f in (0.1, 0.25, 0.4, 0.55, 0.7)]
+            gates = [asyncio.Event() for _ in cuts]
+            sending = asyncio.create_task(publish_gated(publisher, events, cuts, gates))
+            for gate in gates:
                 # Kill once this worker has made progress of its own, at a random instant.
-                floor = max(int(n * target), kills[-1]["window"] + 50 if kills else 0)
+                floor = kills[-1]["window"] + 50 if kills else 50
                 what = f"{floor} window records before kill {len(kills) + 1}"
-                await until(lambda f=floor: _at_least(window, f), timeout=60, what=what)
+                await until(lambda f=floor: _at_least(window, f), timeout=90, what=what)
                 await asyncio.sleep(float(rng.uniform(0, 0.5)))
                 kills.append({"at_s": round(time.monotonic() - started, 1),
                               "window": await window.length(),
@@ -310,7 +319,7 @@ async def test_five_sigkills_mid_stream_lose_and_double_nothing(deployed, fault_
                               "mid_stream": not sending.done()})  # fmt: skip
                 deployed.kill(worker)  # SIGKILL: no commit, no leaving the group
                 worker = deployed.start_worker()
-            gate.set()
+                gate.set()
             await sending
             took = await settled(window, n, timeout=90)
             await until(lambda: len(decisions.by_query()) >= n, timeout=30, what="decisions")

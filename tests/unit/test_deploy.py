@@ -237,9 +237,8 @@ def test_topic_creation_makes_exactly_the_settings_topics(
     calls = run_topic_creation(compose, tmp_path)
     creates = [args for args in calls if "--create" in args]
     defaults = TopicsConfig()
-    expected = {getattr(defaults, name) for name in TopicsConfig.model_fields} - {
-        defaults.partitions
-    }
+    values = (getattr(defaults, name) for name in TopicsConfig.model_fields)
+    expected = {value for value in values if isinstance(value, str)}  # the topic names
     assert sorted(option(a, "--topic") for a in creates) == sorted(expected)
     for args in creates:
         assert option(args, "--partitions") == str(defaults.partitions)

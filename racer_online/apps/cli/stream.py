@@ -86,13 +86,20 @@ def _send(located: list[Located], noun: str, topic: str, *, force: bool) -> None
 
 
 @app.command("dev-services")
-def dev_services() -> None:
+def dev_services(
+    broker: Annotated[
+        str, typer.Option(help="tansu (embedded, no Java) or apache (Apache Kafka, Java 17).")
+    ] = "tansu",
+) -> None:
     """Start a local broker and Redis; print RACER_* lines to source; run until stopped."""
+    from racer_online.local.brokers import BROKERS
     from racer_online.local.services import embedded_services
 
+    if broker not in BROKERS:
+        raise typer.BadParameter(f"{broker!r}: one of {', '.join(BROKERS)}", param_hint="--broker")
     with (
         contextlib.suppress(KeyboardInterrupt),  # Ctrl-C is how they stop: exit 0
-        embedded_services(_configured_redis()) as services,
+        embedded_services(_configured_redis(), broker=broker) as services,
     ):
         for name, value in services.env().items():
             print(f"{name}={value}", flush=True)
