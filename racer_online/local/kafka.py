@@ -221,6 +221,22 @@ class ApacheKafka:
                     continue
         raise EmbeddedServiceError("no Apache Kafka node answers")
 
+    def everywhere_led(self, topics: list[str], partitions: int) -> bool:
+        """Every running node's metadata lists every partition of ``topics`` with a leader:
+        KRaft spreads a new topic to the brokers one by one, and a client that asks a node
+        that has not heard of it yet fails with UnknownTopicOrPartition."""
+        for node in self.nodes:
+            if node.pid is None:
+                continue
+            try:
+                seen = kafka_wire.metadata(node.port, topics)
+            except WIRE_ERRORS:
+                return False
+            if any(len(seen.leaders(t)) < partitions or min(seen.leaders(t).values()) < 0
+                   for t in topics):  # fmt: skip
+                return False
+        return True
+
     def in_sync(self) -> bool:
         """Every replica of every partition is in its partition's in-sync set."""
         try:

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from racer_online.local.brokers import local_broker
 from racer_online.local.services import EmbeddedRedis
-from racer_online.testing import LocalDeployment, stop_process
+from racer_online.testing import LocalDeployment, stop_process, until
 
 
 class Deployment(LocalDeployment):
@@ -31,9 +31,18 @@ class Deployment(LocalDeployment):
             env=broker.env() | {"RACER_AUDIT_RATE": "1.0", "RACER_RECALIBRATE_INTERVAL_S": "1"},
         )  # fmt: skip
         self.tmp_path = tmp_path
+        self.broker = broker
 
     def write_scopes(self, models, *, alpha=0.1, delta=0.1, rule="cumulative", miss="answerable"):
         super().write_scopes(models, alpha=alpha, delta=delta, rule=rule, miss=miss)
+
+    async def create_topics(self, config=None):
+        await super().create_topics(config)
+        led = getattr(self.broker, "everywhere_led", None)  # a cluster: every node knows them
+        if led is not None:
+            topics = list(self.topics.values())
+            await until(lambda: led(topics, self.partitions), timeout=30,
+                        what="every node to know the topics")  # fmt: skip
 
     async def send(self, topic, values, *, keys=None):
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
