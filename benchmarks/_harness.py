@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from racer_online.local.brokers import LocalBroker, local_broker
 from racer_online.local.services import EmbeddedRedis
-from racer_online.settings import load_scopes
+from racer_online.scopes import load_scopes
 from racer_online.testing import (
     LocalDeployment,
     ProcessStat,

@@ -9,9 +9,7 @@ and the field, so the CLI can print it as it is.
 from __future__ import annotations
 
 import secrets
-import tomllib
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_args
 from urllib.parse import urlsplit
@@ -32,84 +30,12 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from racer_online.core.bounds import Bound
-from racer_online.core.scoring import Miss, Rule
 from racer_online.errors import ConfigError
-from racer_online.messages import MAX_MODELS, ModelName, ScopeName
+from racer_online.scopes import NAMES_ITSELF, ScopeConfig, first_error, load_scopes
 
-DEFAULT_SCOPES = "default_scopes.toml"  # packaged next to this module
 TopicName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]  # Kafka's own rule
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-
-
-NAMES_ITSELF = "names_itself"  # an error whose message already names its variables
-
-
-def _first_error(error: ValidationError, *, env: bool = False) -> str:
-    """One line: ``scopes.x.alpha: ...`` or ``RACER_TOPICS__PARTITIONS: ...``."""
-    first = error.errors(include_url=False)[0]
-    parts = [] if first["type"] == NAMES_ITSELF else [str(part) for part in first["loc"]]
-    where = ("RACER_" + "__".join(parts).upper()) if env else ".".join(parts)
-    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{where + ': ' if parts else ''}{first['msg']}{more}"
-
-
-class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    price: float = Field(default=0.0, ge=0.0)
-
-
-class ScopeConfig(BaseModel):
-    """One scope (tenant / risk profile): its guarantee and its model catalogue."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    alpha: float = Field(gt=0.0, lt=1.0)
-    delta: float = Field(gt=0.0, lt=1.0)
-    bound: Bound = "binomial"
-    rule: Rule = "cumulative"
-    miss: Miss = "answerable"
-    # The adaptive conformal controller (docs/method.md section 5): None keeps it off.
-    aci_gamma: float | None = Field(default=None, gt=0.0, lt=1.0)
-    # Fully graded records (the `calibrate` format) the window starts from; valid only if
-    # they are i.i.d. with the live traffic (docs/method.md). The drift monitor overrules.
-    warm_start: Path | None = None
-    # File order is the catalogue order, which breaks ties between equal scores or prices.
-    models: dict[ModelName, ModelConfig] = Field(min_length=1, max_length=MAX_MODELS)
-
-    @property
-    def model_names(self) -> tuple[str, ...]:
-        return tuple(self.models)
-
-    @property
-    def prices(self) -> tuple[float, ...]:
-        return tuple(model.price for model in self.models.values())
-
-
-class _ScopesFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    scopes: dict[ScopeName, ScopeConfig] = Field(min_length=1)
-
-
-def load_scopes(path: Path | None = None) -> dict[str, ScopeConfig]:
-    """Scopes from a TOML file, or the packaged defaults when ``path`` is None."""
-    source = resources.files("racer_online").joinpath(DEFAULT_SCOPES) if path is None else path
-    name = f"scopes file {path}" if path is not None else f"packaged {DEFAULT_SCOPES}"
-    try:
-        document = tomllib.loads(source.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{name}: not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{name}: cannot read: {error}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{name}: invalid TOML: {error}") from None
-    try:
-        return dict(_ScopesFile.model_validate(document).scopes)
-    except ValidationError as error:
-        raise ConfigError(f"{name}: {_first_error(error)}") from None
 
 
 class TopicsConfig(BaseModel):
@@ -268,7 +194,7 @@ class Settings(BaseSettings):
         try:
             return cls(**overrides)
         except ValidationError as error:
-            raise ConfigError(f"setting {_first_error(error, env=True)}") from None
+            raise ConfigError(f"setting {first_error(error, env=True)}") from None
 
     @field_validator("kafka_broker")
     @classmethod

@@ -24,7 +24,12 @@ from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from racer_online.local.services import EMBEDDED_BROKER_ENV, _die_with_parent, free_port
+from racer_online.local.services import (
+    EMBEDDED_BROKER_ENV,
+    _die_with_parent,
+    free_port,
+    stop_process,
+)
 
 T = TypeVar("T")
 die_with_parent = _die_with_parent  # the pre-exec hook of every child process, written once
@@ -120,17 +125,6 @@ def listening_addresses(port: int) -> set[str]:
         if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
             found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
     return found
-
-
-def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 30.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds: leave nothing behind."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # -- a deployment ---------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from racer_online.kafka import clients
 from racer_online.messages import DecisionMessage, FeedbackMessage, QueryMessage
 from racer_online.offline.datasets import Outcomes
 from racer_online.routers.files import router_paths
-from racer_online.settings import ScopeConfig, Settings
+from racer_online.scopes import ScopeConfig
+from racer_online.settings import Settings
 
 __all__ = ["DEFAULT_SCHEDULE", "Phase", "Plan", "parse_schedule", "plan", "replay"]
 

@@ -21,7 +21,8 @@ from racer_online.errors import InvalidInputError, RacerError
 from racer_online.kafka import clients
 from racer_online.messages import FeedbackMessage, MessageError, QueryMessage
 from racer_online.offline.records import Records, read_records
-from racer_online.settings import ScopeConfig, Settings
+from racer_online.scopes import ScopeConfig
+from racer_online.settings import Settings
 
 M = TypeVar("M", QueryMessage, FeedbackMessage)
 

@@ -70,6 +70,21 @@ def kafka_answers(host: str, port: int, timeout: float = 1.0) -> bool:
     return len(reply) == 10 and struct.unpack(">ih", reply[4:]) == (7, 0)
 
 
+def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds: leave nothing behind. A paused
+    (SIGSTOPped) process gets SIGCONT first: it would never act on SIGTERM."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _die_with_parent() -> None:
     """Pre-exec hook: the child gets SIGTERM when its parent dies, even by SIGKILL (Linux;
     a no-op elsewhere). Call start() from a long-lived thread: Linux sends it when that dies."""
@@ -130,16 +145,8 @@ class _Child:
 
     def _reap(self, grace: float = 5.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGCONT)  # a paused process would never act on SIGTERM
-            proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc, grace=grace)
 
     def __enter__(self) -> Self:
         return self.start()

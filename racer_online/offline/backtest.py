@@ -27,9 +27,10 @@ from racer_online.errors import InvalidInputError
 from racer_online.messages import DecisionMessage, FeedbackMessage, QueryMessage
 from racer_online.offline.datasets import Outcomes
 from racer_online.routers.base import Router
+from racer_online.scopes import ScopeConfig
 from racer_online.service import RacerService, store_config
-from racer_online.service.racer import Routed
-from racer_online.settings import ScopeConfig, Settings
+from racer_online.service.decisions import Routed
+from racer_online.settings import Settings
 from racer_online.store import MemoryStore
 
 SCOPE = "default"

@@ -4,6 +4,7 @@ No Kafka or Redis clients in here: the worker hands it parsed batches and publis
 returns; the store it is given is Redis in production or the in-memory twin in tests.
 """
 
-from racer_online.service.racer import RacerService, Rejected, Routed, audit_draw, store_config
+from racer_online.service.decisions import Rejected, Routed, audit_draw
+from racer_online.service.racer import RacerService, store_config
 
 __all__ = ["RacerService", "Rejected", "Routed", "audit_draw", "store_config"]

@@ -8,29 +8,26 @@ threshold in memory, so routing goes on when Redis does not answer.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pydantic_core
 
 from racer_online import core
 from racer_online.errors import InvalidInputError, StoreUnavailableError
 from racer_online.messages import (
     AlertMessage,
     DecisionFields,
-    DecisionMessage,
     FeedbackMessage,
     QueryMessage,
     ThresholdMessage,
 )
 from racer_online.routers.base import Router
 from racer_online.service import metrics
+from racer_online.service.decisions import Rejected, Routed, audit_draw, audit_rate
 from racer_online.service.leader import Leader
 from racer_online.service.scope import ScopeState
 from racer_online.service.window import pack_scores
@@ -43,59 +40,12 @@ log = logging.getLogger(__name__)
 MAX_UNSTORED = 100_000  # decisions kept in memory while Redis is down
 
 
-@dataclass(frozen=True)
-class Routed:
-    """A decision, encoded once: these bytes are stored and published as they are."""
-
-    fields: DecisionFields
-    raw: bytes
-
-    @classmethod
-    def encode(cls, fields: DecisionFields) -> Routed:
-        # Built from validated parts: serialise without building and validating a model,
-        # which would cost about five times as much on the hot path.
-        return cls(fields, pydantic_core.to_json(fields))
-
-    @classmethod
-    def stored(cls, raw: bytes) -> Routed:
-        return cls(json.loads(raw), raw)
-
-    @property
-    def decision(self) -> DecisionMessage:
-        return DecisionMessage.model_validate(self.fields)
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A message the service cannot use; it goes to the dead-letter topic with this reason."""
-
-    kind: str  # short and stable, for metrics: unknown_scope, unknown_model, no_scores
-    reason: str
-
-
 def store_config(settings: Settings) -> StoreConfig:
     return StoreConfig(
         catalogues={name: scope.model_names for name, scope in settings.scopes.items()},
         pending_ttl_s=settings.pending_ttl_s,
         window_size=settings.window_size,
     )
-
-
-def audit_draw(scope: str, query_id: str, *, key: bytes) -> float:
-    """A uniform draw that repeats on redelivery and that no client can steer: keyed with a
-    deployment secret, so an id chosen by a client or derived from the prompt does not make
-    the draw depend on the query. It never reads the text or the scores."""
-    digest = hashlib.blake2b(f"{scope}\0{query_id}".encode(), digest_size=8, key=key).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
-
-
-def audit_rate(threshold: ThresholdMessage, base: float) -> float:
-    """The rate a decision is drawn at: it depends on time and the monitor's state (carried
-    by the threshold), never on the query. At lam = 1 every model is invoked and graded
-    anyway, so the decision is a full-label record at no extra cost."""
-    if threshold.lam >= core.FALLBACK_LAM:
-        return 1.0
-    return base if threshold.audit_rate is None else max(base, threshold.audit_rate)
 
 
 class RacerService:

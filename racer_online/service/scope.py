@@ -9,9 +9,9 @@ from numpy.typing import NDArray
 
 from racer_online import core
 from racer_online.messages import ThresholdMessage
+from racer_online.scopes import ScopeConfig
 from racer_online.service import metrics
 from racer_online.service.window import WindowCache
-from racer_online.settings import ScopeConfig
 
 
 @dataclass

@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.resources import files
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import (
-    ClusterDownError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    ResponseError,
-    TryAgainError,
-)
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    ResponseError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from racer_online.errors import ConfigError, StoreFailedError, StoreUnavailableError
+from racer_online.errors import ConfigError
 from racer_online.settings import Settings
 from racer_online.store import keys
 from racer_online.store.base import (
@@ -35,49 +30,14 @@ from racer_online.store.base import (
     WindowEntry,
 )
 from racer_online.store.connection import AsyncRedis, connect, redis_options
+from racer_online.store.errors import classified
 
 log = logging.getLogger(__name__)
-P = ParamSpec("P")
-T = TypeVar("T")
 W = TypeVar("W", PendingWrite, LabelWrite)
 # A Lua call blocks Redis for 20-35 us of CPU per record (docs/benchmarks.md): at most 100
 # records per call keep every other client's wait within a few ms, whatever the batch size.
 MAX_SCRIPT_RECORDS = 100
 OUTCOMES = {outcome.value[0]: outcome for outcome in FeedbackOutcome}  # feedback.lua's letters
-
-
-# Errors that the same call outlives: the server is down, loading its data, out of memory
-# (maxmemory with noeviction), read-only (a replica after a failover, until the client
-# reconnects to the new primary), or a cluster is re-electing.
-TRANSIENT = (
-    RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError, ReadOnlyError,
-    ClusterDownError, TryAgainError,
-)  # fmt: skip
-TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN")  # a long script, a restart, a sync
-
-
-def _classified(
-    method: Callable[P, Coroutine[Any, Any, T]],
-) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Redis errors as the worker must treat them: `StoreUnavailableError` (retry later,
-    no crash) or `StoreFailedError` (stop: retrying the same batch fails again)."""
-
-    @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await method(*args, **kwargs)
-        except TRANSIENT as exc:
-            raise StoreUnavailableError(f"redis unavailable: {_one_line(exc)}") from exc
-        except ResponseError as exc:
-            if str(exc).startswith(TRANSIENT_REPLIES):
-                raise StoreUnavailableError(f"redis busy: {_one_line(exc)}") from exc
-            raise StoreFailedError(f"redis refused a command: {_one_line(exc)}") from exc
-
-    return wrapper
-
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _lua(name: str) -> str:
@@ -157,7 +117,7 @@ class RedisStore:
         chunks = [chunk for scope_calls in calls.values() for chunk, _, _ in scope_calls]
         return list(zip(chunks, replies, strict=True))
 
-    @_classified
+    @classified
     async def route(self, writes: Sequence[PendingWrite]) -> list[RouteResult]:
         def args(w: PendingWrite) -> list[Any]:
             invoked = ",".join(map(str, w.invoked))
@@ -173,7 +133,7 @@ class RedisStore:
                     results[i] = RouteResult(writes[i].decision, True, code == "e")
         return results
 
-    @_classified
+    @classified
     async def feedback(self, writes: Sequence[LabelWrite]) -> list[FeedbackOutcome]:
         def args(w: LabelWrite) -> list[Any]:
             return [len(w.labels), *(x for model, y in w.labels.items() for x in (model, int(y)))]
@@ -184,7 +144,7 @@ class RedisStore:
                 results[i] = OUTCOMES[code]
         return results
 
-    @_classified
+    @classified
     async def read_window(
         self, scope: str, *, after: str | None = None, count: int = 10_000
     ) -> list[WindowEntry]:
@@ -202,7 +162,7 @@ class RedisStore:
             for i, f in rows
         ]
 
-    @_classified
+    @classified
     async def sweep_expired_audits(
         self, scope: str, *, now: float, limit: int = MAX_SCRIPT_RECORDS
     ) -> SweepResult:
@@ -213,16 +173,16 @@ class RedisStore:
         )
         return SweepResult(int(got[0]), int(got[1]), int(got[2]))
 
-    @_classified
+    @classified
     async def trim_window(self, scope: str, *, min_id: str) -> None:
         await self.client.xtrim(keys.window(scope), minid=min_id, approximate=False)
 
-    @_classified
+    @classified
     async def load_threshold(self, scope: str) -> bytes | None:
         stored: Any = await self.client.hget(keys.threshold(scope), "json")
         return cast(bytes | None, stored)
 
-    @_classified
+    @classified
     async def save_threshold(self, scope: str, version: int, threshold: bytes) -> bool:
         saved = await self._save(
             keys=[keys.threshold(scope), keys.history(scope)],
@@ -230,38 +190,38 @@ class RedisStore:
         )
         return bool(saved)
 
-    @_classified
+    @classified
     async def threshold_history(self, scope: str, *, count: int = 1000) -> list[bytes]:
         rows: Any = await self.client.xrevrange(keys.history(scope), "+", "-", count=count)
         return [fields[b"json"] for _, fields in reversed(rows)]
 
-    @_classified
+    @classified
     async def upper_bound(self, scope: str) -> tuple[int, int]:
         got: Any = await self.client.hmget(keys.upper_bound(scope), ["n", "misses"])
         return int(got[0] or 0), int(got[1] or 0)
 
-    @_classified
+    @classified
     async def save_alert(self, scope: str, alert: bytes) -> None:
         await self.client.xadd(
             keys.alerts(scope), {"json": alert}, maxlen=self.config.history_size, approximate=True
         )
 
-    @_classified
+    @classified
     async def alerts(self, scope: str, *, count: int = 1000) -> list[bytes]:
         rows: Any = await self.client.xrevrange(keys.alerts(scope), "+", "-", count=count)
         return [fields[b"json"] for _, fields in reversed(rows)]
 
-    @_classified
+    @classified
     async def load_monitor(self, scope: str) -> dict[str, str]:
         got: Any = await self.client.hgetall(keys.monitor(scope))
         return {k.decode(): v.decode() for k, v in got.items()}
 
-    @_classified
+    @classified
     async def save_monitor(self, scope: str, state: Mapping[str, str]) -> None:
         mapping: dict[Any, Any] = dict(state)
         await self.client.hset(keys.monitor(scope), mapping=mapping)
 
-    @_classified
+    @classified
     async def eviction_policies(self) -> set[str] | None:
         """``maxmemory-policy`` of every primary; None where CONFIG is refused (managed
         Redis services often disable it), so the policy cannot be read."""

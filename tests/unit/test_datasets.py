@@ -12,7 +12,7 @@ from racer_online.apps.schedules import DEFAULT_SCHEDULE, check_schedule, defaul
 from racer_online.errors import InvalidInputError
 from racer_online.offline.datasets import load_outcomes, scopes_toml
 from racer_online.offline.records import read_records, records_from_outcomes, write_records
-from racer_online.settings import load_scopes
+from racer_online.scopes import load_scopes
 
 MODELS = ("org/model-a", "vendor:model.b", "c v1.5")
 

@@ -21,8 +21,9 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel
 
+from racer_online.scopes import load_scopes
 from racer_online.service import metrics
-from racer_online.settings import Settings, TopicsConfig, load_scopes
+from racer_online.settings import Settings, TopicsConfig
 from racer_online.store import keys
 from racer_online.store.connection import redis_options
 from worker.security import kafka_options

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from racer_online.errors import ConfigError
 from racer_online.offline.datasets import default_dataset_dir
-from racer_online.settings import ScopeConfig, Settings, load_scopes
+from racer_online.scopes import ScopeConfig, load_scopes
+from racer_online.settings import Settings
 
 DATA = default_dataset_dir()
 VERBATIM_SCOPES = """\

@@ -86,7 +86,7 @@ def _queries(
 async def _decide(settings: Settings, queries: list[QueryMessage]) -> list[dict[str, Any]]:
     from racer_online.apps.reading import reading_service
     from racer_online.routers.files import load_router
-    from racer_online.service.racer import Rejected
+    from racer_online.service.decisions import Rejected
 
     router = load_router(settings.router_file) if settings.router_file else None
     async with reading_service(settings, router=router) as service:

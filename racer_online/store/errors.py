@@ -1,0 +1,56 @@
+"""Redis errors as the worker must treat them: an outage to ride out, or a failure."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
+
+from redis.exceptions import (
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from racer_online.errors import StoreFailedError, StoreUnavailableError
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+# Errors that the same call outlives: the server is down, loading its data, out of memory
+# (maxmemory with noeviction), read-only (a replica after a failover, until the client
+# reconnects to the new primary), or a cluster is re-electing.
+TRANSIENT = (
+    RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError, ReadOnlyError,
+    ClusterDownError, TryAgainError,
+)  # fmt: skip
+TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN")  # a long script, a restart, a sync
+
+
+def classified(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Redis errors as the worker must treat them: `StoreUnavailableError` (retry later,
+    no crash) or `StoreFailedError` (stop: retrying the same batch fails again)."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except TRANSIENT as exc:
+            raise StoreUnavailableError(f"redis unavailable: {_one_line(exc)}") from exc
+        except ResponseError as exc:
+            if str(exc).startswith(TRANSIENT_REPLIES):
+                raise StoreUnavailableError(f"redis busy: {_one_line(exc)}") from exc
+            raise StoreFailedError(f"redis refused a command: {_one_line(exc)}") from exc
+
+    return wrapper
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
