@@ -26,6 +26,7 @@ import redis
 from racer_online.local.redis_cluster import LocalRedisCluster
 from racer_online.local.services import EmbeddedRedis
 from racer_online.store import LabelWrite, PendingWrite, RedisStore, StoreConfig
+from racer_online.store.connection import connect_sync
 from racer_online.store.keys import window
 
 MODELS = tuple(f"m{i}" for i in range(9))
@@ -74,7 +75,7 @@ async def run_case(url: str, nodes: Sequence[str], scopes: Sequence[str], n: int
 
 def spread_scopes(cluster_url: str, count: int) -> list[str]:
     """Scope names whose hash-tagged keys land on ``count`` different primaries."""
-    client = redis.RedisCluster.from_url(cluster_url.replace("+cluster://", "://"))
+    client = connect_sync(cluster_url)
     try:
         found: dict[str, str] = {}
         for i in range(1000):

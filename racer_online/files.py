@@ -1,4 +1,4 @@
-"""Checks on files named by settings, shared by the Kafka and Redis client options."""
+"""Checks on files named by settings, used by the Kafka and Redis client options."""
 
 from __future__ import annotations
 

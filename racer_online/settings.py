@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         env_ignore_empty=True,  # RACER_SCOPES_FILE= means unset, not Path(".")
-        extra="ignore",  # a shared .env (e.g. docker-compose's) holds other variables too
+        extra="ignore",  # one .env (e.g. docker-compose's) holds other variables too
         allow_inf_nan=False,
     )
 

@@ -16,11 +16,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from racer_online.local.brokers import BROKERS, LocalBroker, local_broker
 from racer_online.local.redis_cluster import LocalRedisCluster
 from racer_online.local.services import EmbeddedRedis, redis_reachable
+from racer_online.store.connection import connect_sync
 
 
 @pytest.fixture(scope="session")
@@ -55,9 +55,7 @@ def redis_ns(redis_url: str) -> Iterator[str]:
     """A key namespace unique to this test; every key containing it is deleted afterwards."""
     namespace = f"test-{uuid.uuid4().hex[:12]}"
     yield namespace
-    cluster = "+cluster://" in redis_url
-    connect = redis.RedisCluster if cluster else redis.Redis
-    with connect.from_url(redis_url.replace("+cluster://", "://")) as client:
+    with connect_sync(redis_url) as client:
         for key in list(client.scan_iter(match=f"*{namespace}*", count=1000)):
             client.delete(key)  # one by one: a Cluster refuses keys of several slots
 

@@ -57,7 +57,7 @@ class KafkaNode(_Child):
         options += [f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}"]
         return [java(), *options, "-cp", f"{self.lib}/*", main, *args]
 
-    def configure(self, shared: dict[str, object]) -> None:
+    def configure(self, cluster_wide: dict[str, object]) -> None:
         listeners = (
             f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
         )
@@ -66,7 +66,7 @@ class KafkaNode(_Child):
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "log.dirs": self.workdir / "data",
         }  # fmt: skip
-        (self.workdir / "server.properties").write_text(properties(own | shared))
+        (self.workdir / "server.properties").write_text(properties(own | cluster_wide))
         for name, text in log_configs(self.log_path).items():
             (self.workdir / name).write_text(text)
 
@@ -173,9 +173,9 @@ class ApacheKafka:
         return self
 
     def _format(self) -> None:
-        shared = self.settings()
+        cluster_wide = self.settings()
         for node in self.nodes:
-            node.configure(shared)
+            node.configure(cluster_wide)
         made = subprocess.run(self.nodes[0].command("kafka.tools.StorageTool", "random-uuid"),
                               capture_output=True, text=True, check=False)  # fmt: skip
         cluster_id = (made.stdout.split() or ["-"])[-1]

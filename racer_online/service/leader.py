@@ -50,7 +50,7 @@ class Leader:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.scopes = scopes  # shared with the service, which routes on their thresholds
+        self.scopes = scopes  # the service's own dict: it routes on their thresholds
         self.clock = clock
         self.started_at = clock()
         self.expired_audits: dict[str, int] = {}  # scope -> entered as a worst case, in all

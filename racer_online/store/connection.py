@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
@@ -23,12 +24,24 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 AsyncRedis = aioredis.Redis | RedisCluster
 
 
-def connect(url: str, **options: Any) -> AsyncRedis:
-    """A client for ``url`` (bytes replies): a `RedisCluster` for the cluster schemes."""
+def _split(url: str) -> tuple[bool, str]:
+    """Whether ``url`` names a Cluster, and the URL redis-py takes for it."""
     scheme, _, rest = url.partition("://")
     if scheme in CLUSTER_SCHEMES:
-        return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", **options)
-    return aioredis.Redis.from_url(url, **options)
+        return True, f"{CLUSTER_SCHEMES[scheme]}://{rest}"
+    return False, url
+
+
+def connect(url: str, **options: Any) -> AsyncRedis:
+    """A client for ``url`` (bytes replies): a `RedisCluster` for the cluster schemes."""
+    cluster, plain = _split(url)
+    return (RedisCluster if cluster else aioredis.Redis).from_url(plain, **options)
+
+
+def connect_sync(url: str, **options: Any) -> redis.Redis | redis.RedisCluster:
+    """The blocking client for ``url`` (tests, benchmarks, local tooling)."""
+    cluster, plain = _split(url)
+    return (redis.RedisCluster if cluster else redis.Redis).from_url(plain, **options)
 
 
 def redis_options(settings: Settings) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import redis
 from racer_online.errors import StoreFailedError, StoreUnavailableError
 from racer_online.local.services import EmbeddedRedis
 from racer_online.store import PendingWrite, RedisStore, StoreConfig, keys
+from racer_online.store.connection import connect_sync
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,7 @@ def test_an_evicting_redis_is_refused_in_one_line(own_redis, policy):
 
 
 def test_a_redis_cluster_with_one_evicting_primary_is_refused(redis_cluster_url):
-    nodes = redis.RedisCluster.from_url(redis_cluster_url.replace("+cluster://", "://"))
+    nodes = connect_sync(redis_cluster_url)
     try:
         primary = nodes.get_primaries()[-1]
         nodes.config_set("maxmemory-policy", "volatile-lru", target_nodes=primary)
