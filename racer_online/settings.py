@@ -190,11 +190,14 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, **overrides: Any) -> Self:
-        """Settings from the environment, with errors as one-line `ConfigError`s."""
+        """Settings from the environment, with errors as one-line `ConfigError`s; the
+        scopes file is part of them, so it is read and checked here too."""
         try:
-            return cls(**overrides)
+            settings = cls(**overrides)
         except ValidationError as error:
             raise ConfigError(f"setting {first_error(error, env=True)}") from None
+        settings.scopes  # noqa: B018  (cached: raises a ConfigError naming the file and field)
+        return settings
 
     @field_validator("kafka_broker")
     @classmethod

@@ -16,7 +16,6 @@ score, correct from 0.5 on) is still read. It ships inside the package
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from racer_online import files
 from racer_online.errors import InvalidInputError
 
 CORRECT_AT = 0.5  # the shipped layout: commongen scores are fractional coverage
@@ -107,22 +107,8 @@ def load_outcomes(
 
 
 def _read_csv(file: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """The header and the non-blank rows, each with the line it starts on."""
-    try:
-        with open(file, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise InvalidInputError(f"{file}: the file is empty")
-            rows, line = [], reader.line_num + 1
-            for cells in reader:
-                if any(c.strip() for c in cells):
-                    rows.append((line, cells))
-                line = reader.line_num + 1
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read the outcomes file {file}: {exc.strerror}") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidInputError(f"{file}: not a readable CSV file ({exc})") from None
+    """The header and the rows, each with the line it starts on; every row is complete."""
+    header, rows = files.read_csv(file, what="the outcomes file")
     if not rows:
         raise InvalidInputError(f"{file}: no rows after the header")
     for line, cells in rows:

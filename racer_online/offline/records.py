@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from racer_online import files
 from racer_online.errors import RecordsFormatError
 from racer_online.offline.datasets import Outcomes
 
@@ -61,18 +62,9 @@ class Records:
 
 def read_records(path: Path | str) -> Records:
     """Read a records CSV; every malformed cell raises with its line and column."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise RecordsFormatError(f"{path}: the file is empty")
-            columns = _Columns.parse(header, path)
-            rows = [columns.row(cells, reader.line_num) for cells in reader if any(cells)]
-    except OSError as exc:
-        raise RecordsFormatError(f"{path}: {exc.strerror}") from exc
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise RecordsFormatError(f"{path}: not a readable CSV file ({exc})") from exc
+    header, lines = files.read_csv(path, what="the records file", error=RecordsFormatError)
+    columns = _Columns.parse(header, path)
+    rows = [columns.row(cells, line) for line, cells in lines]
     return columns.build(rows)
 
 

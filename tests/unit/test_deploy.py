@@ -84,7 +84,8 @@ def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Setti
     for name, value in env.items():
         if name.startswith("RACER_"):
             monkeypatch.setenv(name, value)
-    return Settings.load(_env_file=None)
+    # The container's scopes file is the example the manifests mount; Settings.load() reads it.
+    return Settings.load(_env_file=None, scopes_file=ROOT / "deploy/scopes.example.toml")
 
 
 # --- RACER_* names -----------------------------------------------------------------------
@@ -206,7 +207,7 @@ def test_workers(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.redis_url.startswith("redis://redis:6379")
     assert settings.topics == TopicsConfig()
     assert kafka_options(settings) == {} and redis_options(settings) == {}  # plain compose
-    source = mounts(worker)[str(settings.scopes_file)]
+    source = mounts(worker)[env["RACER_SCOPES_FILE"]]
     assert source == "./deploy/scopes.example.toml"
     assert load_scopes(ROOT / source)  # the mounted scopes file is valid
     assert worker["expose"] == [str(WEB_PORT)]

@@ -13,6 +13,8 @@ from racer_online.offline.datasets import default_dataset_dir
 from racer_online.scopes import ScopeConfig, load_scopes
 from racer_online.settings import Settings
 
+EXAMPLE_SCOPES = Path(__file__).parents[2] / "deploy/scopes.example.toml"
+
 DATA = default_dataset_dir()
 VERBATIM_SCOPES = """\
 [scopes.default]
@@ -97,9 +99,9 @@ def test_default_topics() -> None:
         ("RACER_REDIS_URL", "rediss://:pw@cache:6380/1", "redis_url", "rediss://:pw@cache:6380/1"),
         (
             "RACER_SCOPES_FILE",
-            "/etc/racer/scopes.toml",
+            str(EXAMPLE_SCOPES),
             "scopes_file",
-            Path("/etc/racer/scopes.toml"),
+            EXAMPLE_SCOPES,
         ),
         ("RACER_SCOPES_FILE", "", "scopes_file", None),
         ("RACER_AUDIT_RATE", "0.25", "audit_rate", 0.25),
@@ -356,6 +358,15 @@ def test_bad_scopes_files_name_the_file_and_the_field(
     text = str(caught.value)
     assert text.startswith(f"scopes file {path}: ") and "\n" not in text
     assert message in text
+
+
+def test_load_checks_the_scopes_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A bad scopes file fails at start, with the settings, not at the first query."""
+    path = tmp_path / "scopes.toml"
+    path.write_text(scope_file(alpha="2"))
+    monkeypatch.setenv("RACER_SCOPES_FILE", str(path))
+    with pytest.raises(ConfigError, match=rf"^scopes file {path}: scopes.default.alpha"):
+        Settings.load(_env_file=None)
 
 
 @pytest.mark.parametrize(
