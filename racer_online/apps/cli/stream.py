@@ -24,7 +24,6 @@ def worker() -> None:
     from worker.app import check_broker, check_web_port, run
 
     settings = Settings.load()
-    settings.scopes  # noqa: B018  # a bad scopes file fails here, as one line
     check_web_port(settings)  # a taken web port fails here, as one line
     asyncio.run(check_redis(settings))  # an evicting Redis fails here, as one line
     check_broker(settings)  # and a broker that does not answer
