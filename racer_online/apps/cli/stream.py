@@ -23,7 +23,7 @@ def worker() -> None:
     """Run the stream worker with the RACER_* settings (Ctrl-C stops it cleanly)."""
     from worker.app import check_broker, check_web_port, run
 
-    settings = Settings.load()
+    settings = Settings.load()  # a bad setting or scopes file fails here, as one line
     check_web_port(settings)  # a taken web port fails here, as one line
     asyncio.run(check_redis(settings))  # an evicting Redis fails here, as one line
     check_broker(settings)  # and a broker that does not answer
