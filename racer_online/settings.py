@@ -166,10 +166,13 @@ class Settings(BaseSettings):
     # Drift monitor (docs/method.md): CUSUMs on exact audited outcomes and on "every invoked
     # model wrong"; together at most `monitor_false_alarm_rate` false alarms per graded
     # decision. An alarm starts a segment drawn at audit rate 1 until it holds
-    # `confirm_records` records; then it replaces the window or merges back.
+    # `confirm_records` records; then it replaces the window or merges back. A new scope's
+    # first segment fills to `warmup_records`: every later threshold starts from it, and
+    # sets shrink as it grows (measured trade-offs in docs/results.md).
     monitor: bool = True
     monitor_false_alarm_rate: float = Field(default=1e-5, gt=0.0, lt=1.0)
-    confirm_records: int = Field(default=100, ge=1)
+    confirm_records: int = Field(default=30, ge=1)
+    warmup_records: int = Field(default=120, ge=1)
     threshold_max_age_s: Seconds = 3600.0  # readiness fails past this
     batch_size: int = Field(default=500, ge=1)  # records per batch, at most
     batch_timeout_s: Seconds = 0.05  # how long a poll waits for records when there are none

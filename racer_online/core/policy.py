@@ -5,10 +5,11 @@ rise of the risk and one for a fall (`free_hypotheses`, and a CUSUM on exact aud
 outcomes); on an alarm at time tau, start a *segment* of the decisions made at or after
 tau. After a rise, route at ``lam = 1`` (every model) until the segment certifies, then
 on the segment's own threshold; after a fall, keep the current threshold. The segment is
-drawn at audit rate 1 until it holds ``confirm_records``; then `confirm` decides whether the
-window is replaced by the segment (the traffic changed) or the segment is merged back (a
-false alarm). Only thresholds certified on i.i.d. admitted records carry the (alpha,
-delta) guarantee; the channels are triggers (docs/method.md).
+drawn at audit rate 1 until it holds ``confirm_records`` (a new scope's first segment:
+``warmup_records``); then `confirm` decides whether the window is replaced by the segment
+(the traffic changed) or the segment is merged back (a false alarm). Only thresholds
+certified on i.i.d. admitted records carry the (alpha, delta) guarantee; the channels are
+triggers (docs/method.md).
 """
 
 from __future__ import annotations

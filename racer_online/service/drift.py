@@ -16,6 +16,7 @@ from racer_online.service.scope import Monitor, ScopeState
 from racer_online.settings import Settings
 
 CHANNELS = 3  # a graded decision feeds the labelled channel or the three free detectors
+COLD_START = 0.0  # a new scope's first segment: every decision is at or after it
 FLOATS = ("labelled", "free_rise", "free_jump", "free_fall", "window_from", "old_lam")
 
 
@@ -42,6 +43,16 @@ def load_state(mon: Monitor, state: dict[str, str], *, alpha: float, aci: bool) 
     if state.get("free_seen"):
         n, misses = state["free_seen"].split(",")
         mon.free_seen = (int(n), int(misses))
+
+
+def records_to_confirm(mon: Monitor, settings: Settings) -> int:
+    """Full-label records a segment holds before it is confirmed (and the audit rate falls
+    back to the base rate). A new scope's first segment fills to ``warmup_records``: it is
+    the window every later threshold is certified on, so its records shrink sets for as
+    long as it lasts. An alarm's segment fills to ``confirm_records``: it can be few,
+    because most of its records are the decisions at lam = 1 made while it certified."""
+    cold_start = mon.segment_from == COLD_START
+    return settings.warmup_records if cold_start else settings.confirm_records
 
 
 def watching(scope: ScopeState, settings: Settings) -> bool:

@@ -163,7 +163,7 @@ class Leader:
             if cfg.warm_start is not None and scope.monitor.window_from == 0.0:
                 scope.window.prepend(warm_start_entries(cfg.warm_start, scope, self.clock()))
             elif not state and self.settings.monitor:  # a new scope: its start is a segment
-                scope.monitor.segment_from = 0.0
+                scope.monitor.segment_from = watch.COLD_START
 
     async def _watch(self, scope: ScopeState, *, start: int, now: float) -> AlertMessage | None:
         """Exact outcomes of new window records: realised risk, ACI level, labelled channel."""
@@ -199,7 +199,7 @@ class Leader:
         if mon.segment_from is None:
             return False
         in_segment = scope.window.decided_at >= mon.segment_from
-        if in_segment.sum() < self.settings.confirm_records:
+        if in_segment.sum() < watch.records_to_confirm(mon, self.settings):
             return False
         _, required = scope.window_levels(in_segment)
         replace = policy.confirm(
