@@ -29,7 +29,9 @@ class Clock:
 
 def make(tmp_path, store=None, extra="", **overrides):
     settings = Settings(
-        _env_file=None, scopes_file=scopes_file(tmp_path, extra), audit_rate=1.0, **overrides
+        _env_file=None,
+        scopes_file=scopes_file(tmp_path, extra),
+        **({"audit_rate": 1.0} | overrides),
     )
     clock = store.clock if store else Clock()
     store = store or MemoryStore(store_config(settings), clock=clock)
@@ -70,7 +72,8 @@ async def run(service, rng, n, *, flipped, start, batch=50):
 
 
 async def test_a_drift_episode_alarms_protects_and_restarts_on_the_segment(tmp_path):
-    service = make(tmp_path, recalibrate_every_records=50)
+    # A segment of 100 records: it certifies before it is confirmed, which this test follows.
+    service = make(tmp_path, recalibrate_every_records=50, confirm_records=100)
     rng = np.random.default_rng(0)
     calm_alerts, calm = await run(service, rng, 1000, flipped=False, start=0)
     assert calm_alerts == [] and calm[-1].status == "certified"
@@ -95,6 +98,24 @@ async def test_a_drift_episode_alarms_protects_and_restarts_on_the_segment(tmp_p
     assert await service.store.alerts("default")  # alerts are kept for the monitor
     history = await service.store.threshold_history("default")
     assert len(history) == len(calm) + len(after)
+
+
+async def test_the_first_segment_fills_to_warmup_records_an_alarms_to_confirm_records(tmp_path):
+    """A new scope audits every decision until its window holds ``warmup_records``; a
+    segment opened by an alarm is confirmed at ``confirm_records``. Base rate 0: every
+    audit below is the segment's."""
+    service = make(tmp_path, audit_rate=0.0, warmup_records=60, confirm_records=20)
+    rng = np.random.default_rng(1)
+    _, calm = await run(service, rng, 300, flipped=False, start=0, batch=10)
+    first = next(i for i, t in enumerate(calm) if t.reason == "confirm")
+    assert calm[first].n >= 60 and all(t.n < 60 for t in calm[:first])
+    assert all(t.audit_rate == 1.0 for t in calm[:first]) and calm[first].audit_rate is None
+    assert calm[-1].status == "certified" and calm[-1].lam < 1.0
+    alerts, after = await run(service, rng, 200, flipped=True, start=10_000, batch=10)
+    [drift] = [a for a in alerts if a.kind == "drift"]
+    confirm = next(t for t in after if t.reason == "confirm")
+    assert 20 <= confirm.n < 60  # the window is the alarm's segment, confirmed at 20
+    assert service.scopes["default"].window.decided_at.min() >= drift.at
 
 
 async def test_stale_calibration_alert_once_per_limit(tmp_path):
