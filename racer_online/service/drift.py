@@ -50,9 +50,11 @@ def records_to_confirm(mon: Monitor, settings: Settings) -> int:
     back to the base rate). A new scope's first segment fills to ``warmup_records``: it is
     the window every later threshold is certified on, so its records shrink sets for as
     long as it lasts. An alarm's segment fills to ``confirm_records``: it can be few,
-    because most of its records are the decisions at lam = 1 made while it certified."""
+    because most of its records are the decisions at lam = 1 made while it certified. Never
+    more than the window holds: a segment that cannot fill would audit everything forever."""
     cold_start = mon.segment_from == COLD_START
-    return settings.warmup_records if cold_start else settings.confirm_records
+    wanted = settings.warmup_records if cold_start else settings.confirm_records
+    return min(wanted, settings.window_size)
 
 
 def watching(scope: ScopeState, settings: Settings) -> bool:
