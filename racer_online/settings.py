@@ -184,6 +184,16 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
     web_enabled: bool = True
+    # Where a consumer group without committed offsets on a topic starts (a new deployment,
+    # a renamed app id, expired offsets: the broker cannot tell them apart): "none" stops
+    # the worker with one line, so that replaying the log is an operator's decision
+    # (`racer-online offsets reset`, racer_online/kafka/offsets.py).
+    offset_reset: Literal["none", "earliest", "latest"] = "none"
+    commit_failures_max: int = Field(default=5, ge=1)  # failed commits in a row: stop
+    # A query or feedback event of a scope this worker does not know is held (its batch
+    # retried) until it is this old, then dead-lettered: during a rolling deploy the scope
+    # may be known to the upgraded workers only.
+    unknown_scope_grace_s: float = Field(default=300.0, ge=0, allow_inf_nan=False)
     # None keeps Faust's defaults; tests and the demo use 2 / 0.5 / 2 (FAST_GROUP_ENV in
     # racer_online/testing.py; docs/architecture.md, "Services").
     broker_session_timeout_s: Seconds | None = None

@@ -41,6 +41,9 @@ FAST_GROUP_ENV = {
     "RACER_BROKER_HEARTBEAT_INTERVAL_S": "0.5",
     "RACER_BROKER_REBALANCE_TIMEOUT_S": "2",
 }
+# Each local deployment's consumer groups are new: they read their topics from the start,
+# the explicit choice a production deployment makes once (docs/operations.md).
+NEW_GROUP_ENV = {"RACER_OFFSET_RESET": "earliest"}
 
 
 async def until(
@@ -161,6 +164,7 @@ class LocalDeployment:
             dict(os.environ)
             | {"RACER_KAFKA_BROKER": broker_url, "RACER_REDIS_URL": redis_url}
             | FAST_GROUP_ENV
+            | NEW_GROUP_ENV
             | (EMBEDDED_BROKER_ENV if embedded_broker else {})
             | (self._isolated_env() if scope else {})
             | (env or {})

@@ -19,8 +19,8 @@ from typing import Any
 import faust
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from racer_online.errors import ConfigError, StoreUnavailableError
-from racer_online.kafka import clients
+from racer_online.errors import ConfigError, RacerError, StoreUnavailableError
+from racer_online.kafka import clients, offsets
 from racer_online.kafka.batches import BatchConsumer, BatchProducer, Outgoing, Record
 from racer_online.messages import DeadLetter, FeedbackMessage, MessageError, QueryMessage
 from racer_online.routers.files import load_router
@@ -31,7 +31,14 @@ from worker import web
 from worker.security import kafka_options
 
 log = logging.getLogger(__name__)
-RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # then 5 s until Redis answers
+
+
+class ScopeNotYetKnownError(RacerError):
+    """A message names a scope this worker does not know, and is younger than
+    ``unknown_scope_grace_s``: an upgraded worker may know it (a rolling deploy)."""
+
+
+TRANSIENT = (StoreUnavailableError, ScopeNotYetKnownError)  # the batch is retried
 
 
 class Worker:
@@ -47,15 +54,15 @@ class Worker:
         self.service = RacerService(settings, store, router=router)
         self.producer = BatchProducer(settings)
         self.app.add_dependency(self.producer)  # so it starts before the timers
-        group = settings.app_id
+        groups = offsets.input_groups(settings)
         self.consumers = [
             # Two routed batches commute (Redis keeps a query's first decision and every copy
             # publishes it), so one is computed while the other waits for Redis. Feedback
             # must reach Redis in partition order: the first label of a model wins.
-            BatchConsumer(settings, names.queries, f"{group}.route", self.route, self.producer,
-                          max_in_flight=2),
-            BatchConsumer(settings, names.feedback, f"{group}.feedback", self.record_feedback,
-                          self.producer),
+            BatchConsumer(settings, names.queries, groups[names.queries], self.route, self.producer,
+                          max_in_flight=2, retry_on=TRANSIENT),
+            BatchConsumer(settings, names.feedback, groups[names.feedback], self.record_feedback,
+                          self.producer, retry_on=TRANSIENT),
         ]  # fmt: skip
         self._last_tick = 0.0
         # The leader looks at new window records as often as workers look for new thresholds.
@@ -89,7 +96,7 @@ class Worker:
 
     async def record_feedback(self, records: Sequence[Record]) -> list[Outgoing]:
         parsed, out = self._parse(records, FeedbackMessage)
-        outcomes = await _until_stored(self.service.record_feedback, [m for _, m in parsed])
+        outcomes = await self.service.record_feedback([m for _, m in parsed])
         for (record, _), outcome in zip(parsed, outcomes, strict=True):
             if isinstance(outcome, Rejected):
                 out.append(self.dead(record, outcome.kind, outcome.reason))
@@ -104,7 +111,8 @@ class Worker:
         return (self.names.dlq, None, letter.to_bytes())
 
     def _parse(self, records: Sequence[Record], model: Any) -> tuple[list[Any], list[Outgoing]]:
-        """(record, message) for the valid records; a dead letter for each of the others."""
+        """(record, message) for the valid records; a dead letter for each of the others.
+        Raises `ScopeNotYetKnownError` for a message of an unknown scope within its grace."""
         parsed, letters = [], []
         for record in records:
             if record.value is None:  # a tombstone: nothing to parse
@@ -114,7 +122,21 @@ class Worker:
                 parsed.append((record, model.parse(record.value)))
             except MessageError as exc:
                 letters.append(self.dead(record, exc.reason.split(":", 1)[0], exc.reason))
+        self._hold_unknown_scopes(parsed)
         return parsed, letters
+
+    def _hold_unknown_scopes(self, parsed: list[tuple[Record, Any]]) -> None:
+        """An unknown scope is a dead letter only once its message is older than the grace:
+        before, the batch waits (retried, its partitions paused) for a worker that knows it
+        to take the partition, or for this one to be replaced."""
+        grace_ms = self.settings.unknown_scope_grace_s * 1000
+        now_ms = time.time() * 1000
+        for record, message in parsed:
+            if message.scope not in self.service.scopes and now_ms - record.timestamp < grace_ms:
+                raise ScopeNotYetKnownError(
+                    f"scope {message.scope!r} unknown here, held until its message is "
+                    f"{self.settings.unknown_scope_grace_s:g} s old (RACER_UNKNOWN_SCOPE_GRACE_S)"
+                )
 
     # -- the tasks and timers -----------------------------------------------------------------
 
@@ -130,7 +152,6 @@ class Worker:
 
     async def refresh_thresholds(self) -> None:
         try:
-            await self.service.store_unstored()
             await self.service.refresh_thresholds()
         except StoreUnavailableError as exc:
             log.warning("keeping the thresholds in memory: %s", exc)
@@ -232,19 +253,6 @@ async def _check_broker(settings: Settings, *, timeout_s: float = 10.0) -> None:
         with contextlib.suppress(Exception):
             await admin.close()
         client_log.setLevel(level)
-
-
-async def _until_stored(call: Any, items: list[Any]) -> Any:
-    """Retry with backoff while Redis is unreachable; the batch stays unacknowledged."""
-    attempt = 0
-    while True:
-        try:
-            return await call(items)
-        except StoreUnavailableError as exc:
-            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-            log.warning("feedback waits %.1f s for Redis: %s", delay, exc)
-            await asyncio.sleep(delay)
-            attempt += 1
 
 
 async def _declare(*topics: faust.TopicT) -> None:

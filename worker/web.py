@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from racer_online.errors import InvalidInputError, StoreUnavailableError
 from racer_online.kafka.batches import BatchConsumer
-from racer_online.service import RacerService, metrics
+from racer_online.service import RacerService
 from worker import dashboard
 
 
@@ -40,8 +40,7 @@ def register(app: faust.App, service: RacerService, consumers: Sequence[BatchCon
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
         for consumer in consumers:
-            for tp, lag in consumer.lag().items():
-                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
+            await consumer.lag()  # sets racer_consumer_lag, as the broker holds the offsets
         # aiohttp sets the charset itself and refuses one inside content_type.
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 

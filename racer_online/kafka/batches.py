@@ -11,6 +11,17 @@ another waits for Redis or the broker (only where the effects of two batches com
 crash, a shutdown or a rebalance in the middle redelivers what is uncommitted, and the
 handlers are idempotent: at-least-once, nothing lost, nothing doubled. Faust still runs
 the app: topic creation, leader election, timers and the web views.
+
+What keeps that true when things go wrong (docs/reliability.md, "The consumer"):
+
+- a handler error listed in ``retry_on`` (Redis unavailable) retries the batch with backoff;
+  meanwhile the full in-flight window pauses the partitions and the consumer keeps polling,
+  so it stays in its group instead of being dropped after ``max.poll.interval``;
+- each batch remembers the assignment generation it was fetched in: a batch whose partitions
+  changed hands since (a rebalance came before it finished) is not committed, so a late
+  commit never moves the new owner's offset backwards;
+- ``commit_failures_max`` failed commits in a row stop the worker, counted in a metric;
+- a group without committed offsets starts only where an operator said (kafka/offsets.py).
 """
 
 from __future__ import annotations
@@ -22,29 +33,30 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 
-from aiokafka import (
-    AIOKafkaConsumer,
-    AIOKafkaProducer,
-    ConsumerRebalanceListener,
-    ConsumerRecord,
-    TopicPartition,
-)
-from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError
 from mode import Service
 
-from racer_online.kafka import clients
+from racer_online.errors import RacerError
+from racer_online.kafka import clients, offsets
+from racer_online.kafka.producer import BatchProducer, Outgoing
 from racer_online.service import metrics
 from racer_online.settings import Settings
 
+__all__ = ["BatchConsumer", "BatchProducer", "Outgoing", "Record"]
 log = logging.getLogger(__name__)
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-Outgoing: TypeAlias = tuple[str, bytes | None, bytes]  # topic, key, value
 Handler: TypeAlias = Callable[[Sequence[Record]], Awaitable[Sequence[Outgoing]]]
+Fetched: TypeAlias = dict[TopicPartition, list[Record]]
 MAX_FETCH_BYTES = 4 << 20  # per partition: room for the largest message the DLQ reports
-MAX_BATCH_BYTES = 256 << 10  # per partition and request
-FINISH_WAIT_S = 5.0  # for the batches in flight, on a rebalance or a shutdown
+FINISH_WAIT_S = 5.0  # for the batches in flight on a shutdown; on a rebalance see finish_wait_s
+RETRY_DELAYS_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # then 5 s until the handler goes through
+POLL_WHILE_FULL_S = 1.0  # a paused consumer still polls this often: it stays in the group
+DEFAULT_SESSION_TIMEOUT_S = 10.0  # aiokafka's; its rebalance timeout defaults to it
+
+
+class CommitsFailingError(RacerError):
+    """Commits fail again and again: the worker stops rather than work on uncommitted."""
 
 
 class BatchConsumer(Service):
@@ -57,17 +69,25 @@ class BatchConsumer(Service):
         producer: BatchProducer,
         *,
         max_in_flight: int = 1,
+        retry_on: tuple[type[Exception], ...] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.settings, self.topic, self.group_id, self.handle = settings, topic, group_id, handle
         self.producer = producer
-        self.max_in_flight = max_in_flight
+        self.max_in_flight, self.retry_on = max_in_flight, retry_on
         self.consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Future[None] | None = None
         self._in_flight: deque[asyncio.Future[None]] = deque()  # oldest first
-        self._committed: dict[TopicPartition, int] = {}
         self.assignment: frozenset[TopicPartition] = frozenset()
+        # Bumped by each revocation and assignment: a batch commits only in its fetch's.
+        self.generation = 0
+        self._commit_lock = asyncio.Lock()  # a revocation waits for a commit under way
+        self._failed_commits = 0  # in a row
+        rebalance_s = (settings.broker_rebalance_timeout_s or settings.broker_session_timeout_s
+                       or DEFAULT_SESSION_TIMEOUT_S)  # fmt: skip
+        # The revocation's wait must end well before the group gives up on this member.
+        self.finish_wait_s = min(FINISH_WAIT_S, rebalance_s / 2)
 
     @property
     def label(self) -> str:
@@ -89,7 +109,7 @@ class BatchConsumer(Service):
             group_id=self.group_id,
             client_id=f"{s.app_id}-{self.topic}",
             enable_auto_commit=False,  # committed after the batch's effects, below
-            auto_offset_reset="earliest",
+            auto_offset_reset="none",  # where a group without offsets starts: offsets.py
             fetch_max_wait_ms=int(s.fetch_max_wait_s * 1000),
             max_partition_fetch_bytes=MAX_FETCH_BYTES,
             **{k: int(v * 1000) for k, v in timeouts.items() if v is not None},
@@ -116,15 +136,41 @@ class BatchConsumer(Service):
         while not self.should_stop:
             while self._in_flight and self._in_flight[0].done():
                 await self._in_flight.popleft()  # a batch that failed stops the worker here
-            fetched = await self.consumer.getmany(
+            if len(self._in_flight) >= self.max_in_flight:
+                await self._wait_for_room()
+                continue
+            self.consumer.resume(*self.consumer.paused())
+            self._start(await self._fetch(timeout_ms))
+
+    def _start(self, fetched: Fetched) -> None:
+        if fetched:
+            previous = self._in_flight[-1] if self._in_flight else None
+            batch = self._process(fetched, previous, self.generation)
+            self._in_flight.append(asyncio.ensure_future(batch))
+
+    async def _wait_for_room(self) -> None:
+        """The in-flight window is full: wait for its oldest batch, and if that takes long
+        (Redis down), pause the partitions and poll, which fetches nothing but keeps this
+        member in its group."""
+        assert self.consumer is not None
+        done, _ = await asyncio.wait({self._in_flight[0]}, timeout=POLL_WHILE_FULL_S)
+        if not done:
+            self.consumer.pause(*self.consumer.assignment())
+            # Records only if partitions were assigned meanwhile (a new assignment starts
+            # unpaused): one batch more in flight, in order behind the others.
+            self._start(await self._fetch(0))
+
+    async def _fetch(self, timeout_ms: int) -> Fetched:
+        assert self.consumer is not None
+        try:
+            fetched: Fetched = await self.consumer.getmany(
                 timeout_ms=timeout_ms, max_records=self.settings.batch_size
             )
-            if not fetched:
-                continue
-            if len(self._in_flight) >= self.max_in_flight:
-                await self._in_flight.popleft()
-            previous = self._in_flight[-1] if self._in_flight else None
-            self._in_flight.append(asyncio.ensure_future(self._process(fetched, previous)))
+            return fetched
+        except NoOffsetForPartitionError:
+            await offsets.start_uncommitted(self.consumer, self.topic, self.group_id,
+                                            policy=self.settings.offset_reset)  # fmt: skip
+            return {}
 
     async def finish(self, timeout: float) -> None:
         """Wait, within ``timeout``, for the batches in flight to be handled and committed."""
@@ -133,29 +179,88 @@ class BatchConsumer(Service):
             log.warning("%s: moving on with a batch in flight: it is redelivered", self.label)
 
     async def _process(
-        self, fetched: dict[TopicPartition, list[Record]], previous: Awaitable[None] | None
+        self, fetched: Fetched, previous: Awaitable[None] | None, generation: int
     ) -> None:
-        assert self.consumer is not None
-        out = await self.handle([r for records in fetched.values() for r in records])
+        records = [r for batch in fetched.values() for r in batch]
+        out = await self._handle_until_done(records, generation)
+        if out is None:
+            return  # its partitions moved on while it waited: their new owner redelivers it
         delivered = await self.producer.enqueue(out)
         if previous is not None:
             await previous  # commits in fetch order; raises if the previous one failed
         await delivered  # a failed send raises: the worker stops before a later commit
-        offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items()}
+        await self._commit({tp: batch[-1].offset + 1 for tp, batch in fetched.items()},
+                           generation)  # fmt: skip
+
+    async def _handle_until_done(
+        self, records: Sequence[Record], generation: int
+    ) -> Sequence[Outgoing] | None:
+        """The handler's messages; an error of ``retry_on`` retries with backoff, until the
+        batch's partitions change hands (None)."""
+        attempt = 0
+        while generation == self.generation:
+            try:
+                return await self.handle(records)
+            except self.retry_on as exc:
+                delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
+                metrics.BATCH_RETRIES.labels(self.topic, type(exc).__name__).inc()
+                log.warning("%s: batch retried in %.1f s: %s", self.label, delay, exc)
+                await asyncio.sleep(delay)
+                attempt += 1
+        return None
+
+    async def _commit(self, offsets: dict[TopicPartition, int], generation: int) -> None:
+        assert self.consumer is not None
+        async with self._commit_lock:
+            if generation != self.generation:
+                # Fetched before a rebalance: the partitions' owner since then (maybe this
+                # worker again) read them from the group's offset, and may have committed more.
+                metrics.SKIPPED_COMMITS.labels(self.topic).inc(len(offsets))
+                log.info("%s: not committing a batch fetched before a rebalance", self.label)
+                return
+            try:
+                await self.consumer.commit(offsets)
+            except KafkaError as exc:
+                self._commit_failed(exc)
+            else:
+                self._failed_commits = 0
+
+    def _commit_failed(self, exc: KafkaError) -> None:
+        """The batch is done; a later commit covers it, or it is redelivered. But a worker
+        that never commits replays its whole run after a restart: stop after a few."""
+        self._failed_commits += 1
+        metrics.COMMIT_FAILURES.labels(self.topic).inc()
+        limit = self.settings.commit_failures_max
+        if self._failed_commits >= limit:
+            raise CommitsFailingError(
+                f"{self.label}: {limit} commits failed in a row, the last: {exc}"
+            )
+        log.warning("%s: batch not committed (%d in a row), may be redelivered: %s",
+                    self.label, self._failed_commits, exc)  # fmt: skip
+
+    async def revoke(self) -> None:
+        """Before the partitions move: let the batches in flight finish and commit within
+        ``finish_wait_s``, then close the generation so that no later commit goes out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.finish_wait_s
+        await self.finish(self.finish_wait_s)
+        left = max(deadline - loop.time(), 0.0)
         try:
-            await self.consumer.commit(offsets)
-            self._committed.update(offsets)
-        except (CommitFailedError, KafkaError) as exc:
-            # The batch is done: a later commit covers it, or its partitions moved on and
-            # their new owner redelivers it (the handlers are idempotent).
-            log.warning("%s: batch not committed, may be redelivered: %s", self.label, exc)
+            await asyncio.wait_for(self._commit_lock.acquire(), left or 0.01)
+        except TimeoutError:
+            log.warning("%s: a commit is still under way at the rebalance", self.label)
+            self.generation += 1
+        else:
+            self.generation += 1
+            self._commit_lock.release()
 
     def assign(self, assigned: set[TopicPartition]) -> None:
         """Take the group's new assignment: publish it (``/ready``, the
-        ``racer_assigned_partition`` metric) and forget what is known of partitions that
-        moved away, so that this worker no longer reports their lag."""
+        ``racer_assigned_partition`` metric) and forget the partitions that moved away, so
+        that this worker no longer reports their lag."""
+        self.generation += 1
+        metrics.REBALANCES.labels(self.topic).inc()
         for tp in self.assignment - assigned:
-            self._committed.pop(tp, None)
             for gauge in (metrics.ASSIGNED_PARTITION, metrics.CONSUMER_LAG):
                 with contextlib.suppress(KeyError):
                     gauge.remove(tp.topic, str(tp.partition))
@@ -164,84 +269,35 @@ class BatchConsumer(Service):
         self.assignment = frozenset(assigned)
         log.info("%s: assigned partitions %s", self.label, sorted(tp.partition for tp in assigned))
 
-    def lag(self) -> dict[TopicPartition, int]:
-        """Records between what this worker committed and each assigned partition's end (as
-        of the last fetch); a partition appears once a batch of it is committed."""
+    async def lag(self) -> dict[TopicPartition, int]:
+        """Per assigned partition, records between the group's committed offset (or the
+        first retained record, if none) and the partition's end, as the broker holds them;
+        sets ``racer_consumer_lag``. Empty while the broker cannot say."""
         if self.consumer is None:
             return {}
-        out = {}
-        for tp in self.consumer.assignment():
-            end, done = self.consumer.highwater(tp), self._committed.get(tp)
-            if end is not None and done is not None:
-                out[tp] = max(end - done, 0)
-        return out
+        assigned = set(self.assignment)
+        try:
+            found = await offsets.lag(self.consumer, assigned)
+        except KafkaError as exc:
+            log.info("%s: lag unknown: %s", self.label, exc)
+            return {}
+        for tp, behind in found.items():
+            if tp in self.assignment:  # not moved away meanwhile
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(behind)
+        return found
 
 
 class _FinishBatchesFirst(ConsumerRebalanceListener):  # type: ignore[misc]
     """Let the batches in flight finish and commit before their partitions move, within a
-    bound (a batch that waits for Redis must not hold up the group's rebalance; if it is
-    not done by then, the partitions' next owner redelivers it)."""
+    bound below the group's rebalance timeout (a batch that waits for Redis must not hold up
+    the rebalance; if it is not done by then, it is not committed, and the partitions' next
+    owner redelivers it)."""
 
     def __init__(self, batches: BatchConsumer) -> None:
         self.batches = batches
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.batches.finish(FINISH_WAIT_S)
+        await self.batches.revoke()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.batches.assign(assigned)
-
-
-class BatchProducer(Service):
-    """Sends what a handler produced as one batch per partition: aiokafka's ``send`` costs a
-    future and its callbacks per record, ``send_batch`` one per batch. Keys are partitioned
-    as Kafka's default partitioner does."""
-
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.settings = settings
-        self.producer: AIOKafkaProducer | None = None
-        self._partitioner = DefaultPartitioner()
-
-    async def on_start(self) -> None:
-        s = self.settings
-        self.producer = clients.producer(
-            s,
-            client_id=f"{s.app_id}-producer",
-            acks="all",
-            # One batch per partition is in flight at a time, and the next one fills
-            # meanwhile: 16 KiB (the default) holds only about 17 decisions.
-            max_batch_size=MAX_BATCH_BYTES,
-        )
-        await self.producer.start()
-
-    async def on_stop(self) -> None:
-        if self.producer is not None:
-            await self.producer.stop()  # sends what is queued first
-
-    async def send_and_wait(self, records: Sequence[Outgoing]) -> None:
-        """Send the records and wait until the broker acknowledged every one."""
-        acknowledged = await self.enqueue(records)
-        await acknowledged
-
-    async def enqueue(self, records: Sequence[Outgoing]) -> asyncio.Future[Any]:
-        """Queue the records, in order within each partition; the result completes when the
-        broker has acknowledged every one (and raises if one failed)."""
-        assert self.producer is not None
-        partitions = {
-            topic: sorted(await self.producer.partitions_for(topic))
-            for topic in {r[0] for r in records}
-        }
-        batches: dict[tuple[str, int], BatchBuilder] = {}
-        acks = []
-        for topic, key, value in records:
-            partition = self._partitioner(key, partitions[topic], partitions[topic])
-            batch = batches.get((topic, partition))
-            if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
-                if batch is not None:  # full
-                    acks.append(await self.producer.send_batch(batch, topic, partition=partition))
-                batch = batches[topic, partition] = self.producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)  # a first record always fits
-        for (topic, partition), batch in batches.items():
-            acks.append(await self.producer.send_batch(batch, topic, partition=partition))
-        return asyncio.gather(*acks)

@@ -47,6 +47,19 @@ def admin(settings: Settings, **options: Any) -> AIOKafkaAdminClient:
     )
 
 
+async def partitions_of(settings: Settings, topic: str) -> list[int]:
+    """The partitions of a topic, none if it does not exist. Asked of an admin client, not a
+    consumer's metadata: that holds only the topics it was asked about (Tansu answers with
+    every topic, Apache Kafka does not)."""
+    client = admin(settings)
+    await client.start()
+    try:
+        (described,) = await client.describe_topics([topic])
+    finally:
+        await client.close()
+    return sorted(p["partition"] for p in described.get("partitions") or [])
+
+
 def aiokafka_options(settings: Settings) -> dict[str, Any]:
     """The same credentials for a plain aiokafka client (the CLI's producer)."""
     sec = settings.kafka_security

@@ -30,7 +30,8 @@ async def read_dead_letters(settings: Settings, *, topic: str | None = None) -> 
             f"cannot reach the Kafka broker at {settings.kafka_bootstrap}: {exc}"
         ) from None
     try:
-        numbers = await _partitions(settings, name) if name in await consumer.topics() else []
+        exists = name in await consumer.topics()
+        numbers = await clients.partitions_of(settings, name) if exists else []
         assigned = [TopicPartition(name, p) for p in numbers]
         if not assigned:
             return []
@@ -56,18 +57,6 @@ async def read_dead_letters(settings: Settings, *, topic: str | None = None) -> 
         raise RacerError(f"reading {name} failed: {exc}") from None
     finally:
         await consumer.stop()
-
-
-async def _partitions(settings: Settings, name: str) -> list[int]:
-    """The partitions of an existing topic. Not the consumer's own metadata: it holds only
-    the topics it was asked about (Tansu answers with every topic, Apache Kafka does not)."""
-    admin = clients.admin(settings)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([name])
-    finally:
-        await admin.close()
-    return sorted(p["partition"] for p in described["partitions"])
 
 
 def _parse(raw: bytes, tp: TopicPartition, offset: int) -> DeadLetter:

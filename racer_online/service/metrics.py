@@ -21,14 +21,6 @@ MODEL_PRICE = Counter(
     ["scope", "model"],
 )  # fmt: skip
 ROUTE_SECONDS = Histogram("racer_route_batch_seconds", "Time to route one batch.")
-PENDING_WRITE_FAILURES = Counter(
-    "racer_pending_write_failures",
-    "Decisions never stored: Redis was down and the in-memory backlog full.",
-    ["scope"],
-)
-UNSTORED_DECISIONS = Gauge(
-    "racer_unstored_decisions", "Decisions published while Redis is down, not yet stored."
-)
 FEEDBACK = Counter("racer_feedback", "Feedback events by outcome.", ["scope", "outcome"])
 DLQ = Counter("racer_dlq", "Messages sent to the dead-letter topic.", ["topic", "reason"])
 
@@ -60,9 +52,24 @@ LOST_AUDITS = Counter(
 ALERTS = Counter("racer_alerts", "Alerts published.", ["scope", "kind"])
 CONSUMER_LAG = Gauge(
     "racer_consumer_lag",
-    "Messages behind the end of each assigned partition.",
+    "Records between the group's committed offset and the end of each assigned partition.",
     ["topic", "partition"],
 )
+REBALANCES = Counter(
+    "racer_rebalances", "Assignments this worker's consumer group gave it.", ["topic"]
+)
+COMMIT_FAILURES = Counter(
+    "racer_commit_failures", "Batch offsets the broker did not commit.", ["topic"]
+)
+SKIPPED_COMMITS = Counter(
+    "racer_skipped_commits",
+    "Partition offsets not committed: the batch was fetched before a rebalance.",
+    ["topic"],
+)
+BATCH_RETRIES = Counter(
+    "racer_batch_retries", "Batches retried after a transient error (the partitions wait).",
+    ["topic", "reason"],
+)  # fmt: skip
 ASSIGNED_PARTITION = Gauge(
     "racer_assigned_partition",
     "1 for each input partition this worker consumes (its consumer group's assignment).",

@@ -2,7 +2,8 @@
 
 The worker hands it parsed batches and publishes what it returns; the service talks to
 the store (Redis, or its in-memory twin) once per batch and keeps each scope's current
-threshold in memory, so routing goes on when Redis does not answer.
+threshold in memory. A decision is returned only once Redis holds it: while Redis does
+not answer, `route` raises and the worker retries the batch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from racer_online import core
-from racer_online.errors import InvalidInputError, StoreUnavailableError
+from racer_online.errors import InvalidInputError
 from racer_online.messages import (
     AlertMessage,
     DecisionFields,
@@ -35,9 +36,6 @@ from racer_online.settings import Settings
 from racer_online.store import FeedbackOutcome, LabelWrite, PendingWrite, Store, StoreConfig
 
 log = logging.getLogger(__name__)
-
-
-MAX_UNSTORED = 100_000  # decisions kept in memory while Redis is down
 
 
 def store_config(settings: Settings) -> StoreConfig:
@@ -65,26 +63,21 @@ class RacerService:
         self.prices = {name: dict(zip(cfg.model_names, cfg.prices, strict=True))
                        for name, cfg in settings.scopes.items()}  # fmt: skip
         self.leader = Leader(settings, store, self.scopes, clock=clock)  # used on the leader
-        self._unstored: dict[tuple[str, str], PendingWrite] = {}
         secret = settings.audit_key.get_secret_value().encode()
         self._audit_key = hashlib.blake2b(secret, digest_size=32).digest()  # any length
 
     # -- routing -------------------------------------------------------------------------
 
     async def route(self, queries: Sequence[QueryMessage]) -> list[Routed | Rejected]:
-        """Decide every query of a batch; one store round trip for the whole batch."""
+        """Decide every query of a batch and store the decisions; one store round trip for
+        the whole batch. Raises `StoreUnavailableError` (nothing stored, nothing to publish:
+        the batch is retried), so that no decision is published that Redis does not hold."""
         started = time.perf_counter()
         results, writes = self._decide_batch(queries)
-        try:
-            await self.store_unstored()
-            stored = await self.store.route([w for _, w in writes])
-        except StoreUnavailableError as exc:
-            log.warning("routing on the in-memory thresholds: %s", exc)
-            self._keep_unstored([w for _, w in writes])
-        else:
-            for (i, _), kept in zip(writes, stored, strict=True):
-                if not kept.created:  # a redelivery: publish the first decision again
-                    results[i] = Routed.stored(kept.decision)
+        stored = await self.store.route([w for _, w in writes])
+        for (i, _), kept in zip(writes, stored, strict=True):
+            if not kept.created:  # a redelivery: publish the first decision again
+                results[i] = Routed.stored(kept.decision)
         metrics.count_decisions([r.fields for r in results if isinstance(r, Routed)], self.prices)
         metrics.ROUTE_SECONDS.observe(time.perf_counter() - started)
         return results
@@ -109,29 +102,6 @@ class RacerService:
                 results[i] = routed
                 writes.append((i, write))
         return [r for r in results if r is not None], writes
-
-    def _keep_unstored(self, writes: Sequence[PendingWrite]) -> None:
-        """Decisions published while Redis was down: stored when it answers again, so that
-        their feedback still joins. Bounded; the first decision of a query is kept."""
-        for w in writes:
-            key = (w.scope, w.query_id)
-            if key in self._unstored:
-                continue
-            if len(self._unstored) >= MAX_UNSTORED:
-                metrics.PENDING_WRITE_FAILURES.labels(w.scope).inc()  # lost for calibration
-                continue
-            self._unstored[key] = w
-        metrics.UNSTORED_DECISIONS.set(len(self._unstored))
-
-    async def store_unstored(self) -> None:
-        """Write the decisions kept while Redis was down (route.lua is idempotent)."""
-        if not self._unstored:
-            return
-        batch = dict(self._unstored)  # route() may add more while this one is awaited
-        await self.store.route(list(batch.values()))
-        for key in batch:
-            self._unstored.pop(key, None)
-        metrics.UNSTORED_DECISIONS.set(len(self._unstored))
 
     def _reject(self, query: QueryMessage) -> Rejected | None:
         scope = self.scopes.get(query.scope)

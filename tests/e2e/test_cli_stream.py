@@ -73,6 +73,7 @@ def test_dev_services_worker_publish_feedback_thresholds(tmp_path, broker_kind):
             "RACER_AUDIT_RATE": "1", "RACER_RECALIBRATE_INTERVAL_S": "1",
             "RACER_WEB_PORT": str(free_port()), "RACER_BROKER_SESSION_TIMEOUT_S": "2",
             "RACER_BROKER_HEARTBEAT_INTERVAL_S": "0.5", "RACER_BROKER_REBALANCE_TIMEOUT_S": "2",
+            "RACER_OFFSET_RESET": "earliest",
         }  # fmt: skip
         worker = subprocess.Popen(
             [sys.executable, "-m", "racer_online", "worker"],

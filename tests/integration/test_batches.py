@@ -65,7 +65,7 @@ class Rig:
         self.settings = Settings(
             _env_file=None, kafka_broker=broker.url, app_id=name, batch_size=BATCH,
             fetch_max_wait_s=0.01, broker_session_timeout_s=2, broker_heartbeat_interval_s=0.5,
-            broker_rebalance_timeout_s=2,
+            broker_rebalance_timeout_s=2, offset_reset="earliest",
         )  # fmt: skip
         self.producer = BatchProducer(self.settings)
         self.consumers: list[BatchConsumer] = []

@@ -250,29 +250,20 @@ async def test_workers_pick_up_the_leaders_threshold(make):
     assert decision.threshold_version == update.version
 
 
-async def test_redis_down_routing_goes_on_feedback_waits(make):
+async def test_redis_down_routing_and_feedback_raise_and_publish_nothing(make):
+    """No decision leaves the service that Redis does not hold: the worker retries the
+    batch, so a redelivery can never be decided again on another threshold."""
     service = make()
     scores, labels = synthetic(200)
     await feed(service, scores, labels)
     [update] = await tick(service)
     service.store.up = False
-    [routed] = await service.route([query("while-down")])
-    decision = routed.decision
-    assert decision.lam == update.lam
+    with pytest.raises(StoreUnavailableError):
+        await service.route([query("while-down")])
     with pytest.raises(StoreUnavailableError):
         await service.record_feedback([feedback("while-down", m0=1)])
     service.store.up = True
-    await service.store_unstored()  # the worker's threshold timer does this every 0.5 s
+    [routed] = await service.route([query("while-down")])  # the retried batch
+    assert routed.decision.lam == update.lam
     graded = await service.record_feedback([feedback("while-down", m0=1, m1=0, m2=1)])
-    assert graded == [FeedbackOutcome.ENTERED]  # the decision made while down was kept
-
-
-async def test_decisions_kept_while_redis_is_down_are_stored_by_the_next_batch(make):
-    service = make()
-    service.store.up = False
-    [first] = await service.route([query("a")])
-    await service.route([query("a")])  # redelivered while down: the first one is kept
-    service.store.up = True
-    await service.route([query("b")])
-    [again] = await service.route([query("a")])
-    assert again == first
+    assert graded == [FeedbackOutcome.ENTERED]

@@ -12,6 +12,7 @@ from racer_online.apps.cli import (  # noqa: F401
     dlq,
     monitoring,
     offline,
+    offsets,
     records,
     route,
     stream,

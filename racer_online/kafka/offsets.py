@@ -1,0 +1,122 @@
+"""A consumer group's offsets as the broker holds them: where a group without committed
+offsets starts, its lag, and the operator's reset.
+
+A group that finds no committed offset for any partition of a topic is new, or renamed
+(``RACER_APP_ID`` changed), or its offsets expired (``offsets.retention.minutes`` after the
+group went empty). The broker cannot tell these apart, and reading from the earliest
+record would decide again every query the log still holds, past the pending records' TTL.
+So the worker starts there only when ``RACER_OFFSET_RESET`` says where, or after
+``racer-online offsets reset`` committed a start; otherwise it stops with one line. A
+partition without an offset in a group that committed the topic's other partitions is a
+partition added since: it is read from its start.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Literal
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from racer_online.errors import RacerError
+from racer_online.kafka import clients
+from racer_online.settings import Settings
+
+log = logging.getLogger(__name__)
+Where = Literal["earliest", "latest"]
+
+
+class NoCommittedOffsetsError(RacerError):
+    """A group with no committed offset on a topic, and no setting saying where to start."""
+
+
+def input_groups(settings: Settings) -> dict[str, str]:
+    """The consumer group of each input topic: ``<app id>.route``, ``<app id>.feedback``."""
+    t = settings.topics
+    return {t.queries: f"{settings.app_id}.route", t.feedback: f"{settings.app_id}.feedback"}
+
+
+async def start_uncommitted(
+    consumer: AIOKafkaConsumer, topic: str, group: str, *, policy: str
+) -> None:
+    """Place every assigned partition of ``topic`` without a committed offset: from its start
+    if the group committed another partition of the topic (a partition added since),
+    else where ``policy`` says (``earliest``, ``latest``); ``none`` raises."""
+    assigned = [tp for tp in consumer.assignment() if tp.topic == topic]
+    committed = await group_offsets(consumer, topic)
+    missing = [tp for tp in assigned if committed.get(tp) is None]
+    if not missing:
+        return
+    if any(offset is not None for offset in committed.values()):
+        log.warning("%s: partitions %s have no committed offset (added since?): read from "
+                    "their start", group, _numbers(missing))  # fmt: skip
+        await consumer.seek_to_beginning(*missing)
+    elif policy == "earliest":
+        log.warning("%s: no committed offsets on %s: starting from the earliest record "
+                    "(RACER_OFFSET_RESET=earliest)", group, topic)  # fmt: skip
+        await consumer.seek_to_beginning(*missing)
+    elif policy == "latest":
+        log.warning("%s: no committed offsets on %s: starting after the latest record "
+                    "(RACER_OFFSET_RESET=latest)", group, topic)  # fmt: skip
+        await consumer.seek_to_end(*missing)
+    else:
+        raise NoCommittedOffsetsError(
+            f"consumer group {group} has no committed offsets on {topic}: a new deployment, "
+            "a renamed RACER_APP_ID or expired offsets; say where to start with "
+            "`racer-online offsets reset --to earliest|latest` (or RACER_OFFSET_RESET)"
+        )
+
+
+async def group_offsets(consumer: AIOKafkaConsumer, topic: str) -> dict[TopicPartition, int | None]:
+    """The group's committed offset of every partition of ``topic`` (None: never)."""
+    numbers = consumer.partitions_for_topic(topic) or set()
+    return {tp: await consumer.committed(tp) for tp in (TopicPartition(topic, p) for p in numbers)}
+
+
+async def lag(
+    consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Records between the group's committed offset and the end of each partition, as the
+    broker holds them; a partition never committed counts from its first retained record."""
+    tps = list(partitions)
+    if not tps:
+        return {}
+    ends = await consumer.end_offsets(tps)
+    starts = await consumer.beginning_offsets(tps)
+    out = {}
+    for tp in tps:
+        done = await consumer.committed(tp)
+        out[tp] = max(ends[tp] - (starts[tp] if done is None else done), 0)
+    return out
+
+
+async def reset(settings: Settings, group: str, topic: str, *, to: Where) -> dict[int, int]:
+    """Commit the start (``earliest``) or the end (``latest``) of every partition of
+    ``topic`` for ``group``, whose members must all be stopped; returns partition: offset."""
+    consumer = clients.consumer(settings, group_id=group, enable_auto_commit=False)
+    try:
+        await consumer.start()
+        numbers = await clients.partitions_of(settings, topic)
+        if not numbers:
+            raise RacerError(f"topic {topic} does not exist")
+        tps = [TopicPartition(topic, p) for p in numbers]
+        consumer.assign(tps)
+        found = await (consumer.beginning_offsets if to == "earliest" else consumer.end_offsets)(
+            tps
+        )
+        await consumer.commit(found)
+    except CommitFailedError:
+        raise RacerError(
+            f"consumer group {group} has live members: stop its workers, then reset"
+        ) from None
+    except KafkaError as exc:
+        raise RacerError(f"resetting {group} on {topic} failed: {exc}") from None
+    finally:
+        await consumer.stop()
+    return {tp.partition: offset for tp, offset in found.items()}
+
+
+def _numbers(tps: Iterable[TopicPartition]) -> list[int]:
+    return sorted(tp.partition for tp in tps)
