@@ -78,7 +78,9 @@ class BatchConsumer(Service):
         self.max_in_flight, self.retry_on = max_in_flight, retry_on
         self.consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Future[None] | None = None
-        self._in_flight: deque[asyncio.Future[None]] = deque()  # oldest first
+        # Oldest first, each with the generation it was fetched in; only the current
+        # generation's batches fill the window and wait for each other.
+        self._in_flight: deque[tuple[int, asyncio.Future[None]]] = deque()
         self.assignment: frozenset[TopicPartition] = frozenset()
         # Bumped by each revocation and assignment: a batch commits only in its fetch's.
         self.generation = 0
@@ -123,7 +125,7 @@ class BatchConsumer(Service):
         # Finish and commit the batch in hand, within a bound: one that waits for Redis is
         # dropped uncommitted (redelivered). Then leave the group.
         await self.finish(FINISH_WAIT_S)
-        for task in (self._task, *self._in_flight):
+        for task in (self._task, *(task for _, task in self._in_flight)):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -134,26 +136,33 @@ class BatchConsumer(Service):
         assert self.consumer is not None
         timeout_ms = int(self.settings.batch_timeout_s * 1000)
         while not self.should_stop:
-            while self._in_flight and self._in_flight[0].done():
-                await self._in_flight.popleft()  # a batch that failed stops the worker here
-            if len(self._in_flight) >= self.max_in_flight:
+            for entry in [e for e in self._in_flight if e[1].done()]:
+                self._in_flight.remove(entry)
+                await entry[1]  # a batch that failed stops the worker here
+            if len(self._current()) >= self.max_in_flight:
                 await self._wait_for_room()
                 continue
             self.consumer.resume(*self.consumer.paused())
             self._start(await self._fetch(timeout_ms))
 
+    def _current(self) -> list[asyncio.Future[None]]:
+        """The batches in flight fetched in the current generation, oldest first. Older ones
+        are never committed, so these need not wait for them after a rebalance."""
+        return [task for generation, task in self._in_flight if generation == self.generation]
+
     def _start(self, fetched: Fetched) -> None:
         if fetched:
-            previous = self._in_flight[-1] if self._in_flight else None
+            current = self._current()
+            previous = current[-1] if current else None
             batch = self._process(fetched, previous, self.generation)
-            self._in_flight.append(asyncio.ensure_future(batch))
+            self._in_flight.append((self.generation, asyncio.ensure_future(batch)))
 
     async def _wait_for_room(self) -> None:
         """The in-flight window is full: wait for its oldest batch, and if that takes long
         (Redis down), pause the partitions and poll, which fetches nothing but keeps this
         member in its group."""
         assert self.consumer is not None
-        done, _ = await asyncio.wait({self._in_flight[0]}, timeout=POLL_WHILE_FULL_S)
+        done, _ = await asyncio.wait({self._current()[0]}, timeout=POLL_WHILE_FULL_S)
         if not done:
             self.consumer.pause(*self.consumer.assignment())
             # Records only if partitions were assigned meanwhile (a new assignment starts
@@ -174,7 +183,7 @@ class BatchConsumer(Service):
 
     async def finish(self, timeout: float) -> None:
         """Wait, within ``timeout``, for the batches in flight to be handled and committed."""
-        pending = [task for task in self._in_flight if not task.done()]
+        pending = [task for _, task in self._in_flight if not task.done()]
         if pending and (await asyncio.wait(pending, timeout=timeout))[1]:
             log.warning("%s: moving on with a batch in flight: it is redelivered", self.label)
 

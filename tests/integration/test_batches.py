@@ -14,12 +14,17 @@ import contextlib
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from prometheus_client import REGISTRY
 
+from racer_online.errors import RacerError, StoreUnavailableError
+from racer_online.kafka import offsets
 from racer_online.kafka.batches import BatchConsumer, BatchProducer, Outgoing, Record
+from racer_online.kafka.offsets import NoCommittedOffsetsError
 from racer_online.settings import Settings
 from racer_online.testing import until
 
@@ -31,10 +36,15 @@ RECORDS = 30
 
 class Script:
     """A handler: batch ``i`` (in call order) returns its records, copied to ``out``, once
-    the test releases it, or raises if ``i`` is in ``failing``."""
+    the test releases it (or at once if ``released``, except the ``held`` ones), or raises if
+    ``i`` is in ``failing``."""
 
-    def __init__(self, out: str, *, failing: Sequence[int] = (), released: bool = False):
+    def __init__(
+        self, out: str, *, failing: Sequence[int] = (), released: bool = False,
+        held: Sequence[int] = (),
+    ):  # fmt: skip
         self.out, self.failing, self.released = out, set(failing), released
+        self.held = set(held)
         self.offsets: list[list[int]] = []
         self.gates: dict[int, asyncio.Event] = {}
 
@@ -47,7 +57,7 @@ class Script:
     async def __call__(self, records: Sequence[Record]) -> list[Outgoing]:
         index = len(self.offsets)
         self.offsets.append([r.offset for r in records])
-        if not self.released:
+        if not self.released or index in self.held:
             await self.gate(index).wait()
         if index in self.failing:
             raise RuntimeError(f"batch {index} fails")
@@ -87,23 +97,43 @@ class Rig:
             await producer.stop()
         await self.producer.start()
 
-    async def consumer(self, handle: Script, *, max_in_flight: int = 2) -> BatchConsumer:
+    async def consumer(
+        self, handle: Any, *, max_in_flight: int = 2, settings: Settings | None = None,
+        retry_on: tuple[type[Exception], ...] = (),
+    ) -> BatchConsumer:  # fmt: skip
         batches = BatchConsumer(
-            self.settings, self.source, self.group, handle, self.producer,
-            max_in_flight=max_in_flight,
+            settings or self.settings, self.source, self.group, handle, self.producer,
+            max_in_flight=max_in_flight, retry_on=retry_on,
         )  # fmt: skip
         self.consumers.append(batches)
         await batches.start()
         return batches
 
-    async def committed(self) -> int | None:
+    async def add_partition(self, *, records: int) -> None:
+        """A second partition of the input topic, holding ``records`` records."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_partitions({self.source: NewPartitions(total_count=2)})
+        finally:
+            await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+        await producer.start()
+        try:
+            for i in range(records):
+                await producer.send(self.source, f"added{i}".encode(), partition=1)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    async def committed(self, tp: TopicPartition | None = None) -> int | None:
         """The group's committed offset, read from the broker by a client outside the group."""
         reader = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False
         )
         await reader.start()
         try:
-            return await reader.committed(self.tp)  # never joins: it subscribes to nothing
+            return await reader.committed(tp or self.tp)  # never joins: subscribes to nothing
         finally:
             await reader.stop()
 
@@ -215,3 +245,108 @@ async def _is(value, expected) -> bool:
 
 async def _count(values, expected) -> bool:
     return len(await values) == expected
+
+
+# -- at-least-once when things go wrong ------------------------------------------------------
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_batch_that_changed_hands_is_never_committed_late(rig):
+    """The first consumer holds its first batch through a rebalance: the partition's other
+    owner commits everything meanwhile, and when the held batch ends, its commit would move
+    the group's offset from 30 back to 10. It is skipped (counted) instead."""
+    first = Script(rig.out, released=True, held=[0])
+    batches = await rig.consumer(first)
+    await until(lambda: len(first.offsets) >= 1, timeout=30, what="the first batch in flight")
+    assert batches.finish_wait_s < rig.settings.broker_rebalance_timeout_s  # type: ignore[operator]
+    skipped = sample("racer_skipped_commits_total", topic=rig.source)
+    # A second member joins: the revocation gives up on the held batch within its bound;
+    # whichever member gets the partition reads it from the group's offset and commits it all.
+    other = await rig.consumer(Script(rig.out, released=True))
+    await until(lambda: _is(rig.committed(), 30), timeout=60, what="the rest committed")
+    await other.stop()  # the first consumer owns the partition again
+    await until(lambda: batches.assignment == {rig.tp}, timeout=30, what="the partition back")
+    handled_before = len(first.offsets)
+    first.release(0)
+    await until(lambda: sample("racer_skipped_commits_total", topic=rig.source) > skipped,
+                timeout=30, what="the late commit skipped")  # fmt: skip
+    assert await rig.committed() == 30
+    # Before the generation check, the late commits set the offset back to 10, then 20, and
+    # the first consumer handled records 20-29 a second time.
+    assert [o for batch in first.offsets[handled_before:] for o in batch if o < 30] == []
+
+
+async def test_lag_comes_from_the_broker_and_counts_partitions_never_committed(rig):
+    held = Script(rig.out)  # nothing is committed until the test says so
+    batches = await rig.consumer(held)
+    await until(lambda: batches.assignment == {rig.tp}, timeout=30, what="the assignment")
+    assert await batches.lag() == {rig.tp: RECORDS}
+    assert sample("racer_consumer_lag", topic=rig.source, partition="0") == RECORDS
+    for index in range(4):
+        held.release(index)
+    await until(lambda: _is(rig.committed(), RECORDS), timeout=30, what="everything committed")
+    assert await batches.lag() == {rig.tp: 0}
+
+
+async def test_a_group_without_offsets_starts_only_where_an_operator_said(rig):
+    strict = rig.settings.model_copy(update={"offset_reset": "none"})
+    script = Script(rig.out, released=True)
+    batches = await rig.consumer(script, settings=strict)
+    await until(lambda: batches.crash_reason is not None, timeout=30, what="the consumer to stop")
+    assert isinstance(batches.crash_reason, NoCommittedOffsetsError)
+    assert "racer-online offsets reset" in str(batches.crash_reason)
+    assert script.offsets == [] and await rig.committed() is None
+    await batches.stop()
+    assert await offsets.reset(strict, rig.group, rig.source, to="latest") == {0: RECORDS}
+    assert await rig.committed() == RECORDS  # nothing published so far is read again
+    assert await offsets.reset(strict, rig.group, rig.source, to="earliest") == {0: 0}
+    again = Script(rig.out, released=True)
+    await rig.consumer(again, settings=strict)
+    await until(lambda: _is(rig.committed(), RECORDS), timeout=30, what="everything committed")
+    assert again.offsets[0][0] == 0
+
+
+async def test_a_reset_is_refused_while_the_group_has_members(rig):
+    batches = await rig.consumer(Script(rig.out, released=True))
+    await until(lambda: batches.assignment == {rig.tp}, timeout=30, what="the assignment")
+    with pytest.raises(RacerError, match="has live members: stop its workers"):
+        await offsets.reset(rig.settings, rig.group, rig.source, to="earliest")
+
+
+async def test_a_partition_added_later_is_read_from_its_start(rig):
+    strict = rig.settings.model_copy(update={"offset_reset": "none"})
+    await offsets.reset(strict, rig.group, rig.source, to="earliest")
+    batches = await rig.consumer(Script(rig.out, released=True), settings=strict)
+    await until(lambda: _is(rig.committed(), RECORDS), timeout=30, what="partition 0 committed")
+    await batches.stop()
+    await rig.add_partition(records=5)  # no committed offset: its group has committed others
+    restarted = await rig.consumer(Script(rig.out, released=True), settings=strict)
+    added = TopicPartition(rig.source, 1)
+    await until(lambda: _is(rig.committed(added), 5), timeout=60, what="partition 1 committed")
+    assert restarted.crash_reason is None
+
+
+async def test_a_transient_error_pauses_the_partitions_and_retries_the_batch(rig):
+    down = asyncio.Event()
+    down.set()
+    calls = Counter[int]()
+
+    async def flaky(records: Sequence[Record]) -> list[Outgoing]:
+        calls[records[0].offset] += 1
+        if down.is_set():
+            raise StoreUnavailableError("redis unavailable: test outage")
+        return [(rig.out, r.key, r.value) for r in records]
+
+    batches = await rig.consumer(flaky, retry_on=(StoreUnavailableError,))
+    await until(lambda: batches.consumer.paused() == {rig.tp}, timeout=30,
+                what="the partition paused")  # fmt: skip
+    assert await rig.committed() is None and await rig.sent() == []
+    assert batches.assignment == {rig.tp}  # still a member: it polls while paused
+    down.clear()
+    await until(lambda: _is(rig.committed(), RECORDS), timeout=60, what="everything committed")
+    assert batches.consumer.paused() == set()
+    assert max(calls.values()) >= 2  # retried, not skipped
+    assert sorted(await rig.sent()) == sorted(f"r{i}".encode() for i in range(RECORDS))
