@@ -28,7 +28,10 @@ class Deployment(LocalDeployment):
             broker_url=broker.url, bootstrap=broker.bootstrap, redis_url=redis_url,
             directory=tmp_path, scope=scope, replication=broker.replication,
             embedded_broker=False,  # the broker's own env() says which fetch wait it needs
-            env=broker.env() | {"RACER_AUDIT_RATE": "1.0", "RACER_RECALIBRATE_INTERVAL_S": "1"},
+            # An unknown scope is dead-lettered at once here (the grace a rolling deploy
+            # gets is tested on its own, test_rolling_deploy.py).
+            env=broker.env() | {"RACER_AUDIT_RATE": "1.0", "RACER_RECALIBRATE_INTERVAL_S": "1",
+                                "RACER_UNKNOWN_SCOPE_GRACE_S": "0"},
         )  # fmt: skip
         self.tmp_path = tmp_path
         self.broker = broker

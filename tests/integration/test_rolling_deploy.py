@@ -1,0 +1,50 @@
+"""A scope added during a rolling deploy: its messages reach workers that do not know it yet.
+They wait (their batch retried, the partition paused) until a worker that knows the scope
+has the partition, and are dead-lettered only once older than the grace."""
+
+import pytest
+
+from racer_online.messages import DeadLetter
+from racer_online.testing import until
+
+pytestmark = pytest.mark.integration
+
+MODELS = ("m0", "m1")
+
+
+def query(query_id: str, scope: str) -> dict[str, object]:
+    return {"query_id": query_id, "scope": scope, "scores": {"m0": 0.7, "m1": 0.2}}
+
+
+def held(deployment, index: int = 0) -> bool:
+    return "unknown here, held until" in deployment.log(index)
+
+
+def write_scopes(deployment, *scopes: str) -> None:
+    tables = [f"[scopes.{name}.models]\nm0 = {{ price = 0.1 }}\nm1 = {{ price = 0.2 }}\n"
+              for name in scopes]  # fmt: skip
+    deployment.scopes_file.write_text("\n".join(tables))
+
+
+async def test_a_new_scope_waits_for_an_upgraded_worker_instead_of_the_dlq(deployment):
+    new_scope = f"{deployment.scope}-new"
+    write_scopes(deployment, deployment.scope)
+    old = deployment.start_worker(RACER_UNKNOWN_SCOPE_GRACE_S="300")
+    await deployment.send("queries", [query("q-new", new_scope)])
+    await until(lambda: held(deployment, 0), timeout=60, what="the query held")
+    # The rolling deploy: the new scopes file, the old worker replaced by an upgraded one.
+    write_scopes(deployment, deployment.scope, new_scope)
+    deployment.kill(old, sig=15)
+    deployment.start_worker(RACER_UNKNOWN_SCOPE_GRACE_S="300")
+    [decision] = await deployment.collect("decisions", 1, timeout=90)
+    assert (decision["query_id"], decision["scope"]) == ("q-new", new_scope)
+    assert await deployment.collect("dlq", 1, timeout=2) == []
+
+
+async def test_an_unknown_scope_older_than_the_grace_goes_to_the_dlq(deployment):
+    write_scopes(deployment, deployment.scope)
+    deployment.start_worker(RACER_UNKNOWN_SCOPE_GRACE_S="2")
+    await deployment.send("queries", [query("q-typo", "no-such-scope")])
+    [letter] = await deployment.collect("dlq", 1, timeout=90)
+    assert DeadLetter.model_validate(letter).reason == "unknown scope 'no-such-scope'"
+    assert held(deployment)  # it waited first
