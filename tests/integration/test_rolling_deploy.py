@@ -21,8 +21,8 @@ def held(deployment, index: int = 0) -> bool:
 
 
 def write_scopes(deployment, *scopes: str) -> None:
-    tables = [f"[scopes.{name}.models]\nm0 = {{ price = 0.1 }}\nm1 = {{ price = 0.2 }}\n"
-              for name in scopes]  # fmt: skip
+    tables = [f"[scopes.{name}]\nalpha = 0.1\ndelta = 0.1\n[scopes.{name}.models]\n"
+              "m0 = { price = 0.1 }\nm1 = { price = 0.2 }\n" for name in scopes]  # fmt: skip
     deployment.scopes_file.write_text("\n".join(tables))
 
 
@@ -43,7 +43,9 @@ async def test_a_new_scope_waits_for_an_upgraded_worker_instead_of_the_dlq(deplo
 
 async def test_an_unknown_scope_older_than_the_grace_goes_to_the_dlq(deployment):
     write_scopes(deployment, deployment.scope)
-    deployment.start_worker(RACER_UNKNOWN_SCOPE_GRACE_S="2")
+    deployment.start_worker(RACER_UNKNOWN_SCOPE_GRACE_S="3")
+    routing = f"BatchConsumer({deployment.topics['queries']}): assigned partitions [0, 1, 2, 3]"
+    await until(lambda: routing in deployment.log(0), timeout=60, what="the worker routing")
     await deployment.send("queries", [query("q-typo", "no-such-scope")])
     [letter] = await deployment.collect("dlq", 1, timeout=90)
     assert DeadLetter.model_validate(letter).reason == "unknown scope 'no-such-scope'"
