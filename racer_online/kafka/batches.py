@@ -53,6 +53,7 @@ FINISH_WAIT_S = 5.0  # for the batches in flight on a shutdown; on a rebalance s
 RETRY_DELAYS_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # then 5 s until the handler goes through
 POLL_WHILE_FULL_S = 1.0  # a paused consumer still polls this often: it stays in the group
 DEFAULT_SESSION_TIMEOUT_S = 10.0  # aiokafka's; its rebalance timeout defaults to it
+LAG_TIMEOUT_S = 5.0  # a scrape of /metrics must not hang on a broker that does not answer
 
 
 class CommitsFailingError(RacerError):
@@ -286,8 +287,8 @@ class BatchConsumer(Service):
             return {}
         assigned = set(self.assignment)
         try:
-            found = await offsets.lag(self.consumer, assigned)
-        except KafkaError as exc:
+            found = await asyncio.wait_for(offsets.lag(self.consumer, assigned), LAG_TIMEOUT_S)
+        except (KafkaError, TimeoutError) as exc:
             log.info("%s: lag unknown: %s", self.label, exc)
             return {}
         for tp, behind in found.items():
