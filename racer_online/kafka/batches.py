@@ -176,11 +176,12 @@ class BatchConsumer(Service):
             fetched: Fetched = await self.consumer.getmany(
                 timeout_ms=timeout_ms, max_records=self.settings.batch_size
             )
-            return fetched
         except NoOffsetForPartitionError:
+            # Place the partitions without a committed offset, or stop the worker.
             await offsets.start_uncommitted(self.consumer, self.topic, self.group_id,
                                             policy=self.settings.offset_reset)  # fmt: skip
             return {}
+        return fetched
 
     async def finish(self, timeout: float) -> None:
         """Wait, within ``timeout``, for the batches in flight to be handled and committed."""
