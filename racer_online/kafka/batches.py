@@ -220,17 +220,17 @@ class BatchConsumer(Service):
                 attempt += 1
         return None
 
-    async def _commit(self, offsets: dict[TopicPartition, int], generation: int) -> None:
+    async def _commit(self, positions: dict[TopicPartition, int], generation: int) -> None:
         assert self.consumer is not None
         async with self._commit_lock:
             if generation != self.generation:
                 # Fetched before a rebalance: the partitions' owner since then (maybe this
                 # worker again) read them from the group's offset, and may have committed more.
-                metrics.SKIPPED_COMMITS.labels(self.topic).inc(len(offsets))
+                metrics.SKIPPED_COMMITS.labels(self.topic).inc(len(positions))
                 log.info("%s: not committing a batch fetched before a rebalance", self.label)
                 return
             try:
-                await self.consumer.commit(offsets)
+                await self.consumer.commit(positions)
             except KafkaError as exc:
                 self._commit_failed(exc)
             else:
@@ -258,7 +258,7 @@ class BatchConsumer(Service):
         left = max(deadline - loop.time(), 0.0)
         try:
             await asyncio.wait_for(self._commit_lock.acquire(), left or 0.01)
-        except TimeoutError:
+        except TimeoutError:  # rare: a commit unanswered for the whole wait
             log.warning("%s: a commit is still under way at the rebalance", self.label)
             self.generation += 1
         else:
