@@ -36,6 +36,7 @@ async def test_a_new_group_waits_for_the_operator_then_reads_from_the_start(depl
 
 
 def test_a_reset_of_a_topic_that_does_not_exist_is_one_line(deployment):
+    deployment.write_scopes(["m0", "m1"])  # every command reads the settings, scopes included
     env = deployment.env | {"RACER_TOPICS__QUERIES": f"{deployment.scope}.missing"}
     reset = cli("offsets", "reset", "--to", "latest", "--topic", "queries", env=env)
     assert reset.returncode == 1
