@@ -33,6 +33,7 @@ REBALANCE_S = 2.0  # RACER_BROKER_REBALANCE_TIMEOUT_S: the survivors' re-join
 HANDOVER_LIMIT_S = INTERVAL_S + SESSION_S + REBALANCE_S + 3.0
 
 VERSION = re.compile(r"threshold v(\d+) ")  # the leader's own log line
+LEADING = re.compile(r"leading under lease epoch (\d+)")  # a leader that took a scope's lease
 
 
 def versions(text: str) -> list[int]:
@@ -158,17 +159,23 @@ async def test_a_stalled_leader_resumed_after_its_successor_took_over_writes_not
     the group elects the other worker, and the stalled one's lease lapses: the other takes it
     under a newer epoch. Resumed (SIGCONT) while it still believes it leads, the old leader
     stores nothing: it finds the lease taken, or gives it up once Faust tells it, and steps
-    down. (A write already under way when it stalled is refused by the store: the two-leader
-    tests of tests/service/test_leader_lease.py show that part on real Redis.)"""
+    down; if Faust makes it the leader again, it leads under a newer epoch still. (A write
+    already under way when it stalled is refused by the store: the two-leader tests of
+    tests/service/test_leader_lease.py show that part on real Redis.)"""
     scope = deployment.scope
     deployment.write_scopes(records.models)
     procs = [deployment.start_worker() for _ in range(2)]
     ports = deployment.web_ports
 
     def leading() -> tuple[int, float] | None:
-        """The one Faust leader, once it holds the scope's lease, and its epoch."""
-        leaders = [i for i in range(2) if deployment.ready(i).get("leader")]
-        epoch = leader_epoch(ports[leaders[0]], scope) if len(leaders) == 1 else 0.0
+        """Both workers in the group, one Faust leader holding the scope's lease: which, and
+        its epoch."""
+        ready = [deployment.ready(i) for i in range(2)]
+        joined = all(r.get("assignment", {}).get(deployment.topics["queries"]) for r in ready)
+        leaders = [i for i, r in enumerate(ready) if r.get("leader")]
+        if not joined or len(leaders) != 1:
+            return None
+        epoch = leader_epoch(ports[leaders[0]], scope)
         return (leaders[0], epoch) if epoch else None
 
     old, old_epoch = await until(leading, timeout=30, what="a leader holding the lease")
@@ -179,13 +186,16 @@ async def test_a_stalled_leader_resumed_after_its_successor_took_over_writes_not
                 what="the first leader's first threshold")  # fmt: skip
 
     procs[old].send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
     try:
 
         def took_over() -> float | None:
             epoch = leader_epoch(ports[new], scope)
             return epoch if deployment.ready(new).get("leader") and epoch > old_epoch else None
 
-        await until(took_over, timeout=30, what="the other worker leading under a new epoch")
+        new_epoch = await until(took_over, timeout=30,
+                                what="the other worker leading under a new epoch")  # fmt: skip
+        taken_s = time.monotonic() - stopped_at
         await deployment.send("queries", queries(records, range(300, 600), scope))
         await deployment.send("feedback", labels(records, range(300, 600), scope))
         await until(lambda: versions(deployment.log(new)), timeout=20,
@@ -193,20 +203,31 @@ async def test_a_stalled_leader_resumed_after_its_successor_took_over_writes_not
         resumed_at = len(deployment.log(old))
     finally:
         procs[old].send_signal(signal.SIGCONT)
+    resumed = time.monotonic()
 
     def stepped_down() -> str | None:
         text = deployment.log(old)[resumed_at:]
-        idle = leader_epoch(ports[old], scope) == 0 and not deployment.ready(old).get("leader")
-        return text if idle and "no longer the leader" in text else None
+        return text if "no longer the leader" in text else None
 
     after_resume = await until(stepped_down, timeout=30, what="the old leader to step down")
-    assert versions(after_resume) == [], after_resume
-    # The new leader goes on; no version was ever stored by both.
-    stored_by_new = len(versions(deployment.log(new)))
+    print(f"lease taken {taken_s:.1f} s after SIGSTOP; the old leader stepped down "
+          f"{time.monotonic() - resumed:.1f} s after SIGCONT")  # fmt: skip
+    down = after_resume.index("no longer the leader")
+    assert versions(after_resume[:down]) == [], after_resume[:down]
+    # Faust may make it the leader again later: then it leads under a newer epoch, after
+    # re-reading what the other stored (no version twice, checked below).
+    later = VERSION.search(after_resume, down)
+    if later is not None:
+        regained = LEADING.search(after_resume, down, later.start())
+        assert regained and int(regained.group(1)) > new_epoch, after_resume
+    # Recalibration goes on; no version was ever stored by both.
+    stored = len(versions(deployment.log(old)) + versions(deployment.log(new)))
     await deployment.send("queries", queries(records, range(600, 900), scope))
     await deployment.send("feedback", labels(records, range(600, 900), scope))
-    await until(lambda: len(versions(deployment.log(new))) > stored_by_new, timeout=20,
-                what="the new leader's next threshold")  # fmt: skip
+    await until(
+        lambda: len(versions(deployment.log(old)) + versions(deployment.log(new))) > stored,
+        timeout=20, what="the next threshold",
+    )  # fmt: skip
     every = versions(deployment.log(old)) + versions(deployment.log(new))
     assert len(every) == len(set(every)), sorted(every)
     assert all(p.poll() is None for p in procs)
