@@ -1,7 +1,7 @@
 """A scope's next threshold from its window and monitor: numpy only, no I/O, no awaits.
 
 The leader runs `next_threshold` and `segment_replaces` in a thread (``asyncio.to_thread``)
-so that a large window does not stall the event loop that heartbeats to Kafka and renews
+so that their numpy work does not hold the event loop that heartbeats to Kafka and renews
 the lease; only the tick holding the lease calls them, one at a time.
 """
 

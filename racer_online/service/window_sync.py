@@ -7,6 +7,7 @@ sweep, trim or monitor state is refused by the store and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,7 +88,7 @@ class WindowSync:
     ) -> AlertMessage | None:
         """Exact outcomes of new window records: realised risk, ACI level, labelled channel."""
         cfg, mon, settings = scope.config, scope.monitor, self.settings
-        _, required = scope.window_levels(start)
+        _, required = await asyncio.to_thread(scope.window_levels, start)  # a new epoch: all
         lam_used = scope.window.lam[start:]
         misses = lam_used < required  # each at the threshold it was decided with
         ids = scope.window.ids[start:]
