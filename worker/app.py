@@ -142,9 +142,9 @@ class Worker:
                 self._leading = False
                 await self._release_leases()
             return
-        if not self._leading:
-            self._leading = True
+        if not self._leading:  # declare the topics only the leader writes, once per leadership
             await _declare(self.topic(self.names.thresholds), self.topic(self.names.alerts))
+            self._leading = True
         try:
             updates = await self.service.leader.recalibrate_due()
         except StoreUnavailableError as exc:

@@ -64,8 +64,10 @@ class LeaderLease:
         """Give every lease back (leadership moved, or a stop), so that the next leader
         need not wait for them to lapse."""
         for scope, epoch in list(self.epochs.items()):
-            await self.store.release_lease(scope, self.holder, epoch=epoch)
-            self._step_down(scope, "released", level=logging.INFO)
+            try:
+                await self.store.release_lease(scope, self.holder, epoch=epoch)
+            finally:  # unreleased (Redis down), it lapses on its own: this worker is done
+                self._step_down(scope, "gave the lease up", level=logging.INFO)
 
     def _step_down(self, scope: str, why: str, *, level: int = logging.WARNING) -> None:
         self.epochs.pop(scope, None)

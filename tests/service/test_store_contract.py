@@ -352,6 +352,8 @@ async def test_a_lapsed_lease_nobody_took_keeps_its_epoch(make_store):
     assert await store.hold_lease(scope, "a", ttl_s=60, last_epoch=1) == Lease(1, "a")
     await lapse(store, scope)  # a holder that forgot its epoch (it stepped down) starts anew
     assert await store.hold_lease(scope, "a", ttl_s=60, last_epoch=None) == Lease(2, "a")
+    # So does one that asks with another epoch than its live lease's.
+    assert await store.hold_lease(scope, "a", ttl_s=60, last_epoch=1) == Lease(3, "a")
 
 
 async def test_a_released_lease_is_free_at_once_and_only_its_holder_releases_it(make_store):
