@@ -6,7 +6,8 @@
     │   └── MessageError                       a topic payload that fails its schema
     ├── ConfigError (also ValueError)          bad settings or scopes file
     ├── StoreUnavailableError                  Redis cannot serve now (retry later)
-    └── StoreFailedError                       Redis refused a command for good (stop)
+    ├── StoreFailedError                       Redis refused a command for good (stop)
+    └── FencedError                            a leader write under a superseded lease epoch
 
 Every message names the problem in one line, so the CLI can print it as it is.
 """
@@ -37,3 +38,9 @@ class StoreUnavailableError(RacerError):
 class StoreFailedError(RacerError):
     """Redis answered with an error that no retry cures (a script error, an unknown
     command): the worker stops with this one line rather than loop on the same batch."""
+
+
+class FencedError(RacerError):
+    """The store refused a leader write: its lease epoch is no longer the scope's current
+    one, so another worker leads the scope now. The write did not happen; the leader steps
+    down for that scope and re-reads its state if it ever leads it again."""

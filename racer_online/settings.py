@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     window_max_age_s: Seconds = 7 * 86_400.0
     min_records: int = Field(default=1, ge=1)  # 1: never stricter than the bound itself
     threshold_poll_s: Seconds = 0.5
+    # The leader renews each scope's lease every tick; a leader stalled or cut off for this
+    # long loses it to the next (docs/reliability.md, "Two leaders").
+    leader_lease_s: Seconds = 5.0
     n_recent: int = Field(default=200, ge=1)  # exact outcomes behind the realised miss rate
     # Drift monitor (docs/method.md): CUSUMs on exact audited outcomes and on "every invoked
     # model wrong"; together at most `monitor_false_alarm_rate` false alarms per graded
@@ -238,6 +241,18 @@ class Settings(BaseSettings):
     def _redis_fits_together(self) -> Self:
         _does_not_fit(self._redis_problem())
         return self
+
+    @model_validator(mode="after")
+    def _lease_outlives_ticks(self) -> Self:
+        if self.leader_lease_s < 2 * self.leader_tick_s:  # else it lapses between renewals
+            _does_not_fit(f"RACER_LEADER_LEASE_S: at least two leader ticks "
+                          f"({2 * self.leader_tick_s:g} s)")  # fmt: skip
+        return self
+
+    @property
+    def leader_tick_s(self) -> float:
+        """The leader looks at new window records as often as workers look for thresholds."""
+        return min(self.threshold_poll_s, self.recalibrate_interval_s)
 
     def _redis_problem(self) -> str | None:
         url = urlsplit(self.redis_url)

@@ -40,6 +40,7 @@ FAST_GROUP_ENV = {
     "RACER_BROKER_SESSION_TIMEOUT_S": "2",
     "RACER_BROKER_HEARTBEAT_INTERVAL_S": "0.5",
     "RACER_BROKER_REBALANCE_TIMEOUT_S": "2",
+    "RACER_LEADER_LEASE_S": "2",  # a SIGKILLed leader's lease lapses within the session timeout
 }
 # Each local deployment's consumer groups are new: they read their topics from the start,
 # the explicit choice a production deployment makes once (docs/operations.md).

@@ -12,7 +12,6 @@ import contextlib
 import gc
 import logging
 import socket
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,12 +63,12 @@ class Worker:
             BatchConsumer(settings, names.feedback, groups[names.feedback], self.record_feedback,
                           self.producer, retry_on=TRANSIENT),
         ]  # fmt: skip
-        self._last_tick = 0.0
-        # The leader looks at new window records as often as workers look for new thresholds.
-        self.tick_s = min(settings.threshold_poll_s, settings.recalibrate_interval_s)
+        self._leading = False  # Faust's leader at the last tick
         self.app.task(self.consume)
         self.app.timer(settings.threshold_poll_s)(self.refresh_thresholds)
-        self.app.timer(self.tick_s, on_leader=True)(self.recalibrate)
+        # Every worker ticks; the Faust leader recalibrates, the others give back any lease.
+        self.app.timer(settings.leader_tick_s)(self.recalibrate)
+        self.app.on_before_shutdown.connect(self._release_leases)
         web.register(self.app, self.service, self.consumers)
 
     def topic(self, name: str) -> faust.TopicT:
@@ -157,9 +156,16 @@ class Worker:
             log.warning("keeping the thresholds in memory: %s", exc)
 
     async def recalibrate(self) -> None:
-        if time.monotonic() - self._last_tick > 5 * max(self.tick_s, 1.0):
-            await self._begin_leadership()
-        self._last_tick = time.monotonic()
+        """Faust's leader recalibrates each scope whose lease it holds (`service.lease`):
+        an old leader that still runs, stalled or cut off from Kafka, writes nothing."""
+        if not self.app.is_leader():
+            if self._leading:
+                self._leading = False
+                await self._release_leases()
+            return
+        if not self._leading:  # declare the topics only the leader writes, once per leadership
+            await _declare(self.topic(self.names.thresholds), self.topic(self.names.alerts))
+            self._leading = True
         try:
             updates = await self.service.leader.recalibrate_due()
         except StoreUnavailableError as exc:
@@ -176,11 +182,13 @@ class Worker:
             + [(names.alerts, a.scope.encode(), a.to_bytes()) for a in updates.alerts]
         )
 
-    async def _begin_leadership(self) -> None:
-        """The first tick here, or the first after leadership was elsewhere: re-read the whole
-        window, and declare the topics only the leader writes (once, not every tick)."""
-        self.service.leader.forget_windows()
-        await _declare(self.topic(self.names.thresholds), self.topic(self.names.alerts))
+    async def _release_leases(self, *_: Any, **__: Any) -> None:
+        """Leadership moved or the worker stops: the next leader need not wait for the
+        leases to lapse (``RACER_LEADER_LEASE_S``)."""
+        try:
+            await self.service.leader.release()
+        except StoreUnavailableError as exc:
+            log.warning("the leader's leases lapse on their own: %s", exc)
 
 
 def _faust_app(settings: Settings) -> faust.App:

@@ -50,6 +50,16 @@ LOST_AUDITS = Counter(
     ["scope"],
 )
 ALERTS = Counter("racer_alerts", "Alerts published.", ["scope", "kind"])
+LEADER_EPOCH = Gauge(
+    "racer_leader_epoch",
+    "The lease epoch this worker leads the scope under; 0 when it does not lead it.",
+    ["scope"],
+)
+LEADER_FENCED = Counter(
+    "racer_leader_fenced",
+    "Leader writes the store refused: another worker held a newer lease epoch.",
+    ["scope"],
+)
 CONSUMER_LAG = Gauge(
     "racer_consumer_lag",
     "Records between the group's committed offset and the end of each assigned partition.",

@@ -3,6 +3,7 @@
 from racer_online.store.base import (
     FeedbackOutcome,
     LabelWrite,
+    Lease,
     PendingWrite,
     RouteResult,
     Store,
@@ -17,6 +18,7 @@ from racer_online.store.redis import RedisStore
 __all__ = [
     "FeedbackOutcome",
     "LabelWrite",
+    "Lease",
     "MemoryStore",
     "PendingWrite",
     "RedisStore",

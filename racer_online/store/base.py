@@ -76,6 +76,13 @@ class StreamId(NamedTuple):
         return f"{self.ms}-{self.seq}"
 
 
+class Lease(NamedTuple):
+    """A scope's live leader lease after a `Store.hold_lease` call."""
+
+    epoch: int  # the fencing token: every leader write carries it and the store checks it
+    holder: str  # the caller's own id when it holds the lease now, else the other holder's
+
+
 @dataclass(frozen=True)
 class WindowEntry:
     id: str  # "<ms>-<seq>": the time the record entered the window
@@ -91,7 +98,11 @@ class WindowEntry:
 
 
 class Store(Protocol):
-    """Both implementations are configured with each scope's catalogue, TTL and window size."""
+    """Both implementations are configured with each scope's catalogue, TTL and window size.
+
+    The leader's writes (the window's trims and sweeps, thresholds, alerts, the monitor's
+    state) carry the scope's lease ``epoch``; a write under a superseded epoch raises
+    `FencedError` and changes nothing."""
 
     async def route(self, writes: Sequence[PendingWrite]) -> list[RouteResult]: ...
 
@@ -101,27 +112,38 @@ class Store(Protocol):
         self, scope: str, *, after: str | None = None, count: int = 10_000
     ) -> list[WindowEntry]: ...
 
-    async def trim_window(self, scope: str, *, min_id: str) -> None: ...
+    async def trim_window(self, scope: str, *, min_id: str, epoch: int) -> None: ...
 
     async def sweep_expired_audits(
-        self, scope: str, *, now: float, limit: int = 100
+        self, scope: str, *, now: float, epoch: int, limit: int = 100
     ) -> SweepResult: ...
 
     async def load_threshold(self, scope: str) -> bytes | None: ...
 
-    async def save_threshold(self, scope: str, version: int, threshold: bytes) -> bool: ...
+    async def save_threshold(
+        self, scope: str, version: int, threshold: bytes, *, epoch: int
+    ) -> bool: ...
 
     async def threshold_history(self, scope: str, *, count: int = 1000) -> list[bytes]: ...
 
     async def upper_bound(self, scope: str) -> tuple[int, int]: ...
 
-    async def save_alert(self, scope: str, alert: bytes) -> None: ...
+    async def save_alert(self, scope: str, alert: bytes, *, epoch: int) -> None: ...
 
     async def alerts(self, scope: str, *, count: int = 1000) -> list[bytes]: ...
 
     async def load_monitor(self, scope: str) -> dict[str, str]: ...
 
-    async def save_monitor(self, scope: str, state: Mapping[str, str]) -> None: ...
+    async def save_monitor(self, scope: str, state: Mapping[str, str], *, epoch: int) -> None: ...
+
+    async def hold_lease(
+        self, scope: str, holder: str, *, ttl_s: float, last_epoch: int | None
+    ) -> Lease:
+        """Take the scope's lease if it is free, or renew the caller's own; a new holder gets
+        a new epoch, a holder whose lapsed lease nobody took keeps ``last_epoch``."""
+        ...
+
+    async def release_lease(self, scope: str, holder: str, *, epoch: int) -> None: ...
 
     async def ping(self) -> bool: ...
 

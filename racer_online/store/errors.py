@@ -16,7 +16,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from racer_online.errors import StoreFailedError, StoreUnavailableError
+from racer_online.errors import FencedError, StoreFailedError, StoreUnavailableError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -30,13 +30,15 @@ TRANSIENT = (
     ClusterDownError, TryAgainError,
 )  # fmt: skip
 TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN")  # a long script, a restart, a sync
+FENCED_REPLY = "FENCED"  # fence.lua: a leader write under a superseded lease epoch
 
 
 def classified(
     method: Callable[P, Coroutine[Any, Any, T]],
 ) -> Callable[P, Coroutine[Any, Any, T]]:
     """Redis errors as the worker must treat them: `StoreUnavailableError` (retry later,
-    no crash) or `StoreFailedError` (stop: retrying the same batch fails again)."""
+    no crash), `StoreFailedError` (stop: retrying the same batch fails again) or
+    `FencedError` (a leader write refused: the leader steps down)."""
 
     @functools.wraps(method)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -45,6 +47,8 @@ def classified(
         except TRANSIENT as exc:
             raise StoreUnavailableError(f"redis unavailable: {_one_line(exc)}") from exc
         except ResponseError as exc:
+            if str(exc).startswith(FENCED_REPLY):
+                raise FencedError(_one_line(exc)) from exc
             if str(exc).startswith(TRANSIENT_REPLIES):
                 raise StoreUnavailableError(f"redis busy: {_one_line(exc)}") from exc
             raise StoreFailedError(f"redis refused a command: {_one_line(exc)}") from exc

@@ -50,3 +50,13 @@ def alerts(scope: str) -> str:
 def monitor(scope: str) -> str:
     """Hash: the drift monitor's and the ACI controller's state, so a new leader resumes it."""
     return f"{PREFIX}:{{{scope}}}:monitor"
+
+
+def lease(scope: str) -> str:
+    """String with a TTL: ``<epoch> <holder>`` of the worker leading the scope (lease.lua)."""
+    return f"{PREFIX}:{{{scope}}}:lease"
+
+
+def epoch(scope: str) -> str:
+    """Counter, no TTL: the scope's lease epoch, the fencing token of every leader write."""
+    return f"{PREFIX}:{{{scope}}}:epoch"

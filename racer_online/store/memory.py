@@ -6,11 +6,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from racer_online.errors import StoreUnavailableError
+from racer_online.errors import FencedError, StoreUnavailableError
 from racer_online.store import keys
 from racer_online.store.base import (
     FeedbackOutcome,
     LabelWrite,
+    Lease,
     PendingWrite,
     RouteResult,
     StoreConfig,
@@ -49,6 +50,15 @@ class MemoryStore:
         self._audits: dict[str, dict[str, float]] = {}  # scope -> query id -> horizon end
         self._expired: dict[str, tuple[int, int]] = {}  # scope -> (expired, lost) audits
         self._last_id = (0, 0)
+        self._leases: dict[str, tuple[Lease, float]] = {}  # scope -> live lease, its expiry
+        self._epochs: dict[str, int] = {}  # scope -> lease epoch, the fencing token
+
+    def _fence(self, scope: str, epoch: int) -> None:
+        """See fence.lua."""
+        current = self._epochs.get(scope)
+        if current != epoch:
+            raise FencedError(f"FENCED lease epoch {epoch} of the scope is superseded by "
+                              f"{current or 'none'}")  # fmt: skip
 
     def _check(self) -> None:
         if not self.up:
@@ -118,10 +128,11 @@ class MemoryStore:
         return results
 
     async def sweep_expired_audits(
-        self, scope: str, *, now: float, limit: int = 100
+        self, scope: str, *, now: float, epoch: int, limit: int = 100
     ) -> SweepResult:
         """See sweep.lua."""
         self._check()
+        self._fence(scope, epoch)
         audits = self._audits.get(scope, {})
         due = sorted((end, q) for q, end in audits.items() if end <= now)[:limit]
         entered = lost = 0
@@ -172,8 +183,9 @@ class MemoryStore:
             start = next(later, len(window))
         return window[start : start + count]
 
-    async def trim_window(self, scope: str, *, min_id: str) -> None:
+    async def trim_window(self, scope: str, *, min_id: str, epoch: int) -> None:
         self._check()
+        self._fence(scope, epoch)
         key = StreamId.parse(min_id)
         kept = [e for e in self._windows.get(scope, []) if StreamId.parse(e.id) >= key]
         self._windows[scope] = kept
@@ -183,8 +195,11 @@ class MemoryStore:
         stored = self._thresholds.get(scope)
         return None if stored is None else stored[1]
 
-    async def save_threshold(self, scope: str, version: int, threshold: bytes) -> bool:
+    async def save_threshold(
+        self, scope: str, version: int, threshold: bytes, *, epoch: int
+    ) -> bool:
         self._check()
+        self._fence(scope, epoch)
         if version <= self._thresholds.get(scope, (0, b""))[0]:
             return False
         self._thresholds[scope] = (version, threshold)
@@ -201,8 +216,9 @@ class MemoryStore:
         self._check()
         return self._upper.get(scope, (0, 0))
 
-    async def save_alert(self, scope: str, alert: bytes) -> None:
+    async def save_alert(self, scope: str, alert: bytes, *, epoch: int) -> None:
         self._check()
+        self._fence(scope, epoch)
         kept = self._alerts.setdefault(scope, [])
         kept.append(alert)
         del kept[: max(0, len(kept) - self.config.history_size)]
@@ -215,9 +231,37 @@ class MemoryStore:
         self._check()
         return dict(self._monitor.get(scope, {}))
 
-    async def save_monitor(self, scope: str, state: Mapping[str, str]) -> None:
+    async def save_monitor(self, scope: str, state: Mapping[str, str], *, epoch: int) -> None:
         self._check()
-        self._monitor.setdefault(scope, {}).update(state)
+        if state:
+            self._fence(scope, epoch)
+            self._monitor.setdefault(scope, {}).update(state)
+
+    async def hold_lease(
+        self, scope: str, holder: str, *, ttl_s: float, last_epoch: int | None
+    ) -> Lease:
+        """See lease.lua."""
+        self._check()
+        live, expires = self._leases.get(scope, (None, 0.0))
+        now = self.clock()
+        held = live if live is not None and expires > now else None
+        if held is not None and held.holder != holder:
+            return held
+        if held is None and last_epoch is not None and self._epochs.get(scope) == last_epoch:
+            epoch = last_epoch  # nobody took it since it lapsed
+        elif held is not None and held == (last_epoch, holder):
+            epoch = held.epoch  # a renewal
+        else:
+            epoch = self._epochs[scope] = self._epochs.get(scope, 0) + 1
+        lease = Lease(epoch, holder)
+        self._leases[scope] = (lease, now + ttl_s)
+        return lease
+
+    async def release_lease(self, scope: str, holder: str, *, epoch: int) -> None:
+        self._check()
+        live, _ = self._leases.get(scope, (None, 0.0))
+        if live == Lease(epoch, holder):
+            del self._leases[scope]
 
     async def ping(self) -> bool:
         return self.up

@@ -23,6 +23,7 @@ from racer_online.store import keys
 from racer_online.store.base import (
     FeedbackOutcome,
     LabelWrite,
+    Lease,
     PendingWrite,
     RouteResult,
     StoreConfig,
@@ -40,10 +41,17 @@ MAX_SCRIPT_RECORDS = 100
 OUTCOMES = {outcome.value[0]: outcome for outcome in FeedbackOutcome}  # feedback.lua's letters
 
 
+# The leader's write scripts: fence.lua comes first, so each takes the scope's epoch counter
+# as its last key and the writer's epoch as its last argument.
+FENCED_SCRIPTS = ("save_threshold.lua", "sweep.lua", "fenced_write.lua")
+
+
 def _lua(name: str) -> str:
     source = files("racer_online.store").joinpath("lua", name).read_text()
     if name in ("route.lua", "feedback.lua"):
         return _lua("common.lua") + source
+    if name in FENCED_SCRIPTS:
+        return _lua("fence.lua") + source
     return source
 
 
@@ -55,6 +63,9 @@ class RedisStore:
         self._feedback = client.register_script(_lua("feedback.lua"))
         self._save = client.register_script(_lua("save_threshold.lua"))
         self._sweep = client.register_script(_lua("sweep.lua"))
+        self._fenced = client.register_script(_lua("fenced_write.lua"))
+        self._lease = client.register_script(_lua("lease.lua"))
+        self._release = client.register_script(_lua("release_lease.lua"))
 
     @classmethod
     def from_settings(cls, settings: Settings, config: StoreConfig) -> RedisStore:
@@ -164,18 +175,22 @@ class RedisStore:
 
     @classified
     async def sweep_expired_audits(
-        self, scope: str, *, now: float, limit: int = MAX_SCRIPT_RECORDS
+        self, scope: str, *, now: float, epoch: int, limit: int = MAX_SCRIPT_RECORDS
     ) -> SweepResult:
         models: Sequence[str] = self.config.catalogues[scope]
         got: Any = await self._sweep(
-            keys=[keys.window(scope), keys.audits(scope), keys.counters(scope)],
-            args=[repr(now), limit, self.config.window_size, len(models), *models],
+            keys=[keys.window(scope), keys.audits(scope), keys.counters(scope), keys.epoch(scope)],
+            args=[repr(now), limit, self.config.window_size, len(models), *models, epoch],
         )
         return SweepResult(int(got[0]), int(got[1]), int(got[2]))
 
+    async def _fenced_write(self, scope: str, key: str, *command: Any, epoch: int) -> None:
+        """One command on ``key`` that lands only under the scope's current lease epoch."""
+        await self._fenced(keys=[key, keys.epoch(scope)], args=[*command, epoch])
+
     @classified
-    async def trim_window(self, scope: str, *, min_id: str) -> None:
-        await self.client.xtrim(keys.window(scope), minid=min_id, approximate=False)
+    async def trim_window(self, scope: str, *, min_id: str, epoch: int) -> None:
+        await self._fenced_write(scope, keys.window(scope), "XTRIM", "MINID", min_id, epoch=epoch)
 
     @classified
     async def load_threshold(self, scope: str) -> bytes | None:
@@ -183,10 +198,12 @@ class RedisStore:
         return cast(bytes | None, stored)
 
     @classified
-    async def save_threshold(self, scope: str, version: int, threshold: bytes) -> bool:
+    async def save_threshold(
+        self, scope: str, version: int, threshold: bytes, *, epoch: int
+    ) -> bool:
         saved = await self._save(
-            keys=[keys.threshold(scope), keys.history(scope)],
-            args=[version, threshold, self.config.history_size],
+            keys=[keys.threshold(scope), keys.history(scope), keys.epoch(scope)],
+            args=[version, threshold, self.config.history_size, epoch],
         )
         return bool(saved)
 
@@ -201,9 +218,10 @@ class RedisStore:
         return int(got[0] or 0), int(got[1] or 0)
 
     @classified
-    async def save_alert(self, scope: str, alert: bytes) -> None:
-        await self.client.xadd(
-            keys.alerts(scope), {"json": alert}, maxlen=self.config.history_size, approximate=True
+    async def save_alert(self, scope: str, alert: bytes, *, epoch: int) -> None:
+        maxlen = ("MAXLEN", "~", self.config.history_size)
+        await self._fenced_write(
+            scope, keys.alerts(scope), "XADD", *maxlen, "*", "json", alert, epoch=epoch
         )
 
     @classified
@@ -217,9 +235,24 @@ class RedisStore:
         return {k.decode(): v.decode() for k, v in got.items()}
 
     @classified
-    async def save_monitor(self, scope: str, state: Mapping[str, str]) -> None:
-        mapping: dict[Any, Any] = dict(state)
-        await self.client.hset(keys.monitor(scope), mapping=mapping)
+    async def save_monitor(self, scope: str, state: Mapping[str, str], *, epoch: int) -> None:
+        if state:
+            pairs = [x for field, value in state.items() for x in (field, value)]
+            await self._fenced_write(scope, keys.monitor(scope), "HSET", *pairs, epoch=epoch)
+
+    @classified
+    async def hold_lease(
+        self, scope: str, holder: str, *, ttl_s: float, last_epoch: int | None
+    ) -> Lease:
+        got: Any = await self._lease(
+            keys=[keys.lease(scope), keys.epoch(scope)],
+            args=[holder, max(1, int(ttl_s * 1000)), "" if last_epoch is None else last_epoch],
+        )
+        return Lease(int(got[0]), got[1].decode())
+
+    @classified
+    async def release_lease(self, scope: str, holder: str, *, epoch: int) -> None:
+        await self._release(keys=[keys.lease(scope)], args=[f"{epoch} {holder}"])
 
     @classified
     async def eviction_policies(self) -> set[str] | None:

@@ -92,10 +92,11 @@ def scopes_file(tmp_path, scope):
 async def store_history(settings, scope, data):
     store = RedisStore.from_url(settings.redis_url, store_config(settings))
     try:
+        lease = await store.hold_lease(scope, "leader", ttl_s=60, last_epoch=None)
         for t in data["thresholds"]:
-            assert await store.save_threshold(scope, t.version, t.to_bytes())
+            assert await store.save_threshold(scope, t.version, t.to_bytes(), epoch=lease.epoch)
         for a in data["alerts"]:
-            await store.save_alert(scope, a.to_bytes())
+            await store.save_alert(scope, a.to_bytes(), epoch=lease.epoch)
     finally:
         await store.close()
 

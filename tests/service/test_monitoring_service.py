@@ -146,6 +146,7 @@ async def test_aci_state_survives_a_restart(tmp_path):
     _, updates = await run(service, rng, 300, flipped=False, start=0)
     level = service.scopes["default"].monitor.alpha_t
     assert level != pytest.approx(0.1) and updates[-1].alpha_t == level
+    await service.leader.release()  # it stops (a crashed one's lease lapses instead)
     restarted = make(tmp_path, store=service.store, extra=extra)
     await restarted.refresh_thresholds()
     await restarted.leader.recalibrate_due()

@@ -1,13 +1,16 @@
 """One contract, two stores: the in-memory twin must behave like Redis."""
 
 from dataclasses import replace
+from functools import partial
 
 import pytest
 import redis.asyncio as aioredis
 
+from racer_online.errors import FencedError
 from racer_online.store import (
     FeedbackOutcome,
     LabelWrite,
+    Lease,
     MemoryStore,
     PendingWrite,
     RedisStore,
@@ -55,6 +58,18 @@ def pending(scope, qid, *, audit=True, lam=0.5, decision=None):
 
 def labels(scope, qid, **values):
     return LabelWrite(scope, qid, values)
+
+
+async def lead(store, scope, holder="leader"):
+    """Take the scope's lease: the leader's writes carry its epoch."""
+    lease = await store.hold_lease(scope, holder, ttl_s=60, last_epoch=None)
+    assert lease.holder == holder
+    return lease.epoch
+
+
+async def leader_sweep(store, scope):
+    """The leader's sweep of the scope, under its lease."""
+    return partial(store.sweep_expired_audits, scope, epoch=await lead(store, scope))
 
 
 async def test_route_is_idempotent(make_store):
@@ -125,16 +140,17 @@ async def test_window_reads_incrementally_and_trims(make_store):
     assert [e.id for e in await store.read_window(scope, after=entries[1].id)] == [
         e.id for e in entries[2:]
     ]
-    await store.trim_window(scope, min_id=entries[3].id)
+    await store.trim_window(scope, min_id=entries[3].id, epoch=await lead(store, scope))
     assert [e.id for e in await store.read_window(scope)] == [e.id for e in entries[3:]]
 
 
 async def test_thresholds_keep_only_newer_versions(make_store):
     store, scope = make_store(), make_store.scope
     assert await store.load_threshold(scope) is None
-    assert await store.save_threshold(scope, 1, b"one")
-    assert await store.save_threshold(scope, 2, b"two")
-    assert not await store.save_threshold(scope, 2, b"stale leader")
+    epoch = await lead(store, scope)
+    assert await store.save_threshold(scope, 1, b"one", epoch=epoch)
+    assert await store.save_threshold(scope, 2, b"two", epoch=epoch)
+    assert not await store.save_threshold(scope, 2, b"an older version", epoch=epoch)
     assert await store.load_threshold(scope) == b"two"
     assert await store.threshold_history(scope) == [b"one", b"two"]
     assert await store.ping()
@@ -148,6 +164,8 @@ async def test_redis_keys_share_one_cluster_slot(redis_url, redis_ns):
         redis_keys.history(redis_ns),
         redis_keys.audits(redis_ns),
         redis_keys.counters(redis_ns),
+        redis_keys.lease(redis_ns),
+        redis_keys.epoch(redis_ns),
     ]
     client = aioredis.Redis.from_url(redis_url)
     try:
@@ -181,11 +199,12 @@ async def test_upper_bound_counts_fully_graded_invoked_models(make_store):
 
 async def test_alerts_and_monitor_state(make_store):
     store, scope = make_store(), make_store.scope
-    await store.save_alert(scope, b"first")
-    await store.save_alert(scope, b"second")
+    epoch = await lead(store, scope)
+    await store.save_alert(scope, b"first", epoch=epoch)
+    await store.save_alert(scope, b"second", epoch=epoch)
     assert await store.alerts(scope) == [b"first", b"second"]
-    await store.save_monitor(scope, {"alpha_t": "0.1", "last_id": "5-0"})
-    await store.save_monitor(scope, {"alpha_t": "0.12"})
+    await store.save_monitor(scope, {"alpha_t": "0.1", "last_id": "5-0"}, epoch=epoch)
+    await store.save_monitor(scope, {"alpha_t": "0.12"}, epoch=epoch)
     assert await store.load_monitor(scope) == {"alpha_t": "0.12", "last_id": "5-0"}
 
 
@@ -221,14 +240,15 @@ def audit_at(scope, qid, *, audit=True):
 
 async def test_an_expired_incomplete_audit_enters_once_as_a_worst_case(make_store):
     store, scope = make_store(), make_store.scope
+    sweep = await leader_sweep(store, scope)
     await store.route([audit_at(scope, "q1"), audit_at(scope, "u1", audit=False)])
     await store.feedback([labels(scope, "q1", m0=1), labels(scope, "u1", m0=1)])
-    assert await store.sweep_expired_audits(scope, now=DECIDED + 59) == SweepResult(0, 0, 0)
-    assert await store.sweep_expired_audits(scope, now=DECIDED + 61) == SweepResult(1, 0, 1)
+    assert await sweep(now=DECIDED + 59) == SweepResult(0, 0, 0)
+    assert await sweep(now=DECIDED + 61) == SweepResult(1, 0, 1)
     [entry] = await store.read_window(scope)  # m1 and m2 were never graded
     assert (entry.labels, entry.lam, entry.decided_at) == ("1??", 0.25, DECIDED)
     assert entry.query == redis_keys.pending(scope, "q1")
-    assert await store.sweep_expired_audits(scope, now=DECIDED + 62) == SweepResult(0, 0, 1)
+    assert await sweep(now=DECIDED + 62) == SweepResult(0, 0, 1)
     # A label that comes after the sweep (the worker drops it as late unless the clocks
     # disagree) never enters the record a second time.
     assert await store.feedback([labels(scope, "q1", m1=1, m2=1)]) == ["joined"]
@@ -237,38 +257,109 @@ async def test_an_expired_incomplete_audit_enters_once_as_a_worst_case(make_stor
 
 async def test_a_completed_audit_is_only_removed_from_the_sweep(make_store):
     store, scope = make_store(), make_store.scope
+    sweep = await leader_sweep(store, scope)
     await store.route([audit_at(scope, "q1")])
     assert await store.feedback([labels(scope, "q1", m0=1, m1=0, m2=1)]) == ["entered"]
-    assert await store.sweep_expired_audits(scope, now=DECIDED + 61) == SweepResult(0, 0, 0)
+    assert await sweep(now=DECIDED + 61) == SweepResult(0, 0, 0)
     assert [e.labels for e in await store.read_window(scope)] == ["101"]
 
 
 async def test_a_redelivered_audit_is_swept_once(make_store):
     store, scope = make_store(), make_store.scope
+    sweep = await leader_sweep(store, scope)
     await store.route([audit_at(scope, "q1")])
     again = await store.route([audit_at(scope, "q1")])
     assert not again[0].created
-    assert await store.sweep_expired_audits(scope, now=DECIDED + 61) == SweepResult(1, 0, 1)
+    assert await sweep(now=DECIDED + 61) == SweepResult(1, 0, 1)
     assert [e.labels for e in await store.read_window(scope)] == ["???"]
 
 
 async def test_the_sweep_is_bounded_per_call_and_takes_the_oldest_first(make_store):
     store, scope = make_store(), make_store.scope
+    sweep = await leader_sweep(store, scope)
     writes = [audit_at(scope, f"q{i}") for i in range(5)]
     await store.route([replace(w, decided_at=DECIDED + i) for i, w in enumerate(writes)])
-    assert await store.sweep_expired_audits(scope, now=DECIDED + 70, limit=3) == (
-        SweepResult(3, 0, 3)
-    )
+    assert await sweep(now=DECIDED + 70, limit=3) == SweepResult(3, 0, 3)
     assert [e.query[-2:] for e in await store.read_window(scope)] == ["q0", "q1", "q2"]
-    assert await store.sweep_expired_audits(scope, now=DECIDED + 70) == SweepResult(2, 0, 5)
+    assert await sweep(now=DECIDED + 70) == SweepResult(2, 0, 5)
 
 
 async def test_an_audit_whose_record_is_gone_is_counted_lost(make_store):
     store, scope = make_store(), make_store.scope
+    sweep = await leader_sweep(store, scope)
     await store.route([audit_at(scope, "q1")])
     if isinstance(store, MemoryStore):
         store.clock.now += 121  # past the audit's grace period
     else:
         await store.client.delete(redis_keys.pending(scope, "q1"))  # what its TTL does
-    assert await store.sweep_expired_audits(scope, now=DECIDED + 61) == SweepResult(0, 1, 0)
+    assert await sweep(now=DECIDED + 61) == SweepResult(0, 1, 0)
     assert await store.read_window(scope) == []
+
+
+# -- The leader's lease and its fencing epoch ----------------------------------------------
+
+
+async def lapse(store, scope):
+    """What the lease's TTL does when its holder stops renewing it."""
+    if isinstance(store, MemoryStore):
+        store.clock.now += 61
+    else:
+        await store.client.delete(redis_keys.lease(scope))
+
+
+async def test_one_holder_at_a_time_renews_its_lease(make_store):
+    store, scope, other = make_store(), make_store.scope, make_store.other_scope
+    hold = partial(store.hold_lease, ttl_s=60)
+    assert await hold(scope, "a", last_epoch=None) == Lease(1, "a")
+    assert await hold(scope, "b", last_epoch=None) == Lease(1, "a")  # refused: a holds it
+    assert await hold(scope, "a", last_epoch=1) == Lease(1, "a")  # renewed
+    assert await hold(other, "b", last_epoch=None) == Lease(1, "b")  # one lease per scope
+
+
+async def test_a_new_holder_fences_every_write_of_the_old_one(make_store):
+    store, scope = make_store(), make_store.scope
+    await store.route([audit_at(scope, "q1")])
+    old = await lead(store, scope, "a")
+    await store.save_threshold(scope, 1, b"by a", epoch=old)
+    await lapse(store, scope)  # a stalled, or lost Redis for longer than the lease
+    new = await lead(store, scope, "b")
+    assert new > old
+    writes = [
+        store.save_threshold(scope, 2, b"by a, stale", epoch=old),
+        store.save_alert(scope, b"by a, stale", epoch=old),
+        store.save_monitor(scope, {"alpha_t": "0.5"}, epoch=old),
+        store.trim_window(scope, min_id="9999999999999-0", epoch=old),
+        store.sweep_expired_audits(scope, now=DECIDED + 61, epoch=old),
+    ]
+    for write in writes:
+        with pytest.raises(FencedError, match="superseded"):
+            await write
+    assert await store.threshold_history(scope) == [b"by a"]
+    assert (await store.alerts(scope), await store.load_monitor(scope)) == ([], {})
+    assert await store.hold_lease(scope, "a", ttl_s=60, last_epoch=old) == Lease(new, "b")
+    # The new holder's writes land, the sweep's included.
+    assert await store.sweep_expired_audits(scope, now=DECIDED + 61, epoch=new) == (
+        SweepResult(1, 0, 1)
+    )
+    assert await store.save_threshold(scope, 2, b"by b", epoch=new)
+
+
+async def test_a_lapsed_lease_nobody_took_keeps_its_epoch(make_store):
+    """No other leader wrote in between, so what the holder knows is still current."""
+    store, scope = make_store(), make_store.scope
+    assert await lead(store, scope, "a") == 1
+    await lapse(store, scope)
+    assert await store.hold_lease(scope, "a", ttl_s=60, last_epoch=1) == Lease(1, "a")
+    await lapse(store, scope)  # a holder that forgot its epoch (it stepped down) starts anew
+    assert await store.hold_lease(scope, "a", ttl_s=60, last_epoch=None) == Lease(2, "a")
+    # So does one that asks with another epoch than its live lease's.
+    assert await store.hold_lease(scope, "a", ttl_s=60, last_epoch=1) == Lease(3, "a")
+
+
+async def test_a_released_lease_is_free_at_once_and_only_its_holder_releases_it(make_store):
+    store, scope = make_store(), make_store.scope
+    epoch = await lead(store, scope, "a")
+    await store.release_lease(scope, "b", epoch=epoch)  # not b's: nothing happens
+    assert await store.hold_lease(scope, "b", ttl_s=60, last_epoch=None) == Lease(epoch, "a")
+    await store.release_lease(scope, "a", epoch=epoch)
+    assert await store.hold_lease(scope, "b", ttl_s=60, last_epoch=None) == Lease(epoch + 1, "b")

@@ -62,6 +62,8 @@ def settings() -> Settings:
         ("web_port", 6066),
         ("web_enabled", True),
         ("threshold_poll_s", 0.5),
+        ("leader_lease_s", 5.0),
+        ("leader_tick_s", 0.5),
         ("threshold_max_age_s", 3600.0),
         ("batch_size", 500),
         ("batch_timeout_s", 0.05),
@@ -196,6 +198,15 @@ def test_heartbeat_must_be_below_session_timeout(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("RACER_BROKER_SESSION_TIMEOUT_S", "2")
     monkeypatch.setenv("RACER_BROKER_HEARTBEAT_INTERVAL_S", "2")
     with pytest.raises(ConfigError, match="RACER_BROKER_HEARTBEAT_INTERVAL_S: must be below"):
+        settings()
+
+
+def test_the_leader_lease_outlives_two_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RACER_THRESHOLD_POLL_S", "1")
+    monkeypatch.setenv("RACER_LEADER_LEASE_S", "1.5")  # would lapse between two renewals
+    with pytest.raises(
+        ConfigError, match=r"RACER_LEADER_LEASE_S: at least two leader ticks \(2 s\)"
+    ):
         settings()
 
 

@@ -1,5 +1,6 @@
--- Keep only a newer threshold version (two leaders may overlap during a rebalance).
--- KEYS[1] threshold hash, KEYS[2] history stream; ARGV: version, json, history maxlen.
+-- Keep only a newer threshold version (fence.lua is prepended). KEYS[1] threshold hash,
+-- KEYS[2] history stream, KEYS[3] the epoch counter; ARGV: version, json, history maxlen,
+-- epoch.
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if tonumber(ARGV[1]) <= current then return 0 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'json', ARGV[2])
