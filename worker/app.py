@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
