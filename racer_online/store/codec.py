@@ -1,0 +1,33 @@
+"""Between the store's messages (base.py) and the packed pending record (records.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from racer_online.store.base import LabelWrite, PendingWrite, WindowEntry
+from racer_online.store.records import AUDIT, PendingRecord, status_flags, to_mask
+
+
+def new_record(w: PendingWrite, n_models: int) -> bytes:
+    """The packed record of a fresh decision: no label yet; scores for audits only."""
+    flags = AUDIT * w.audit | status_flags(w.status)
+    record = PendingRecord(
+        flags, 0, 0, to_mask(w.invoked), w.version, w.lam, w.decided_at, w.audit_rate,
+        w.scores if w.audit else b"",
+    )  # fmt: skip
+    return record.pack(n_models)
+
+
+def label_masks(w: LabelWrite, models: Sequence[str]) -> tuple[int, int]:
+    """The known and correct masks of a feedback event (its models are in the catalogue)."""
+    index = {m: j for j, m in enumerate(models)}
+    known = to_mask(index[m] for m in w.labels)
+    return known, to_mask(index[m] for m, y in w.labels.items() if int(y))
+
+
+def window_entry(entry_id: str, value: bytes, query: bytes, n_models: int) -> WindowEntry:
+    record = PendingRecord.unpack(value, n_models)
+    return WindowEntry(
+        entry_id, record.scores, record.labels(n_models), record.lam, record.decided_at,
+        query.hex(),
+    )  # fmt: skip
