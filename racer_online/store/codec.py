@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from racer_online.store import keys
 from racer_online.store.base import LabelWrite, PendingWrite, WindowEntry
-from racer_online.store.records import AUDIT, PendingRecord, status_flags, to_mask
+from racer_online.store.records import AUDIT, PendingRecord, query_hash, status_flags, to_mask
 
 
 def new_record(w: PendingWrite, n_models: int) -> bytes:
@@ -31,3 +32,14 @@ def window_entry(entry_id: str, value: bytes, query: bytes, n_models: int) -> Wi
         entry_id, record.scores, record.labels(n_models), record.lam, record.decided_at,
         query.hex(),
     )  # fmt: skip
+
+
+def candidate_keys(
+    scope: str, query_id: str, slots: Mapping[bytes, bytes]
+) -> tuple[bytes, list[str]]:
+    """A query's field and the keys its record may be in, newest slot first, from the
+    slots hash (``HGETALL``). For tests and tools: the scripts search the same way."""
+    hash_ = query_hash(query_id)
+    index = int.from_bytes(hash_[:4], "little")
+    buckets = {int(k[2:]): int(v) for k, v in slots.items() if k.startswith(b"b:")}
+    return hash_, [keys.pending(scope, s, index % b) for s, b in sorted(buckets.items())[::-1]]

@@ -30,7 +30,7 @@ from racer_online.store.base import (
     SweepResult,
     WindowEntry,
 )
-from racer_online.store.codec import label_masks, new_record, window_entry
+from racer_online.store.codec import candidate_keys, label_masks, new_record, window_entry
 from racer_online.store.connection import AsyncRedis, connect, redis_options
 from racer_online.store.errors import classified
 from racer_online.store.records import PendingRecord, mask_width, query_hash
@@ -90,19 +90,24 @@ class RedisStore:
     def _slot(self, at: float) -> int:
         return int(at // self.config.slot_s)
 
-    async def pending_record(
-        self, scope: str, query_id: str, *, decided_at: float
-    ) -> tuple[str, PendingRecord | None]:
-        """The key that holds a query's record, and the record (None: not there). For
-        tests and tools: the worker never reads a record outside a script."""
-        hash_, slot = query_hash(query_id), self._slot(decided_at)
-        buckets: Any = await self.client.hget(keys.slots(scope), f"b:{slot}")
-        if buckets is None:
-            return "", None
-        key = keys.pending(scope, slot, int.from_bytes(hash_[:4], "little") % int(buckets))
-        value: Any = await self.client.hget(key, hash_)
+    async def pending_records(
+        self, scope: str, query_ids: Sequence[str]
+    ) -> list[tuple[str, PendingRecord] | None]:
+        """The key and record of each query (None: none stored), searched in every live
+        slot. For tests and tools: the worker never reads a record outside a script."""
+        slots: Any = await self.client.hgetall(keys.slots(scope))
         n_models = len(self.config.catalogues[scope])
-        return key, None if value is None else PendingRecord.unpack(value, n_models)
+        found: list[tuple[str, PendingRecord] | None] = []
+        for query_id in query_ids:
+            hash_, candidates = candidate_keys(scope, query_id, slots)
+            hit = None
+            for key in candidates:
+                value: Any = await self.client.hget(key, hash_)
+                if value is not None:
+                    hit = (key, PendingRecord.unpack(value, n_models))
+                    break
+            found.append(hit)
+        return found
 
     async def _per_scope(
         self, script: AsyncScript, items: Sequence[W], args: Callable[[W], list[Any]]
@@ -292,3 +297,11 @@ async def refuse_evicting_redis(store: RedisStore) -> None:
             f"Redis maxmemory-policy is {unsafe[0]}: it may evict pending records and bias "
             f"the calibration window; set maxmemory-policy {SAFE_EVICTION_POLICY}"
         )
+
+
+async def scopes_on_the_old_layout(store: RedisStore) -> list[str]:
+    """Scopes whose Redis still holds the audits of the layout before slots (a key per
+    pending record): the worker ignores those records, which expire within the horizon."""
+    scopes = list(store.config.catalogues)
+    found = [await store.client.exists(keys.legacy_audits(s)) for s in scopes]
+    return [scope for scope, n in zip(scopes, found, strict=True) if n]

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -49,7 +48,9 @@ from racer_online.messages import (
     MessageError,
     QueryMessage,
 )
-from racer_online.store import keys
+from racer_online.service.window import quantise, unpack_scores
+from racer_online.store import RedisStore, StoreConfig
+from racer_online.store.records import PendingRecord
 
 pytestmark = pytest.mark.integration
 
@@ -569,30 +570,28 @@ async def test_ten_thousand_bad_messages_per_topic_go_to_the_dlq_and_the_rest_is
         per_id.setdefault(decision["query_id"], []).append(decision)
     repeats = len(good_queries) - len(first)
     differing = sum(d != ds[0] for ds in per_id.values() for d in ds[1:])
-    wrong_scores = sum(per_id[q][0]["scores"] != m.scores for q, m in first.items() if q in per_id)
+    wrong_scores = sum(per_id[q][0]["scores"] != decided_scores(m) for q, m in first.items()
+                       if q in per_id)  # fmt: skip
 
     # Feedback: the first valid label of each model is in Redis; complete records entered.
     labels = expected_labels(feedback)
-    client = aioredis.Redis.from_url(redis_url)
+    config = StoreConfig({deployment.scope: MODELS}, pending_ttl_s=86_400, window_size=10**4)
+    store = RedisStore.from_url(redis_url, config)
     try:
-        async with client.pipeline(transaction=False) as pipe:
-            for query_id in labels:
-                pipe.hgetall(keys.pending(deployment.scope, query_id))
-            stored = await pipe.execute()
-        window = await client.xrange(keys.window(deployment.scope), "-", "+")
+        stored = await store.pending_records(deployment.scope, list(labels))
+        window = await store.read_window(deployment.scope)
     finally:
-        await client.aclose()
+        await store.close()
     label_mismatches = sum(
-        {k.decode()[2:]: int(v) for k, v in got.items() if k.startswith(b"y:")} != want
+        got is None or stored_labels(got[1]) != want
         for want, got in zip(labels.values(), stored, strict=True)
     )
     entering = Counter(
-        (tuple(first[q].scores[m] for m in MODELS), "".join(str(want[m]) for m in MODELS))
+        (tuple(decided_scores(first[q]).values()), "".join(str(want[m]) for m in MODELS))
         for q, want in labels.items() if q in first and len(want) == len(MODELS)
     )  # fmt: skip
     entered = Counter(
-        (tuple(np.frombuffer(f[b"s"], "<f8")[: len(MODELS)].tolist()), f[b"y"].decode())
-        for _, f in window
+        (tuple(unpack_scores(e.scores)[: len(MODELS)].tolist()), e.labels) for e in window
     )
 
     log = deployment.log(0)
@@ -736,3 +735,15 @@ def test_parsers_raise_only_message_error_on_arbitrary_json(
 @given(st.dictionaries(st.sampled_from(FIELD_NAMES), json_documents, max_size=6))
 def test_parsers_raise_only_message_error_on_near_messages(fields: dict[str, Any]) -> None:
     only_message_errors(json.dumps(fields).encode())
+
+
+def decided_scores(query: QueryMessage) -> dict[str, float]:
+    """The scores a decision reports and the window holds: the query's, quantised."""
+    assert query.scores is not None
+    values = quantise(np.array([query.scores[m] for m in MODELS]))
+    return dict(zip(MODELS, values.tolist(), strict=True))
+
+
+def stored_labels(record: PendingRecord) -> dict[str, int]:
+    text = record.labels(len(MODELS))
+    return {m: int(y) for m, y in zip(MODELS, text, strict=True) if y != "?"}

@@ -152,8 +152,8 @@ async def test_redis_keys_share_one_cluster_slot(redis_url, redis_ns):
     try:
         store = RedisStore(client, config, clock=lambda: DECIDED)
         await store.route([audit_at(redis_ns, "q", audit=False), audit_at(redis_ns, "qa")])
-        key, record = await store.pending_record(redis_ns, "q", decided_at=DECIDED)
-        assert record is not None and not record.audit
+        [(key, record)] = await store.pending_records(redis_ns, ["q"])
+        assert not record.audit
         # The slot's keys live until one slot (an hour) after the horizon of its last
         # decision, whatever the decision: the sweep's grace period.
         slot_end = (DECIDED // 3600 + 1) * 3600
@@ -277,7 +277,7 @@ async def test_an_audit_whose_record_is_gone_is_counted_lost(make_store):
     if isinstance(store, MemoryStore):
         store.clock.now += 2 * 3600 + 61  # past its slot's grace period
     else:
-        key, _ = await store.pending_record(scope, "q1", decided_at=DECIDED)
+        [(key, _)] = await store.pending_records(scope, ["q1"])
         await store.client.delete(key)  # what its TTL does
     assert await store.sweep_expired_audits(scope, now=DECIDED + 61) == SweepResult(0, 1, 0)
     assert await store.read_window(scope) == []
