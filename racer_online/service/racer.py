@@ -34,7 +34,7 @@ from racer_online.service.scope import ScopeState
 from racer_online.service.window import pack_scores, quantise
 from racer_online.settings import Settings
 from racer_online.store import FeedbackOutcome, LabelWrite, PendingWrite, Store, StoreConfig
-from racer_online.store.records import AUDIT, PendingRecord, status_flags
+from racer_online.store.records import AUDIT, PendingRecord, content_hash, status_flags
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class RacerService:
         for i, (q, d) in enumerate(zip(batch, decisions, strict=True)):
             audit = audit_draw(scope.name, q.query_id, key=self._audit_key) < rate
             flags = AUDIT * audit | status_flags(th.status)
-            made = PendingRecord(flags, 0, 0, 0, th.version, th.lam, now, rate, b"")
+            made = PendingRecord(flags, 0, 0, 0, th.version, 0, th.lam, now, rate, b"")
             routed = self._encode(scope, q, d, scores[i], given[i], made)
             invoked = tuple(position[m] for m in d.models)
             write = PendingWrite(scope.name, q.query_id, packed[i], th.lam, audit, invoked, now,
@@ -180,11 +180,16 @@ class RacerService:
             out.append((routed, write))
         return out
 
-    def _rebuild(self, query: QueryMessage, first: PendingRecord) -> Routed:
+    def _rebuild(self, query: QueryMessage, first: PendingRecord) -> Routed | Rejected:
         """The first decision of a redelivered query, byte for byte: the same quantised
-        scores decided at the stored lam, with the stored certificate and audit draw."""
+        scores decided at the stored lam, with the stored certificate and audit draw. An id
+        routed before with other scores is no redelivery: its first decision stands, and
+        this one, which could never be calibrated, is rejected."""
         scope = self.scopes[query.scope]
         scores, p_abstain, given = self._inputs(scope, [query])
+        if content_hash(pack_scores(scores, p_abstain)[0]) != first.content:
+            return Rejected("reused_query_id", f"query id {query.query_id!r} was routed "
+                            "before with other scores; its first decision stands")  # fmt: skip
         [d] = core.decide(
             scope.levels(scores, p_abstain), first.lam, models=scope.models, prices=scope.prices
         )

@@ -6,15 +6,22 @@ from collections.abc import Mapping, Sequence
 
 from racer_online.store import keys
 from racer_online.store.base import LabelWrite, PendingWrite, WindowEntry
-from racer_online.store.records import AUDIT, PendingRecord, query_hash, status_flags, to_mask
+from racer_online.store.records import (
+    AUDIT,
+    PendingRecord,
+    content_hash,
+    query_hash,
+    status_flags,
+    to_mask,
+)
 
 
 def new_record(w: PendingWrite, n_models: int) -> bytes:
     """The packed record of a fresh decision: no label yet; scores for audits only."""
     flags = AUDIT * w.audit | status_flags(w.status)
     record = PendingRecord(
-        flags, 0, 0, to_mask(w.invoked), w.version, w.lam, w.decided_at, w.audit_rate,
-        w.scores if w.audit else b"",
+        flags, 0, 0, to_mask(w.invoked), w.version, content_hash(w.scores), w.lam,
+        w.decided_at, w.audit_rate, w.scores if w.audit else b"",
     )  # fmt: skip
     return record.pack(n_models)
 

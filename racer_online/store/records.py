@@ -8,6 +8,7 @@ needs, little-endian (docs/operations.md has the arithmetic):
     correct    w B  bit j: model j was graded correct
     invoked    w B  bit j: the decision invoked model j
     version    u32  the threshold version the decision used
+    content    u32  a hash of the quantised scores: a reused id with other scores shows
     lam        f64  the threshold it used: exact, the window recomputes entry levels at it
     decided_at f64  the decision time, as published
     audit_rate f64  the rate the decision was drawn at, as published
@@ -29,7 +30,7 @@ AUDIT, ENTERED, COUNTED = 1, 2, 4  # flag bits
 STATUS_SHIFT = 3  # bits 3-4: index in STATUSES
 STATUSES = ("certified", "stale", "fallback")
 MAX_MODELS = 24  # the masks stay below 2^24: exact in Lua's bit library (32-bit signed)
-TAIL = struct.Struct("<Iddd")  # version, lam, decided_at, audit_rate
+TAIL = struct.Struct("<IIddd")  # version, content, lam, decided_at, audit_rate
 
 
 def mask_width(n_models: int) -> int:
@@ -61,6 +62,7 @@ class PendingRecord:
     correct: int
     invoked: int
     version: int
+    content: int
     lam: float
     decided_at: float
     audit_rate: float
@@ -92,7 +94,7 @@ class PendingRecord:
     def pack(self, n_models: int) -> bytes:
         w = mask_width(n_models)
         masks = b"".join(m.to_bytes(w, "little") for m in (self.known, self.correct, self.invoked))
-        tail = TAIL.pack(self.version, self.lam, self.decided_at, self.audit_rate)
+        tail = TAIL.pack(self.version, self.content, self.lam, self.decided_at, self.audit_rate)
         return bytes([self.flags]) + masks + tail + self.scores
 
     @classmethod
@@ -102,9 +104,17 @@ class PendingRecord:
             int.from_bytes(value[1 + i * w : 1 + (i + 1) * w], "little") for i in range(3)
         )
         head = 1 + 3 * w
-        version, lam, decided_at, audit_rate = TAIL.unpack_from(value, head)
+        version, content, lam, decided_at, audit_rate = TAIL.unpack_from(value, head)
         scores = value[head + TAIL.size :]
-        return cls(value[0], known, correct, invoked, version, lam, decided_at, audit_rate, scores)
+        return cls(
+            value[0], known, correct, invoked, version, content, lam, decided_at, audit_rate,
+            scores,
+        )  # fmt: skip
+
+
+def content_hash(scores: bytes) -> int:
+    """4 bytes of BLAKE2b of a query's packed quantised scores (window.pack_scores)."""
+    return int.from_bytes(hashlib.blake2b(scores, digest_size=4).digest(), "little")
 
 
 def status_flags(status: str) -> int:

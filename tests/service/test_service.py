@@ -106,6 +106,18 @@ async def test_a_redelivery_rebuilds_the_first_decision_byte_for_byte(make):
     assert fresh.decision.threshold_version == 9 and fresh.decision.audit_rate == 0.5
 
 
+async def test_an_id_reused_with_other_scores_is_rejected_and_the_first_decision_stands(make):
+    service = make()
+    [first] = await service.route([query("q1", (0.7, 0.2, 0.4))])
+    [same] = await service.route([query("q1", (0.7, 0.2, 0.4), metadata={"try": "2"})])
+    [other] = await service.route([query("q1", (0.7, 0.2, 0.41))])
+    assert same.raw == first.raw
+    assert other == Rejected(
+        "reused_query_id",
+        "query id 'q1' was routed before with other scores; its first decision stands",
+    )
+
+
 async def test_bad_queries_are_rejected_with_a_reason(make):
     results = await make().route([
         QueryMessage(query_id="a", scope="nope", scores={"m0": 0.5}),
