@@ -157,7 +157,8 @@ def main() -> None:
             ("Redis per routed query, after grading 30%", "graded_per_query"),
             ("window record (MEMORY USAGE / XLEN)", "window_record")]  # fmt: skip
     for label, key in rows:
-        print(f"| {label} | {new[key]:,.0f} B | {old[key]:,.0f} B |")
+        was = f"{old[key]:,.0f} B" if old[key] else "not rebuilt"  # the old window is not
+        print(f"| {label} | {new[key]:,.0f} B | {was} |")
     print(f"| per audited record, before grading (audit 1, {args.audited:,} queries) | "
           f"{audited['routed_per_query']:,.0f} B | |")  # fmt: skip
     for rate in (100, 1_000, 10_000):
