@@ -26,6 +26,8 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
+from racer_online.errors import ConfigError
+
 AUDIT, ENTERED, COUNTED = 1, 2, 4  # flag bits
 STATUS_SHIFT = 3  # bits 3-4: index in STATUSES
 STATUSES = ("certified", "stale", "fallback")
@@ -36,7 +38,8 @@ TAIL = struct.Struct("<IIddd")  # version, content, lam, decided_at, audit_rate
 def mask_width(n_models: int) -> int:
     """Bytes per label mask; a scope of more than `MAX_MODELS` models is refused."""
     if not 0 < n_models <= MAX_MODELS:
-        raise ValueError(f"the pending layout holds 1 to {MAX_MODELS} models, not {n_models}")
+        raise ConfigError(f"a scope holds 1 to {MAX_MODELS} models in the pending layout, "
+                          f"not {n_models}")  # fmt: skip
     return (n_models + 7) // 8
 
 
