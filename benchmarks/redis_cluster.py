@@ -48,8 +48,9 @@ async def drive(store: RedisStore, scope: str, n: int, rng: np.random.Generator)
     for start in range(0, n, BATCH):
         ids = [f"{run}-{i}" for i in range(start, min(n, start + BATCH))]
         audit = rng.random(len(ids)) < 0.1
+        scores = rng.integers(0, 65_536, len(MODELS) + 1).astype("<u2")
         writes = [
-            PendingWrite(scope, q, b"x" * 900, rng.random(80).tobytes(), 0.4, bool(a), (0, 1))
+            PendingWrite(scope, q, scores.tobytes(), 0.4, bool(a), (0, 1), time.time())
             for q, a in zip(ids, audit, strict=True)
         ]
         await store.route(writes)

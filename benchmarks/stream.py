@@ -62,6 +62,8 @@ from benchmarks._harness import (
 from benchmarks.lag import LagSampler
 from benchmarks.stream_report import _ms, broker_fact, show, side_by_side, table_rows
 from racer_online.store import keys
+from racer_online.store.codec import candidate_keys
+from racer_online.store.records import PendingRecord
 
 # -- (1) raw pass-through ----------------------------------------------------------------------
 
@@ -401,13 +403,19 @@ async def time_feedback(
     """Seconds from the first label of any partition's first event in Redis to the last
     label of every partition's last event (each partition is processed in order), and the
     CPU seconds of the ``cpu_of`` processes in between."""
-    field_name = f"y:{MODELS[-1]}"
+    last = 1 << (len(MODELS) - 1)  # the last model's bit in a record's known mask
 
     def graded(ids: list[str]) -> list[bool]:
-        pipe = client.pipeline(transaction=False)
+        slots = client.hgetall(keys.slots(scope))
+        found = []
         for q in ids:
-            pipe.hexists(keys.pending(scope, q), field_name)
-        return pipe.execute()
+            hash_, candidates = candidate_keys(scope, q, slots)
+            values = [client.hget(key, hash_) for key in candidates]
+            hit = next((v for v in values if v is not None), None)
+            found.append(
+                hit is not None and bool(PendingRecord.unpack(hit, len(MODELS)).known & last)
+            )
+        return found
 
     deadline = time.monotonic() + 600
     start = None

@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     recalibrate_interval_s: Seconds = 10.0
     recalibrate_every_records: int = Field(default=200, ge=1)
     pending_ttl_s: Seconds = 86_400.0  # the feedback horizon
+    # Labels of a query not routed (yet) wait this long for it, then are dropped.
+    held_feedback_ttl_s: Seconds = 300.0
+    # Buckets of ~100 pending records per one-hour slot, at least: the first hour after a
+    # fresh start (later slots follow the traffic). docs/operations.md sizes it.
+    pending_min_buckets: int = Field(default=256, ge=1)
     window_size: int = Field(default=10_000, ge=1)
     window_max_age_s: Seconds = 7 * 86_400.0
     min_records: int = Field(default=1, ge=1)  # 1: never stricter than the bound itself

@@ -101,7 +101,7 @@ class QueryMessage(_Inbound):
 
 class FeedbackMessage(_Inbound):
     query_id: QueryId
-    scope: ScopeName = "default"
+    scope: ScopeName  # required: labels filed under another scope would never join
     labels: Labels
     event_time: UnixTime | None = None
     grader: Annotated[str, Field(max_length=256)] | None = None

@@ -8,7 +8,6 @@ a uniform sample of the traffic (docs/method.md).
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 import pydantic_core
@@ -29,10 +28,6 @@ class Routed:
         # Built from validated parts: serialise without building and validating a model,
         # which would cost about five times as much on the hot path.
         return cls(fields, pydantic_core.to_json(fields))
-
-    @classmethod
-    def stored(cls, raw: bytes) -> Routed:
-        return cls(json.loads(raw), raw)
 
     @property
     def decision(self) -> DecisionMessage:

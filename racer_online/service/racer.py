@@ -13,7 +13,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -26,14 +26,16 @@ from racer_online.messages import (
     QueryMessage,
     ThresholdMessage,
 )
+from racer_online.messages.fields import Status
 from racer_online.routers.base import Router
 from racer_online.service import metrics
 from racer_online.service.decisions import Rejected, Routed, audit_draw, audit_rate
 from racer_online.service.leader import Leader
 from racer_online.service.scope import ScopeState
-from racer_online.service.window import pack_scores
+from racer_online.service.window import pack_scores, quantise
 from racer_online.settings import Settings
 from racer_online.store import FeedbackOutcome, LabelWrite, PendingWrite, Store, StoreConfig
+from racer_online.store.records import AUDIT, PendingRecord, content_hash, status_flags
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ def store_config(settings: Settings) -> StoreConfig:
         catalogues={name: scope.model_names for name, scope in settings.scopes.items()},
         pending_ttl_s=settings.pending_ttl_s,
         window_size=settings.window_size,
+        min_buckets=settings.pending_min_buckets,
+        held_ttl_s=settings.held_feedback_ttl_s,
     )
 
 
@@ -76,8 +80,8 @@ class RacerService:
         results, writes = self._decide_batch(queries)
         stored = await self.store.route([w for _, w in writes])
         for (i, _), kept in zip(writes, stored, strict=True):
-            if not kept.created:  # a redelivery: publish the first decision again
-                results[i] = Routed.stored(kept.decision)
+            if kept.first is not None:  # a redelivery: publish the first decision again
+                results[i] = self._rebuild(queries[i], kept.first)
         metrics.count_decisions([r.fields for r in results if isinstance(r, Routed)], self.prices)
         metrics.ROUTE_SECONDS.observe(time.perf_counter() - started)
         return results
@@ -125,33 +129,72 @@ class RacerService:
     def _decide(
         self, scope: ScopeState, batch: Sequence[QueryMessage]
     ) -> list[tuple[Routed, PendingWrite]]:
-        scores, given = self._scores(scope, batch)
-        p_abstain = np.where(np.isnan(given), np.prod(1.0 - scores, axis=1), given)
-        levels = scope.levels(scores, p_abstain)
+        scores, p_abstain, given = self._inputs(scope, batch)
         th = scope.threshold
-        decisions = core.decide(levels, th.lam, models=scope.models, prices=scope.prices)
+        decisions = core.decide(
+            scope.levels(scores, p_abstain), th.lam, models=scope.models, prices=scope.prices
+        )
         now = self.clock()
         position = {m: j for j, m in enumerate(scope.models)}
         rate = audit_rate(th, self.settings.audit_rate)
         out = []
-        rows = zip(batch, decisions, scores.tolist(), given.tolist(), strict=True)
-        for (q, d, row, p_given), packed in zip(rows, pack_scores(scores, p_abstain), strict=True):
+        packed = pack_scores(scores, p_abstain)
+        for i, (q, d) in enumerate(zip(batch, decisions, strict=True)):
             audit = audit_draw(scope.name, q.query_id, key=self._audit_key) < rate
-            routed = Routed.encode(DecisionFields(
-                query_id=q.query_id, scope=scope.name, models=list(d.models),
-                abstain=d.abstain, flag_unanswerable=d.flag_unanswerable, audit=audit,
-                audit_rate=rate,
-                lam=th.lam, threshold_version=th.version, threshold_status=th.status,
-                alpha=th.alpha, delta=th.delta, bound=th.bound,
-                scores=dict(zip(scope.models, row, strict=True)),
-                p_abstain=None if np.isnan(p_given) else float(p_given), decided_at=now,
-            ))  # fmt: skip
+            flags = AUDIT * audit | status_flags(th.status)
+            made = PendingRecord(flags, 0, 0, 0, th.version, 0, th.lam, now, rate, b"")
+            routed = self._encode(scope, q, d, scores[i], given[i], made)
             invoked = tuple(position[m] for m in d.models)
-            write = PendingWrite(
-                scope.name, q.query_id, routed.raw, packed, th.lam, audit, invoked, now
-            )
+            write = PendingWrite(scope.name, q.query_id, packed[i], th.lam, audit, invoked, now,
+                                 th.version, th.status, rate)  # fmt: skip
             out.append((routed, write))
         return out
+
+    def _rebuild(self, query: QueryMessage, first: PendingRecord) -> Routed | Rejected:
+        """The first decision of a redelivered query, byte for byte: the same quantised
+        scores decided at the stored lam, with the stored certificate and audit draw. An id
+        routed before with other scores is no redelivery: its first decision stands, and
+        this one, which could never be calibrated, is rejected."""
+        scope = self.scopes[query.scope]
+        scores, p_abstain, given = self._inputs(scope, [query])
+        if content_hash(pack_scores(scores, p_abstain)[0]) != first.content:
+            return Rejected("reused_query_id", f"query id {query.query_id!r} was routed "
+                            "before with other scores; its first decision stands")  # fmt: skip
+        [d] = core.decide(
+            scope.levels(scores, p_abstain), first.lam, models=scope.models, prices=scope.prices
+        )
+        return self._encode(scope, query, d, scores[0], given[0], first)
+
+    def _encode(
+        self,
+        scope: ScopeState,
+        q: QueryMessage,
+        d: core.Decision,
+        row: np.ndarray,
+        p_given: float,
+        made: PendingRecord,
+    ) -> Routed:
+        """``made``: the certificate and audit draw (now, or stored with the first one)."""
+        th = scope.threshold  # alpha, delta and bound are the scope's
+        return Routed.encode(DecisionFields(
+            query_id=q.query_id, scope=scope.name, models=list(d.models),
+            abstain=d.abstain, flag_unanswerable=d.flag_unanswerable, audit=made.audit,
+            audit_rate=made.audit_rate, lam=made.lam, threshold_version=made.version,
+            threshold_status=cast(Status, made.status), alpha=th.alpha, delta=th.delta,
+            bound=th.bound, scores=dict(zip(scope.models, row.tolist(), strict=True)),
+            p_abstain=None if np.isnan(p_given) else float(p_given),
+            decided_at=made.decided_at,
+        ))  # fmt: skip
+
+    def _inputs(
+        self, scope: ScopeState, batch: Sequence[QueryMessage]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Quantised scores and abstention scores, and the given p_abstain (NaN where
+        none), quantised: decisions are made on exactly what the window will hold."""
+        raw, given = self._scores(scope, batch)
+        scores = quantise(raw)
+        p_abstain = quantise(np.where(np.isnan(given), np.prod(1.0 - scores, axis=1), given))
+        return scores, p_abstain, np.where(np.isnan(given), np.nan, p_abstain)
 
     def _scores(
         self, scope: ScopeState, batch: Sequence[QueryMessage]

@@ -10,13 +10,29 @@ from numpy.typing import NDArray
 
 from racer_online.store import WindowEntry
 
-SCORE_DTYPE = np.dtype("<f8")  # exact: the window must reproduce decision-time entry levels
+# Scores are fixed point in [0, 1], 16 bits, and the service decides on the quantised
+# values (`quantise`), so the window recomputes exactly the entry levels of the decision.
+# float16 would be too coarse where it matters: its step is 2^-11 in [0.5, 1), so every
+# score above 0.99976 is 1 and 1 - s (the abstention score's factors) has no resolution
+# left above 0.9995; a step of 1/65535 keeps 1 - s down to 1.5e-5.
+SCORE_DTYPE = np.dtype("<u2")
+SCORE_SCALE = 65_535
+
+
+def quantise(values: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The nearest score the window can hold; decisions are made on these."""
+    return np.round(np.clip(values, 0.0, 1.0) * SCORE_SCALE) / SCORE_SCALE
 
 
 def pack_scores(scores: NDArray[np.float64], p_abstain: NDArray[np.float64]) -> list[bytes]:
-    """One blob per query: K model scores, then the abstention score."""
-    rows = np.column_stack([scores, p_abstain]).astype(SCORE_DTYPE)
-    return [row.tobytes() for row in rows]
+    """One blob per query: K model scores, then the abstention score, quantised."""
+    rows = np.round(np.clip(np.column_stack([scores, p_abstain]), 0.0, 1.0) * SCORE_SCALE)
+    return [row.tobytes() for row in rows.astype(SCORE_DTYPE)]
+
+
+def unpack_scores(blob: bytes) -> NDArray[np.float64]:
+    """The values `quantise` gives, exactly."""
+    return np.frombuffer(blob, dtype=SCORE_DTYPE).astype(np.float64) / SCORE_SCALE
 
 
 @dataclass
@@ -59,7 +75,7 @@ class WindowCache:
         entries = fresh
         if not entries:
             return
-        scores = np.frombuffer(b"".join(e.scores for e in entries), dtype=SCORE_DTYPE)
+        scores = unpack_scores(b"".join(e.scores for e in entries))
         labels = np.frombuffer("".join(e.labels for e in entries).encode(), dtype=np.uint8)
         self.scores = np.vstack([self.scores, scores.reshape(len(entries), -1)])
         self.labels = np.vstack([self.labels, (labels == ord("1")).reshape(len(entries), -1)])

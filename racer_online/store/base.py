@@ -1,6 +1,7 @@
 """The store interface: what the service needs from Redis, with an in-memory twin.
 
-A pending record holds a routed decision and the labels graded so far. A record enters
+A pending record holds what a routed decision needs later (records.py) and the labels
+graded so far, in the time slot of its decision, until the feedback horizon. A record enters
 the scope's window exactly once: when it was drawn for audit and every model of the
 scope's catalogue is graded, whichever of query and feedback came last, or when its
 feedback horizon ended first: then the leader's sweep enters it with its missing labels as
@@ -15,11 +16,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
+from racer_online.store.records import PendingRecord
+
 
 class FeedbackOutcome(StrEnum):
     ENTERED = "entered"  # completed an audited record: it joined the window
     JOINED = "joined"  # new labels for a routed query
-    HELD = "held"  # no query yet: kept until it comes, within the feedback horizon
+    HELD = "held"  # no query yet: kept until it comes, for a short while (held_ttl_s)
     DUPLICATE = "duplicate"  # nothing new (a redelivery)
     CONFLICT = "conflict"  # disagrees with an earlier label; the first label stands
     LATE = "late"  # older than the feedback horizon: dropped
@@ -27,21 +30,25 @@ class FeedbackOutcome(StrEnum):
 
 @dataclass(frozen=True)
 class PendingWrite:
+    """A decision as the store keeps it: with the query, enough to rebuild it exactly."""
+
     scope: str
     query_id: str
-    decision: bytes  # the decision message, as published
-    scores: bytes  # packed model scores and the abstention score (see service.py)
+    scores: bytes  # the quantised scores the decision used (window.pack_scores): audits keep them
     lam: float  # the threshold the decision used
     audit: bool
     invoked: tuple[int, ...] = ()  # catalogue indices of the models the decision invokes
     decided_at: float = 0.0  # the decision's time: a restarted window keeps those after it
+    version: int = 0  # of the threshold
+    status: str = "certified"  # of the threshold
+    audit_rate: float = 0.0  # the rate the audit was drawn at
 
 
 @dataclass(frozen=True)
 class RouteResult:
-    decision: bytes  # the first decision stored for this query (redeliveries get it back)
     created: bool
     entered: bool  # early feedback completed the record at once
+    first: PendingRecord | None = None  # a redelivery: the record of the first decision
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ class WindowEntry:
     labels: str  # one '0'/'1' per catalogue model; '?' never graded (a swept audit)
     lam: float
     decided_at: float = 0.0
-    query: str = ""  # the query's pending key: a redelivered query can enter twice
+    query: str = ""  # the hex of the query id's hash: a redelivered query can enter twice
 
     @property
     def entered_ms(self) -> int:
@@ -156,3 +163,10 @@ class StoreConfig:
     pending_ttl_s: float
     window_size: int
     history_size: int = 10_000  # thresholds and alerts kept per scope
+    # Pending records live in one-hour slots of their decision time, each split into buckets
+    # of about 100 records (so Redis keeps them as listpacks): at least `min_buckets`, and
+    # more when the previous slot held more. A slot expires `slot_s` after the horizon of
+    # its last decision: the leader's sweep has that long to enter its incomplete audits.
+    slot_s: float = 3600.0
+    min_buckets: int = 256
+    held_ttl_s: float = 300.0  # labels of a query not routed yet wait this long for it

@@ -7,9 +7,28 @@ a scope's keys share one Redis Cluster slot and one Lua script may touch several
 PREFIX = "racer"
 
 
-def pending(scope: str, query_id: str) -> str:
-    """Hash: a routed decision and the labels graded so far, until the feedback horizon."""
-    return f"{PREFIX}:{{{scope}}}:pending:{query_id}"
+def pending(scope: str, slot: int | None = None, bucket: int | None = None) -> str:
+    """Hash: the pending records (records.py) of one bucket of one time slot, each under
+    its query id's hash; without slot and bucket, the prefix the Lua scripts complete."""
+    if slot is None or bucket is None:
+        return f"{PREFIX}:{{{scope}}}:pending:"
+    return f"{PREFIX}:{{{scope}}}:pending:{slot}:{bucket}"
+
+
+def slots(scope: str) -> str:
+    """Hash: per time slot, ``b:<slot>`` its number of buckets, ``n:<slot>`` its records."""
+    return f"{PREFIX}:{{{scope}}}:slots"
+
+
+def held(scope: str, held_slot: int | None = None) -> str:
+    """Hash: labels of queries not routed yet (known and correct masks), short-lived."""
+    base = f"{PREFIX}:{{{scope}}}:held:"
+    return base if held_slot is None else f"{base}{held_slot}"
+
+
+def legacy_audits(scope: str) -> str:
+    """The audits sorted set of the layout before slots (a pending key per query)."""
+    return f"{PREFIX}:{{{scope}}}:audits"
 
 
 def window(scope: str) -> str:
@@ -18,8 +37,9 @@ def window(scope: str) -> str:
 
 
 def audits(scope: str) -> str:
-    """Sorted set: pending keys of audited records not yet complete, by horizon end (s)."""
-    return f"{PREFIX}:{{{scope}}}:audits"
+    """Sorted set: audited records not complete yet (slot u32 + query hash), by the end of
+    their feedback horizon (s)."""
+    return f"{PREFIX}:{{{scope}}}:due-audits"
 
 
 def counters(scope: str) -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 
 from racer_online.errors import FencedError, StoreUnavailableError
-from racer_online.store import keys
 from racer_online.store.base import (
     FeedbackOutcome,
     LabelWrite,
@@ -19,20 +19,8 @@ from racer_online.store.base import (
     SweepResult,
     WindowEntry,
 )
-
-
-@dataclass
-class _Pending:
-    expires: float
-    decision: bytes | None = None
-    scores: bytes = b""
-    lam: float = 1.0
-    audit: bool = False
-    entered: bool = False
-    invoked: tuple[int, ...] = ()
-    decided_at: float = 0.0
-    counted: bool = False  # in the upper-bound counters
-    labels: dict[str, int] = field(default_factory=dict)
+from racer_online.store.codec import label_masks, new_record, window_entry
+from racer_online.store.records import COUNTED, ENTERED, PendingRecord, mask_width, query_hash
 
 
 class MemoryStore:
@@ -40,18 +28,22 @@ class MemoryStore:
         self.config = config
         self.clock = clock
         self.up = True  # tests set it to False to act as an unreachable Redis
-        self._pending: dict[tuple[str, str], _Pending] = {}
+        # (scope, slot, query hash) -> record; (scope, held slot, query hash) -> masks
+        self._pending: dict[tuple[str, int, bytes], PendingRecord] = {}
+        self._held: dict[tuple[str, int], dict[bytes, tuple[int, int]]] = {}
         self._windows: dict[str, list[WindowEntry]] = {}
         self._thresholds: dict[str, tuple[int, bytes]] = {}
         self._history: dict[str, list[bytes]] = {}
         self._alerts: dict[str, list[bytes]] = {}
         self._upper: dict[str, tuple[int, int]] = {}
         self._monitor: dict[str, dict[str, str]] = {}
-        self._audits: dict[str, dict[str, float]] = {}  # scope -> query id -> horizon end
+        self._audits: dict[str, dict[tuple[int, bytes], float]] = {}  # -> horizon end
         self._expired: dict[str, tuple[int, int]] = {}  # scope -> (expired, lost) audits
         self._last_id = (0, 0)
         self._leases: dict[str, tuple[Lease, float]] = {}  # scope -> live lease, its expiry
         self._epochs: dict[str, int] = {}  # scope -> lease epoch, the fencing token
+        for models in config.catalogues.values():
+            mask_width(len(models))
 
     def _fence(self, scope: str, epoch: int) -> None:
         """See fence.lua."""
@@ -64,67 +56,89 @@ class MemoryStore:
         if not self.up:
             raise StoreUnavailableError("memory store is down")
 
-    def _live(self, scope: str, query_id: str) -> _Pending | None:
-        record = self._pending.get((scope, query_id))
-        if record is not None and record.expires <= self.clock():
-            del self._pending[(scope, query_id)]
+    def _slot(self, at: float) -> int:
+        return int(at // self.config.slot_s)
+
+    def _live(self, scope: str, slot: int, hash_: bytes) -> PendingRecord | None:
+        """A record, until one slot after the horizon of its slot's last decision."""
+        cfg = self.config
+        if (slot + 2) * cfg.slot_s + cfg.pending_ttl_s <= self.clock():
+            self._pending.pop((scope, slot, hash_), None)
             return None
-        return record
+        return self._pending.get((scope, slot, hash_))
+
+    def _find(
+        self, scope: str, hash_: bytes, newest: int, count: int
+    ) -> tuple[int, PendingRecord] | None:
+        """Newest first, as common.lua's find."""
+        for slot in range(newest, newest - count, -1):
+            record = self._live(scope, slot, hash_)
+            if record is not None:
+                return slot, record
+        return None
+
+    def _held_at(self, scope: str, hash_: bytes) -> tuple[int, tuple[int, int]] | None:
+        """Held labels live from held_ttl_s to twice that: a held slot's key expires then."""
+        newest = int(self.clock() // self.config.held_ttl_s)
+        for gone in [k for k in self._held if k[0] == scope and k[1] < newest - 1]:
+            del self._held[gone]
+        for held_slot in (newest, newest - 1):
+            masks = self._held.get((scope, held_slot), {}).get(hash_)
+            if masks is not None:
+                return held_slot, masks
+        return None
 
     def _next_id(self) -> str:
         ms = int(self.clock() * 1000)
         self._last_id = (ms, self._last_id[1] + 1) if ms <= self._last_id[0] else (ms, 0)
         return f"{self._last_id[0]}-{self._last_id[1]}"
 
-    def _enter(self, scope: str, record: _Pending, query: str, *, worst_case: bool = False) -> bool:
-        """``worst_case``: the sweep enters it with its missing labels as '?'."""
-        models = self.config.catalogues[scope]
-        if record.decision is None or not record.audit or record.entered:
-            return False
-        if not worst_case and any(m not in record.labels for m in models):
-            return False
-        labels = "".join(str(record.labels.get(m, "?")) for m in models)
+    def _enter(self, scope: str, record: PendingRecord, hash_: bytes) -> PendingRecord:
+        record = replace(record, flags=record.flags | ENTERED)
+        n_models = len(self.config.catalogues[scope])
         window = self._windows.setdefault(scope, [])
-        entry = WindowEntry(
-            self._next_id(), record.scores, labels, record.lam, record.decided_at, query
-        )
-        window.append(entry)
+        window.append(window_entry(self._next_id(), record.pack(n_models), hash_, n_models))
         del window[: max(0, len(window) - self.config.window_size)]
-        record.entered = True
-        # Complete: the sweep no longer needs it, so it gives back its grace period.
-        record.expires = min(record.expires, self.clock() + self.config.pending_ttl_s)
-        return True
+        return record
 
-    def _count_invoked(self, scope: str, record: _Pending) -> None:
-        """Upper-bound counters of non-audit decisions (see common.lua)."""
-        models = self.config.catalogues[scope]
-        graded = [record.labels.get(models[i]) for i in record.invoked]
-        if record.decision is None or record.audit or record.counted or None in graded:
-            return
-        record.counted = True
-        n, misses = self._upper.get(scope, (0, 0))
-        self._upper[scope] = (n + 1, misses + int(1 not in graded))
+    def _settle(
+        self, scope: str, slot: int, hash_: bytes, record: PendingRecord
+    ) -> tuple[PendingRecord, bool]:
+        """See common.lua's settle."""
+        full = (1 << len(self.config.catalogues[scope])) - 1
+        if not record.audit:
+            if not record.counted and record.invoked & record.known == record.invoked:
+                n, misses = self._upper.get(scope, (0, 0))
+                self._upper[scope] = (n + 1, misses + int(record.invoked & record.correct == 0))
+                record = replace(record, flags=record.flags | COUNTED)
+            return record, False
+        if record.entered or record.known != full:
+            return record, False
+        self._audits.get(scope, {}).pop((slot, hash_), None)
+        return self._enter(scope, record, hash_), True
 
     async def route(self, writes: Sequence[PendingWrite]) -> list[RouteResult]:
+        """See route.lua."""
         self._check()
         results = []
         for w in writes:
-            record = self._live(w.scope, w.query_id)
-            if record is not None and record.decision is not None:
-                results.append(RouteResult(record.decision, False, False))
+            n_models, hash_ = len(self.config.catalogues[w.scope]), query_hash(w.query_id)
+            slot = self._slot(w.decided_at)
+            found = self._find(w.scope, hash_, slot, 2)
+            if found is not None:
+                results.append(RouteResult(False, False, found[1]))
                 continue
-            if record is None:
-                record = self._pending[(w.scope, w.query_id)] = _Pending(expires=0.0)
-            record.expires = self.clock() + self.config.pending_ttl_s
-            record.decision, record.scores, record.lam = w.decision, w.scores, w.lam
-            record.audit, record.invoked, record.decided_at = w.audit, w.invoked, w.decided_at
-            self._count_invoked(w.scope, record)
-            entered = self._enter(w.scope, record, keys.pending(w.scope, w.query_id))
-            if w.audit and not entered:  # kept one horizon longer for the sweep (route.lua)
-                record.expires += self.config.pending_ttl_s
-                horizon_end = w.decided_at + self.config.pending_ttl_s
-                self._audits.setdefault(w.scope, {})[w.query_id] = horizon_end
-            results.append(RouteResult(w.decision, True, entered))
+            record = PendingRecord.unpack(new_record(w, n_models), n_models)
+            held = self._held_at(w.scope, hash_)
+            if held is not None:
+                del self._held[(w.scope, held[0])][hash_]
+                record = replace(record, known=held[1][0], correct=held[1][1])
+            record, entered = self._settle(w.scope, slot, hash_, record)
+            self._pending[(w.scope, slot, hash_)] = record
+            if record.audit and not entered:
+                due = w.decided_at + self.config.pending_ttl_s
+                self._audits.setdefault(w.scope, {})[(slot, hash_)] = due
+            results.append(RouteResult(True, entered))
         return results
 
     async def sweep_expired_audits(
@@ -134,16 +148,16 @@ class MemoryStore:
         self._check()
         self._fence(scope, epoch)
         audits = self._audits.get(scope, {})
-        due = sorted((end, q) for q, end in audits.items() if end <= now)[:limit]
+        due = sorted((end, member) for member, end in audits.items() if end <= now)[:limit]
         entered = lost = 0
-        for _, query_id in due:
-            del audits[query_id]
-            record = self._live(scope, query_id)
-            if record is None or record.decision is None:
+        for _, (slot, hash_) in due:
+            del audits[(slot, hash_)]
+            record = self._live(scope, slot, hash_)
+            if record is None:
                 lost += 1
             elif not record.entered:
-                pending_key = keys.pending(scope, query_id)
-                entered += self._enter(scope, record, pending_key, worst_case=True)
+                self._pending[(scope, slot, hash_)] = self._enter(scope, record, hash_)
+                entered += 1
         expired, lost_before = self._expired.get(scope, (0, 0))
         self._expired[scope] = (expired + entered, lost_before + lost)
         return SweepResult(entered, lost, expired + entered)
@@ -153,21 +167,28 @@ class MemoryStore:
         return [self._merge(w) for w in writes]
 
     def _merge(self, w: LabelWrite) -> FeedbackOutcome:
-        record = self._live(w.scope, w.query_id)
-        if record is None:
-            expires = self.clock() + self.config.pending_ttl_s
-            record = self._pending[(w.scope, w.query_id)] = _Pending(expires=expires)
-        added = {m: int(y) for m, y in w.labels.items() if m not in record.labels}
-        conflict = any(record.labels.get(m, y) != y for m, y in w.labels.items())
-        record.labels.update(added)
-        if record.decision is None:
-            if added:
-                return FeedbackOutcome.HELD
-            return FeedbackOutcome.CONFLICT if conflict else FeedbackOutcome.DUPLICATE
-        self._count_invoked(w.scope, record)
-        if self._enter(w.scope, record, keys.pending(w.scope, w.query_id)):
+        """See feedback.lua."""
+        cfg, hash_ = self.config, query_hash(w.query_id)
+        known_ev, correct_ev = label_masks(w, cfg.catalogues[w.scope])
+        newest = self._slot(self.clock()) + 1
+        found = self._find(w.scope, hash_, newest, math.ceil(cfg.pending_ttl_s / cfg.slot_s) + 2)
+        if found is None:
+            held = self._held_at(w.scope, hash_)
+            held_slot, (known, correct) = held or (int(self.clock() // cfg.held_ttl_s), (0, 0))
+            known, correct, added, clash = _merged(known, correct, known_ev, correct_ev)
+            if not added:
+                return FeedbackOutcome.CONFLICT if clash else FeedbackOutcome.DUPLICATE
+            self._held.setdefault((w.scope, held_slot), {})[hash_] = (known, correct)
+            return FeedbackOutcome.HELD
+        slot, record = found
+        known, correct, added, clash = _merged(record.known, record.correct, known_ev, correct_ev)
+        record, entered = self._settle(
+            w.scope, slot, hash_, replace(record, known=known, correct=correct)
+        )
+        self._pending[(w.scope, slot, hash_)] = record
+        if entered:
             return FeedbackOutcome.ENTERED
-        if conflict:
+        if clash:
             return FeedbackOutcome.CONFLICT
         return FeedbackOutcome.JOINED if added else FeedbackOutcome.DUPLICATE
 
@@ -268,3 +289,12 @@ class MemoryStore:
 
     async def close(self) -> None:
         pass
+
+
+def _merged(
+    known: int, correct: int, known_ev: int, correct_ev: int
+) -> tuple[int, int, bool, bool]:
+    """Labels after an event, whether it added any, whether it disagreed (feedback.lua)."""
+    new = known_ev & ~known
+    clash = bool(known_ev & known & (correct_ev ^ correct))
+    return known | new, correct | (correct_ev & new), bool(new), clash

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from importlib.resources import files
@@ -30,8 +31,10 @@ from racer_online.store.base import (
     SweepResult,
     WindowEntry,
 )
+from racer_online.store.codec import candidate_keys, label_masks, new_record, window_entry
 from racer_online.store.connection import AsyncRedis, connect, redis_options
 from racer_online.store.errors import classified
+from racer_online.store.records import PendingRecord, mask_width, query_hash
 
 log = logging.getLogger(__name__)
 W = TypeVar("W", PendingWrite, LabelWrite)
@@ -56,9 +59,14 @@ def _lua(name: str) -> str:
 
 
 class RedisStore:
-    def __init__(self, client: AsyncRedis, config: StoreConfig) -> None:
+    def __init__(
+        self, client: AsyncRedis, config: StoreConfig, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.client = client
         self.config = config
+        self.clock = clock  # picks the slots feedback searches and the held labels' slot
+        for models in config.catalogues.values():
+            mask_width(len(models))  # refuses a catalogue the record cannot hold
         self._route = client.register_script(_lua("route.lua"))
         self._feedback = client.register_script(_lua("feedback.lua"))
         self._save = client.register_script(_lua("save_threshold.lua"))
@@ -79,13 +87,38 @@ class RedisStore:
         )
 
     @classmethod
-    def from_url(cls, url: str, config: StoreConfig, **options: Any) -> RedisStore:
+    def from_url(
+        cls,
+        url: str,
+        config: StoreConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        **options: Any,
+    ) -> RedisStore:
         """``options``: redis-py connection options, e.g. from `redis_options`."""
-        return cls(connect(url, decode_responses=False, **options), config)
+        return cls(connect(url, decode_responses=False, **options), config, clock=clock)
 
-    @property
-    def _ttl_ms(self) -> int:
-        return int(self.config.pending_ttl_s * 1000)
+    def _slot(self, at: float) -> int:
+        return int(at // self.config.slot_s)
+
+    async def pending_records(
+        self, scope: str, query_ids: Sequence[str]
+    ) -> list[tuple[str, PendingRecord] | None]:
+        """The key and record of each query (None: none stored), searched in every live
+        slot. For tests and tools: the worker never reads a record outside a script."""
+        slots: Any = await self.client.hgetall(keys.slots(scope))
+        n_models = len(self.config.catalogues[scope])
+        found: list[tuple[str, PendingRecord] | None] = []
+        for query_id in query_ids:
+            hash_, candidates = candidate_keys(scope, query_id, slots)
+            hit = None
+            for key in candidates:
+                value: Any = await self.client.hget(key, hash_)
+                if value is not None:
+                    hit = (key, PendingRecord.unpack(value, n_models))
+                    break
+            found.append(hit)
+        return found
 
     async def _per_scope(
         self, script: AsyncScript, items: Sequence[W], args: Callable[[W], list[Any]]
@@ -99,20 +132,22 @@ class RedisStore:
         for i, item in enumerate(items):
             by_scope[item.scope].append(i)
         calls: dict[str, list[tuple[list[int], list[str], list[Any]]]] = defaultdict(list)
+        cfg, now = self.config, self.clock()
         for scope, rows in by_scope.items():
-            models: Sequence[str] = self.config.catalogues[scope]
-            head: list[Any] = [self._ttl_ms, self.config.window_size, len(models), *models]
+            head: list[Any] = [
+                repr(cfg.pending_ttl_s), cfg.window_size, len(cfg.catalogues[scope]),
+                repr(cfg.slot_s), keys.pending(scope), keys.held(scope), repr(cfg.held_ttl_s),
+                cfg.min_buckets, repr(now),
+            ]  # fmt: skip
             scope_keys: list[str] = [
-                keys.window(scope), keys.upper_bound(scope), keys.audits(scope)
+                keys.window(scope), keys.upper_bound(scope), keys.audits(scope),
+                keys.slots(scope),
             ]  # fmt: skip
             for start in range(0, len(rows), MAX_SCRIPT_RECORDS):
                 chunk = rows[start : start + MAX_SCRIPT_RECORDS]
-                pending_keys: list[str] = [keys.pending(scope, items[i].query_id) for i in chunk]
-                calls[scope].append((
-                    chunk,
-                    [*scope_keys, *pending_keys],
-                    head + [a for i in chunk for a in args(items[i])],
-                ))  # fmt: skip
+                calls[scope].append(
+                    (chunk, scope_keys, head + [a for i in chunk for a in args(items[i])])
+                )
         if isinstance(self.client, RedisCluster):
 
             async def in_order(scope: str) -> list[Any]:
@@ -131,23 +166,27 @@ class RedisStore:
     @classified
     async def route(self, writes: Sequence[PendingWrite]) -> list[RouteResult]:
         def args(w: PendingWrite) -> list[Any]:
-            invoked = ",".join(map(str, w.invoked))
-            return [w.decision, w.scores, repr(w.lam), int(w.audit), invoked, repr(w.decided_at)]
+            record = new_record(w, len(self.config.catalogues[w.scope]))
+            due = w.decided_at + self.config.pending_ttl_s
+            return [query_hash(w.query_id), self._slot(w.decided_at), record, repr(due)]
 
         results: list[Any] = [None] * len(writes)
         for rows, (codes, *firsts) in await self._per_scope(self._route, writes, args):
             stored_before = iter(firsts)
             for i, code in zip(rows, codes.decode(), strict=True):
                 if code == "r":
-                    results[i] = RouteResult(bytes(next(stored_before)), False, False)
+                    n_models = len(self.config.catalogues[writes[i].scope])
+                    first = PendingRecord.unpack(bytes(next(stored_before)), n_models)
+                    results[i] = RouteResult(False, False, first)
                 else:
-                    results[i] = RouteResult(writes[i].decision, True, code == "e")
+                    results[i] = RouteResult(True, code == "e")
         return results
 
     @classified
     async def feedback(self, writes: Sequence[LabelWrite]) -> list[FeedbackOutcome]:
         def args(w: LabelWrite) -> list[Any]:
-            return [len(w.labels), *(x for model, y in w.labels.items() for x in (model, int(y)))]
+            known, correct = label_masks(w, self.config.catalogues[w.scope])
+            return [query_hash(w.query_id), known, correct]
 
         results: list[Any] = [None] * len(writes)
         for rows, codes in await self._per_scope(self._feedback, writes, args):
@@ -161,26 +200,22 @@ class RedisStore:
     ) -> list[WindowEntry]:
         start = "-" if after is None else f"({after}"
         rows: Any = await self.client.xrange(keys.window(scope), start, "+", count=count)
-        return [
-            WindowEntry(
-                i.decode(),
-                f[b"s"],
-                f[b"y"].decode(),
-                float(f[b"lam"]),
-                float(f.get(b"t", 0)),
-                f.get(b"q", b"").decode(),
-            )
-            for i, f in rows
-        ]
+        n_models = len(self.config.catalogues[scope])
+        return [window_entry(i.decode(), f[b"r"], f[b"q"], n_models) for i, f in rows]
 
     @classified
     async def sweep_expired_audits(
         self, scope: str, *, now: float, epoch: int, limit: int = MAX_SCRIPT_RECORDS
     ) -> SweepResult:
-        models: Sequence[str] = self.config.catalogues[scope]
         got: Any = await self._sweep(
-            keys=[keys.window(scope), keys.audits(scope), keys.counters(scope), keys.epoch(scope)],
-            args=[repr(now), limit, self.config.window_size, len(models), *models, epoch],
+            keys=[
+                keys.window(scope),
+                keys.audits(scope),
+                keys.counters(scope),
+                keys.slots(scope),
+                keys.epoch(scope),
+            ],
+            args=[repr(now), limit, self.config.window_size, keys.pending(scope), epoch],
         )
         return SweepResult(int(got[0]), int(got[1]), int(got[2]))
 
@@ -301,3 +336,11 @@ async def refuse_evicting_redis(store: RedisStore) -> None:
             f"Redis maxmemory-policy is {unsafe[0]}: it may evict pending records and bias "
             f"the calibration window; set maxmemory-policy {SAFE_EVICTION_POLICY}"
         )
+
+
+async def scopes_on_the_old_layout(store: RedisStore) -> list[str]:
+    """Scopes whose Redis still holds the audits of the layout before slots (a key per
+    pending record): the worker ignores those records, which expire within the horizon."""
+    scopes = list(store.config.catalogues)
+    found = [await store.client.exists(keys.legacy_audits(s)) for s in scopes]
+    return [scope for scope, n in zip(scopes, found, strict=True) if n]

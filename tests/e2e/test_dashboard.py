@@ -22,7 +22,7 @@ from racer_online.apps.reading import load_history
 from racer_online.apps.report import save_report
 from racer_online.messages import AlertMessage, ThresholdMessage
 from racer_online.settings import Settings
-from racer_online.store import keys
+from racer_online.store import RedisStore, StoreConfig, keys
 from racer_online.testing import LocalDeployment, until
 
 pytestmark = pytest.mark.e2e
@@ -151,10 +151,9 @@ class Replay(LocalDeployment):
             await producer.stop()
 
     async def _entered(self, ids):
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for q in ids:
-                pipe.hget(keys.pending(self.scope, q), "in")
-            return all(flag == b"1" for flag in await pipe.execute())
+        config = StoreConfig({self.scope: MODELS}, pending_ttl_s=86_400, window_size=10**4)
+        found = await RedisStore(self.redis, config).pending_records(self.scope, ids)
+        return all(got is not None and got[1].entered for got in found)
 
     async def _history_longer_than(self, length):
         return await self.redis.xlen(keys.history(self.scope)) > length

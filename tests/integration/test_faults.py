@@ -29,7 +29,10 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from racer_online.service.window import quantise, unpack_scores
 from racer_online.store import keys
+from racer_online.store.codec import window_entry
+from racer_online.store.records import query_hash
 from racer_online.testing import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -215,14 +218,19 @@ class Window:
         rows = await self._call("xrange", "-", "+")
         seen: Counter[int] = Counter()
         wrong = unknown = 0
-        for _, fields in rows:
-            scores = np.frombuffer(fields[b"s"], dtype="<f8")[: len(MODELS)]
-            i = self.traffic.index.get(tuple(scores.tolist()))
+        by_query = {query_hash(self.traffic.query_id(i)).hex(): i
+                    for i in range(len(self.traffic.scores))}  # fmt: skip
+        for entry_id, fields in rows:
+            entry = window_entry(entry_id.decode(), fields[b"r"], fields[b"q"], len(MODELS))
+            i = by_query.get(entry.query)
             if i is None:
                 unknown += 1
                 continue
             seen[i] += 1
-            wrong += fields[b"y"].decode() != self.traffic.label_string(i)
+            # The labels graded, and the scores the decision used: the query's, quantised.
+            decided = quantise(self.traffic.scores[i])
+            held = unpack_scores(entry.scores)[: len(MODELS)]
+            wrong += entry.labels != self.traffic.label_string(i) or bool((held != decided).any())
         lost = [i for i in expected if i not in seen]
         doubled = sum(c - 1 for c in seen.values())
         return WindowCheck(len(rows), lost, doubled, wrong, unknown)

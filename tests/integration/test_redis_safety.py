@@ -46,6 +46,17 @@ def test_an_evicting_redis_is_refused_in_one_line(own_redis, policy):
     ]
 
 
+def test_a_worker_on_the_old_pending_layout_says_what_to_do_in_one_line(own_redis):
+    with redis.Redis.from_url(own_redis.url) as client:
+        client.zadd(keys.legacy_audits("default"), {"racer:{default}:pending:q1": 1.0})
+    proc = start_worker(own_redis.url)
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[0] == (
+        "racer-online: warning: scope 'default' has pending records of the old layout: they "
+        "are ignored and expire within RACER_PENDING_TTL_S; then delete racer:{default}:audits"
+    )
+
+
 def test_a_redis_cluster_with_one_evicting_primary_is_refused(redis_cluster_url):
     nodes = connect_sync(redis_cluster_url)
     try:
@@ -69,7 +80,7 @@ def tiny_store(url: str, scope: str = "s") -> RedisStore:
 
 
 def write(qid: str, scope: str = "s") -> PendingWrite:
-    return PendingWrite(scope, qid, b"decision", b"\x00" * 24, 0.5, True, (0,))
+    return PendingWrite(scope, qid, b"\x00" * 6, 0.5, True, (0,))
 
 
 async def test_a_full_redis_is_unavailable_not_broken(own_redis):
@@ -104,7 +115,7 @@ async def test_a_script_error_is_a_failure_not_an_outage(own_redis):
     store = tiny_store(own_redis.url)
     with redis.Redis.from_url(own_redis.url) as client:
         client.set(keys.window("s"), "not a stream")  # the route script's XADD must fail
-        client.set(keys.pending("s", "q1"), "not a hash")
+        client.set(keys.slots("s"), "not a hash")
     try:
         with pytest.raises(StoreFailedError, match=r"redis refused a command: .*WRONGTYPE"):
             await store.route([write("q1")])
@@ -118,7 +129,7 @@ async def test_a_worker_stops_on_an_error_no_retry_cures(deployment, redis_url):
     deployment.write_scopes(["m0", "m1"])
     with redis.Redis.from_url(redis_url) as client:
         client.set(keys.window(deployment.scope), "not a stream")
-        client.set(keys.pending(deployment.scope, "q1"), "not a hash")
+        client.set(keys.slots(deployment.scope), "not a hash")
     worker = deployment.start_worker()
     query = {"query_id": "q1", "scope": deployment.scope, "scores": {"m0": 0.5, "m1": 0.5}}
     await deployment.send("queries", [query])

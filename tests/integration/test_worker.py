@@ -13,6 +13,7 @@ from racer_online.local.services import free_port
 from racer_online.messages import DeadLetter
 from racer_online.offline.datasets import load_outcomes
 from racer_online.offline.evaluation import task_router_records
+from racer_online.service.window import quantise
 from racer_online.store import keys
 from racer_online.store.connection import connect
 from racer_online.testing import (
@@ -105,9 +106,11 @@ async def test_feedback_fills_the_window_and_the_threshold_matches_the_core(
     updates = await deployment.collect("thresholds", 10**6, until=lambda got: got[-1]["n"] == 600)
     final = updates[-1]
     assert await window_length(redis_url, deployment.scope) == 600
+    scores = quantise(records.scores[:600])  # what the worker decides on and the window holds
     expected = core.calibrate(
-        records.scores[:600], records.labels[:600].astype(bool), alpha=0.1, delta=0.1
-    )
+        scores, records.labels[:600].astype(bool), alpha=0.1, delta=0.1,
+        p_abstain=quantise(np.prod(1.0 - scores, axis=1)),
+    )  # fmt: skip
     assert final["status"] == "certified" and final["m_star"] == expected.m_star
     assert final["lam"] == pytest.approx(expected.lam_hat, abs=0)
     # Every worker applies it: new decisions carry the certificate.

@@ -10,6 +10,7 @@ from racer_online.service import drift as watch
 from racer_online.service.scope import Monitor
 from racer_online.settings import Settings
 from racer_online.store import MemoryStore
+from racer_online.store.records import query_hash
 
 MODELS = ("m0", "m1", "m2")
 
@@ -72,7 +73,10 @@ async def test_decisions_at_lam_one_are_full_label_records(tmp_path):
     routed = await service.route([query(q) for q in ids])
     assert all(r.fields["audit"] and r.fields["audit_rate"] == 1.0 for r in routed)
     await service.record_feedback(
-        [FeedbackMessage(query_id=q, labels={"m0": 1, "m1": 0, "m2": 0}) for q in ids]
+        [
+            FeedbackMessage(scope="default", query_id=q, labels={"m0": 1, "m1": 0, "m2": 0})
+            for q in ids
+        ]
     )
     assert len(await service.store.read_window("default")) == 30
     certify(service)  # below lam = 1 the base rate applies again
@@ -134,15 +138,15 @@ async def test_a_query_redelivered_after_its_ttl_enters_the_window_once(tmp_path
     """Defect 7: past the pending TTL a redelivered query is decided and graded again; the
     store's stream holds it twice, the leader's window once."""
     service = make(tmp_path, audit_rate=1.0, pending_ttl_s=60)
-    full = FeedbackMessage(query_id="q", labels={"m0": 1, "m1": 0, "m2": 1})
+    full = FeedbackMessage(scope="default", query_id="q", labels={"m0": 1, "m1": 0, "m2": 1})
     for _ in range(2):
         await service.route([query("q")])
         await service.record_feedback([full])
-        service.clock.now += 61  # the pending record expires
+        service.clock.now += 3 * 3600  # its slot expires: an hour after the horizon
     assert len(await service.store.read_window("default")) == 2
     await service.leader.recalibrate_due()
     window = service.scopes["default"].window
-    assert len(window) == 1 and window.queries == ["racer:{default}:pending:q"]
+    assert len(window) == 1 and window.queries == [query_hash("q").hex()]
 
 
 async def test_the_leader_enters_an_audit_never_graded_as_a_worst_case(tmp_path):
@@ -151,15 +155,16 @@ async def test_the_leader_enters_an_audit_never_graded_as_a_worst_case(tmp_path)
     service = make(tmp_path, audit_rate=1.0, pending_ttl_s=60)
     await service.route([query("graded"), query("dropped")])
     await service.record_feedback([
-        FeedbackMessage(query_id="graded", labels={"m0": 1, "m1": 0, "m2": 1}),
-        FeedbackMessage(query_id="dropped", labels={"m0": 0}),  # m1, m2 never come
+        FeedbackMessage(scope="default", query_id="graded", labels={"m0": 1, "m1": 0, "m2": 1}),
+        # m1, m2 never come
+        FeedbackMessage(scope="default", query_id="dropped", labels={"m0": 0}),
     ])  # fmt: skip
     first = (await service.leader.recalibrate_due()).thresholds
     assert len(service.scopes["default"].window) == 1 and first[-1].expired_audits == 0
     service.clock.now += 61  # the horizon of both ends
     [update] = (await service.leader.recalibrate_due()).thresholds
     window = service.scopes["default"].window
-    assert window.queries[-1] == "racer:{default}:pending:dropped"
+    assert window.queries[-1] == query_hash("dropped").hex()
     _, required = service.scopes["default"].window_levels()
     levels = service.scopes["default"].levels(window.scores[:, :3], window.scores[:, 3])
     # m0 wrong, m1 and m2 unknown: the one right model may be the last one ranked.

@@ -55,7 +55,8 @@ async def stream(service, scores, labels, start):
         for q, s in zip(ids, scores, strict=True)
     ])  # fmt: skip
     await service.record_feedback([
-        FeedbackMessage(query_id=q, labels={m: int(y) for m, y in zip(MODELS, row, strict=True)})
+        FeedbackMessage(scope="default", query_id=q,
+                        labels={m: int(y) for m, y in zip(MODELS, row, strict=True)})
         for q, row in zip(ids, labels, strict=True)
     ])  # fmt: skip
 

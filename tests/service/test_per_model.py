@@ -45,7 +45,8 @@ async def test_the_threshold_carries_per_model_figures_of_its_window(service):
     labels = rng.uniform(size=(300, 3)) < scores
     await service.route([query(f"w{i}", tuple(s)) for i, s in enumerate(scores)])
     await service.record_feedback([
-        FeedbackMessage(query_id=f"w{i}", labels=dict(zip(MODELS, map(int, row), strict=True)))
+        FeedbackMessage(scope="default", query_id=f"w{i}",
+                        labels=dict(zip(MODELS, map(int, row), strict=True)))
         for i, row in enumerate(labels)
     ])  # fmt: skip
     [update] = (await service.leader.recalibrate_due()).thresholds
@@ -83,7 +84,9 @@ async def test_decide_stores_and_counts_nothing_and_agrees_with_route(service):
     assert isinstance(decided[1], Rejected) and decided[1].kind == "unknown_scope"
     assert counter("racer_model_in_set", "default", "m0") == before
     # Nothing was stored: feedback for the decided query finds no decision and is held.
-    [held] = await service.record_feedback([FeedbackMessage(query_id="d1", labels={"m0": 1})])
+    [held] = await service.record_feedback(
+        [FeedbackMessage(scope="default", query_id="d1", labels={"m0": 1})]
+    )
     assert held == FeedbackOutcome.HELD
     [routed] = await service.route([query("d1")])
     assert routed.decision.models == decided[0].decision.models

@@ -7,8 +7,10 @@ from racer_online import core
 from racer_online.errors import StoreUnavailableError
 from racer_online.messages import DecisionMessage, FeedbackMessage, QueryMessage
 from racer_online.service import RacerService, Rejected, audit_draw, store_config
+from racer_online.service.window import quantise
 from racer_online.settings import Settings
 from racer_online.store import FeedbackOutcome, MemoryStore
+from racer_online.store.records import query_hash
 
 SCOPES = """
 [scopes.default]
@@ -57,7 +59,7 @@ def query(qid, scores=(0.7, 0.2, 0.4), **kw):
 
 
 def feedback(qid, **labels):
-    return FeedbackMessage(query_id=qid, labels=labels)
+    return FeedbackMessage(scope="default", query_id=qid, labels=labels)
 
 
 async def test_a_fresh_scope_routes_to_every_option(make):
@@ -82,6 +84,40 @@ async def test_a_redelivered_query_gets_the_same_decision(make):
     assert other.threshold_version == 7 and other.models == ["m0"]
 
 
+async def test_a_redelivery_rebuilds_the_first_decision_byte_for_byte(make):
+    """The store keeps no decision JSON: the threshold version, lam, status, audit draw and
+    decision time it keeps rebuild the published bytes from the redelivered query."""
+    service = make(audit_rate=0.3)
+    scope = service.scopes["default"]
+    scope.apply(scope.threshold.model_copy(update={"lam": 0.5, "status": "stale", "version": 3}))
+    rng = np.random.default_rng(5)
+    batch = [
+        query(f"q{i}", tuple(rng.random(3)), p_abstain=None if i % 2 else float(rng.random()))
+        for i in range(60)
+    ]
+    first = await service.route(batch)
+    assert {r.fields["audit"] for r in first} == {True, False}
+    scope.apply(scope.threshold.model_copy(update={"lam": 0.9, "status": "certified",
+                                                   "version": 9, "audit_rate": 0.5}))  # fmt: skip
+    service.clock.now += 3000  # a rebalance later, possibly in the next time slot
+    again = await service.route(batch[::-1])
+    assert [r.raw for r in again[::-1]] == [r.raw for r in first]
+    [fresh] = await service.route([query("new")])
+    assert fresh.decision.threshold_version == 9 and fresh.decision.audit_rate == 0.5
+
+
+async def test_an_id_reused_with_other_scores_is_rejected_and_the_first_decision_stands(make):
+    service = make()
+    [first] = await service.route([query("q1", (0.7, 0.2, 0.4))])
+    [same] = await service.route([query("q1", (0.7, 0.2, 0.4), metadata={"try": "2"})])
+    [other] = await service.route([query("q1", (0.7, 0.2, 0.41))])
+    assert same.raw == first.raw
+    assert other == Rejected(
+        "reused_query_id",
+        "query id 'q1' was routed before with other scores; its first decision stands",
+    )
+
+
 async def test_bad_queries_are_rejected_with_a_reason(make):
     results = await make().route([
         QueryMessage(query_id="a", scope="nope", scores={"m0": 0.5}),
@@ -103,7 +139,9 @@ async def test_feedback_outcomes(make):
     assert await service.record_feedback([feedback("q1", m0=1)]) == [FeedbackOutcome.DUPLICATE]
     assert await service.record_feedback([feedback("q1", m0=0)]) == [FeedbackOutcome.CONFLICT]
     assert await service.record_feedback([feedback("q9", m0=1, m1=1, m2=1)]) == ["held"]
-    late = FeedbackMessage(query_id="q1", labels={"m0": 1}, event_time=service.clock() - 10**6)
+    late = FeedbackMessage(
+        scope="default", query_id="q1", labels={"m0": 1}, event_time=service.clock() - 10**6
+    )
     assert await service.record_feedback([late]) == [FeedbackOutcome.LATE]
     rejected = await service.record_feedback([
         FeedbackMessage(query_id="q1", scope="nope", labels={"m0": 1}),
@@ -120,12 +158,18 @@ async def test_feedback_before_its_query_joins_when_it_arrives(make):
     assert update.n == 1
 
 
-async def test_held_feedback_expires_after_the_horizon(make):
-    service = make(pending_ttl_s=60)
-    await service.record_feedback([feedback("q", m0=1, m1=1, m2=1)])
-    service.clock.now += 61
+async def test_held_feedback_for_a_query_never_routed_is_short_lived(make):
+    """Labels of an id that is never routed cost an entry for minutes, not the horizon."""
+    service = make(audit_rate=1.0, held_feedback_ttl_s=300)
+    both = [feedback(q, m0=1, m1=0, m2=1) for q in ("q", "r")]
+    assert await service.record_feedback(both) == ["held", "held"]
+    service.clock.now += 299  # within its life: the labels join their query
+    await service.route([query("r")])
+    service.clock.now += 302  # held at least 300 s, at most 600 s
     await service.route([query("q")])
-    assert len(await service.store.read_window("default")) == 0
+    [entry] = await service.store.read_window("default")
+    assert entry.query == query_hash("r").hex()
+    assert not any(service.store._held.values())  # what the held slot's expiry does
 
 
 def certified(service, lam=0.5):
@@ -167,6 +211,7 @@ async def test_threshold_equals_the_core_on_the_same_records(make):
     scores, labels = synthetic(300)
     await feed(service, scores, labels)
     [update] = await tick(service)
+    scores = quantise(scores)  # what the service decides on and the window holds
     expected = core.calibrate(
         scores,
         labels,
@@ -174,7 +219,7 @@ async def test_threshold_equals_the_core_on_the_same_records(make):
         delta=0.2,
         rule="threshold",
         miss="augmented",
-        p_abstain=np.prod(1 - scores, axis=1),
+        p_abstain=quantise(np.prod(1 - scores, axis=1)),
     )
     assert (update.status, update.n, update.m_star) == ("certified", 300, expected.m_star)
     assert update.lam == expected.lam_hat and update.version == 1
@@ -215,7 +260,8 @@ async def test_window_is_trimmed_by_size_and_age(make):
     await feed(service, scores[150:], labels[150:], prefix="new")
     [update] = await tick(service)
     assert update.n == 100
-    np.testing.assert_allclose(service.scopes["default"].window.scores[:, :3], scores[150:])
+    window_scores = service.scopes["default"].window.scores[:, :3]
+    np.testing.assert_array_equal(window_scores, quantise(scores[150:]))
     service.clock.now += 3601  # every record is now older than the maximum age
     [update] = await tick(service)
     assert update.n == 0 and update.status == "stale"

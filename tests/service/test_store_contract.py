@@ -18,6 +18,7 @@ from racer_online.store import (
     SweepResult,
 )
 from racer_online.store import keys as redis_keys
+from racer_online.store.records import query_hash
 
 MODELS = ("m0", "m1", "m2")
 
@@ -41,7 +42,7 @@ async def make_store(request, redis_ns):
             store = MemoryStore(config, clock=Clock())
         else:
             url = request.getfixturevalue(request.param.replace("-", "_") + "_url")
-            store = RedisStore.from_url(url, config)
+            store = RedisStore.from_url(url, config, clock=Clock())
         made.append(store)
         return store
 
@@ -52,8 +53,11 @@ async def make_store(request, redis_ns):
         await store.close()
 
 
-def pending(scope, qid, *, audit=True, lam=0.5, decision=None):
-    return PendingWrite(scope, qid, decision or f"decision-{qid}".encode(), b"\x00\x01", lam, audit)
+NOW = Clock().now
+
+
+def pending(scope, qid, *, audit=True, lam=0.5, version=1):
+    return PendingWrite(scope, qid, b"\x00\x01", lam, audit, (0,), NOW, version, "stale", 0.25)
 
 
 def labels(scope, qid, **values):
@@ -75,22 +79,23 @@ async def leader_sweep(store, scope):
 async def test_route_is_idempotent(make_store):
     store, scope = make_store(), make_store.scope
     first = await store.route([pending(scope, "q1")])
-    again = await store.route([pending(scope, "q1", decision=b"other")])
-    assert first[0].created and not again[0].created
-    assert again[0].decision == b"decision-q1"
+    again = await store.route([pending(scope, "q1", lam=0.75, version=2)])
+    assert first[0].created and first[0].first is None and not again[0].created
+    # What rebuilds the first decision with the query (service/racer.py).
+    stored = again[0].first
+    assert (stored.version, stored.lam, stored.status, stored.audit) == (1, 0.5, "stale", True)
+    assert (stored.decided_at, stored.audit_rate, stored.invoked) == (NOW, 0.25, 0b1)
 
 
 async def test_a_batch_mixes_scopes_and_repeats_in_order(make_store):
     store, a, b = make_store(), make_store.scope, make_store.other_scope
     await store.feedback([labels(b, "q1", x=1, y=0)])  # held: completes q1 of b when routed
-    writes = [pending(a, "q1"), pending(b, "q1"), pending(a, "q1", decision=b"again")]
+    writes = [pending(a, "q1"), pending(b, "q1"), pending(a, "q1", version=2)]
     results = await store.route([*writes, pending(b, "q2")])
-    assert [(r.decision, r.created, r.entered) for r in results] == [
-        (b"decision-q1", True, False),
-        (b"decision-q1", True, True),
-        (b"decision-q1", False, False),
-        (b"decision-q2", True, False),
-    ]
+    assert [(r.created, r.entered) for r in results] == [
+        (True, False), (True, True), (False, False), (True, False)
+    ]  # fmt: skip
+    assert results[2].first.version == 1
     outcomes = await store.feedback([
         labels(a, "q1", m0=1), labels(b, "q2", x=0, y=0), labels(a, "q1", m0=0),
         labels(a, "q1", m1=1, m2=1),
@@ -111,6 +116,7 @@ async def test_audited_record_enters_once_whatever_the_order(make_store):
     ]
     [entry] = await store.read_window(scope)
     assert (entry.labels, entry.lam, entry.scores) == ("101", 0.25, b"\x00\x01")
+    assert entry.query == query_hash("q1").hex()
 
 
 async def test_feedback_before_its_query_is_held_then_joined(make_store):
@@ -157,25 +163,23 @@ async def test_thresholds_keep_only_newer_versions(make_store):
 
 
 async def test_redis_keys_share_one_cluster_slot(redis_url, redis_ns):
-    names = [
-        redis_keys.pending(redis_ns, "q"),
-        redis_keys.window(redis_ns),
-        redis_keys.threshold(redis_ns),
-        redis_keys.history(redis_ns),
-        redis_keys.audits(redis_ns),
-        redis_keys.counters(redis_ns),
-        redis_keys.lease(redis_ns),
-        redis_keys.epoch(redis_ns),
-    ]
+    config = StoreConfig({redis_ns: MODELS}, pending_ttl_s=60, window_size=10)
     client = aioredis.Redis.from_url(redis_url)
     try:
-        store = RedisStore(
-            client, StoreConfig({redis_ns: MODELS}, pending_ttl_s=60, window_size=10)
-        )
-        await store.route([pending(redis_ns, "q", audit=False), pending(redis_ns, "qa")])
-        assert 0 < await client.pttl(names[0]) <= 60_000  # the feedback horizon
-        # An audit waiting for its grading lives one horizon longer, for the sweep.
-        assert 60_000 < await client.pttl(redis_keys.pending(redis_ns, "qa")) <= 120_000
+        store = RedisStore(client, config, clock=lambda: DECIDED)
+        await store.route([audit_at(redis_ns, "q", audit=False), audit_at(redis_ns, "qa")])
+        [(key, record)] = await store.pending_records(redis_ns, ["q"])
+        assert not record.audit
+        # The slot's keys live until one slot (an hour) after the horizon of its last
+        # decision, whatever the decision: the sweep's grace period.
+        slot_end = (DECIDED // 3600 + 1) * 3600
+        left_ms = (slot_end + 3600 + 60 - DECIDED) * 1000
+        assert left_ms - 5_000 < await client.pttl(key) <= left_ms
+        names = [key, redis_keys.window(redis_ns), redis_keys.threshold(redis_ns),
+                 redis_keys.history(redis_ns), redis_keys.audits(redis_ns),
+                 redis_keys.counters(redis_ns), redis_keys.slots(redis_ns),
+                 redis_keys.held(redis_ns, 1), redis_keys.lease(redis_ns),
+                 redis_keys.epoch(redis_ns)]  # fmt: skip
     finally:
         await client.aclose()
     assert all(f"{{{redis_ns}}}" in name for name in names)
@@ -185,7 +189,7 @@ async def test_upper_bound_counts_fully_graded_invoked_models(make_store):
     store, scope = make_store(), make_store.scope
 
     def routed(qid, invoked):
-        return PendingWrite(scope, qid, b"d", b"s", 0.5, False, invoked)
+        return PendingWrite(scope, qid, b"s", 0.5, False, invoked, NOW)
 
     await store.route([routed("a", (0, 2)), routed("b", (1,)), routed("c", ())])
     # c abstained: no invoked model, so its (vacuous) all-wrong counts at once.
@@ -211,8 +215,10 @@ async def test_alerts_and_monitor_state(make_store):
 async def test_a_batch_longer_than_one_script_call_keeps_its_order(make_store):
     store, scope = make_store(window_size=1000), make_store.scope
     ids = [f"q{i}" for i in range(250)]  # three script calls of at most 100 records
-    routed = await store.route([pending(scope, qid, decision=qid.encode()) for qid in ids])
-    assert [r.decision for r in routed] == [qid.encode() for qid in ids]
+    routed = await store.route([pending(scope, qid, version=i) for i, qid in enumerate(ids)])
+    assert all(r.created for r in routed)
+    again = await store.route([pending(scope, qid) for qid in reversed(ids)])
+    assert [r.first.version for r in again] == list(reversed(range(250)))
     first = [labels(scope, qid, m0=1, m1=0, m2=1) for qid in ids]
     later = [labels(scope, qid, m0=0) for qid in ids]  # the first label of a model wins
     outcomes = await store.feedback(first + later)
@@ -223,19 +229,19 @@ async def test_a_batch_longer_than_one_script_call_keeps_its_order(make_store):
 async def test_window_entries_keep_the_decision_time(make_store):
     """A restarted window keeps only decisions made after an alarm: both stores say when."""
     store, scope = make_store(), make_store.scope
-    write = PendingWrite(scope, "q1", b"d", b"\x00\x01", 0.25, True, (0,), 1_700_000_123.5)
+    write = PendingWrite(scope, "q1", b"\x00\x01", 0.25, True, (0,), 1_700_000_123.5)
     await store.route([write])
     await store.feedback([labels(scope, "q1", m0=1, m1=0, m2=1)])
     [entry] = await store.read_window(scope)
     assert (entry.decided_at, entry.lam) == (1_700_000_123.5, 0.25)
-    assert entry.query == redis_keys.pending(scope, "q1")  # the leader keeps a query once
+    assert entry.query == query_hash("q1").hex()  # the leader keeps a query once
 
 
 DECIDED = 1_700_000_000.0  # decision time of the sweep tests' records; their TTL is 60 s
 
 
 def audit_at(scope, qid, *, audit=True):
-    return PendingWrite(scope, qid, b"d-" + qid.encode(), b"\x00\x01", 0.25, audit, (0,), DECIDED)
+    return PendingWrite(scope, qid, b"\x00\x01", 0.25, audit, (0,), DECIDED)
 
 
 async def test_an_expired_incomplete_audit_enters_once_as_a_worst_case(make_store):
@@ -247,7 +253,7 @@ async def test_an_expired_incomplete_audit_enters_once_as_a_worst_case(make_stor
     assert await sweep(now=DECIDED + 61) == SweepResult(1, 0, 1)
     [entry] = await store.read_window(scope)  # m1 and m2 were never graded
     assert (entry.labels, entry.lam, entry.decided_at) == ("1??", 0.25, DECIDED)
-    assert entry.query == redis_keys.pending(scope, "q1")
+    assert entry.query == query_hash("q1").hex()
     assert await sweep(now=DECIDED + 62) == SweepResult(0, 0, 1)
     # A label that comes after the sweep (the worker drops it as late unless the clocks
     # disagree) never enters the record a second time.
@@ -280,7 +286,8 @@ async def test_the_sweep_is_bounded_per_call_and_takes_the_oldest_first(make_sto
     writes = [audit_at(scope, f"q{i}") for i in range(5)]
     await store.route([replace(w, decided_at=DECIDED + i) for i, w in enumerate(writes)])
     assert await sweep(now=DECIDED + 70, limit=3) == SweepResult(3, 0, 3)
-    assert [e.query[-2:] for e in await store.read_window(scope)] == ["q0", "q1", "q2"]
+    oldest = [query_hash(f"q{i}").hex() for i in range(3)]
+    assert [e.query for e in await store.read_window(scope)] == oldest
     assert await sweep(now=DECIDED + 70) == SweepResult(2, 0, 5)
 
 
@@ -289,9 +296,10 @@ async def test_an_audit_whose_record_is_gone_is_counted_lost(make_store):
     sweep = await leader_sweep(store, scope)
     await store.route([audit_at(scope, "q1")])
     if isinstance(store, MemoryStore):
-        store.clock.now += 121  # past the audit's grace period
+        store.clock.now += 2 * 3600 + 61  # past its slot's grace period
     else:
-        await store.client.delete(redis_keys.pending(scope, "q1"))  # what its TTL does
+        [(key, _)] = await store.pending_records(scope, ["q1"])
+        await store.client.delete(key)  # what its TTL does
     assert await sweep(now=DECIDED + 61) == SweepResult(0, 1, 0)
     assert await store.read_window(scope) == []
 

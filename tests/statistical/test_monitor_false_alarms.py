@@ -72,7 +72,7 @@ async def test_the_service_on_a_stationary_stream_alarms_within_the_level(tmp_pa
         for i, r in zip(rows, routed, strict=True):
             graded_models = MODELS if r.fields["audit"] else r.fields["models"]
             if graded_models:
-                events.append(FeedbackMessage(query_id=f"q{i}", labels={
+                events.append(FeedbackMessage(scope="default", query_id=f"q{i}", labels={
                     m: int(labels[i, MODELS.index(m)]) for m in graded_models}))  # fmt: skip
         pending.append(events)
         graded += len(events)

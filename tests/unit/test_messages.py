@@ -142,10 +142,10 @@ def test_message_error_is_a_value_error() -> None:
     ],
 )
 def test_feedback_labels_normalise_to_int(labels: dict[str, object], expected: dict) -> None:
-    message = FeedbackMessage.parse(dumps({"query_id": "q1", "labels": labels}))
+    message = FeedbackMessage.parse(dumps({"query_id": "q1", "scope": "s", "labels": labels}))
     assert message.labels == expected
     assert all(type(value) is int for value in message.labels.values())
-    assert message.scope == "default"
+    assert message.scope == "s"
     assert FeedbackMessage.parse(message.to_bytes()) == message
 
 
@@ -161,16 +161,24 @@ def test_feedback_labels_normalise_to_int(labels: dict[str, object], expected: d
         ({"labels": [1, 0]}, "labels: Input should be an object"),
         ({}, "labels: Field required"),
         ({"labels": {"m0": 1}, "scope": "x y"}, "scope: use 1 to 128 letters"),
+        ({"labels": {"m0": 1}, "scope": None}, "scope: Input should be a valid string"),
         ({"labels": {"m0": 1}, "lables": {}}, "lables: Extra inputs are not permitted"),
         ({"labels": {"m0": 1}, "event_time": "yesterday"}, "event_time: Input should be a valid"),
     ],
 )
 def test_invalid_feedback_is_rejected(payload: dict[str, object], expected: str) -> None:
-    assert expected in reason_of(FeedbackMessage, dumps({"query_id": "q1", **payload}))
+    event = {"query_id": "q1", "scope": "s", **payload}
+    assert expected in reason_of(FeedbackMessage, dumps(event))
+
+
+def test_feedback_without_a_scope_is_rejected() -> None:
+    """Filed under a default scope, labels of another scope's query would never join."""
+    raw = dumps({"query_id": "q1", "labels": {"m0": 1}})
+    assert reason_of(FeedbackMessage, raw) == "schema: scope: Field required"
 
 
 def test_feedback_rejects_nan_event_time() -> None:
-    raw = b'{"query_id": "q1", "labels": {"m0": 1}, "event_time": NaN}'
+    raw = b'{"query_id": "q1", "scope": "s", "labels": {"m0": 1}, "event_time": NaN}'
     assert "event_time: Input should be a finite number" in reason_of(FeedbackMessage, raw)
 
 
@@ -304,7 +312,15 @@ def test_a_newer_minor_version_may_add_fields_an_older_worker_ignores():
     assert message.schema_version == "1.3" and "priority" not in message.model_dump()
     assert isinstance(message, QueryMessage)
     feedback = FeedbackMessage.parse(
-        dumps({"query_id": "q1", "labels": {"m0": 1}, "schema_version": "1.1", "grade": 0.5})
+        dumps(
+            {
+                "query_id": "q1",
+                "scope": "s",
+                "labels": {"m0": 1},
+                "schema_version": "1.1",
+                "grade": 0.5,
+            }
+        )
     )
     assert feedback.labels == {"m0": 1}
 

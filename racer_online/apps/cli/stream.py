@@ -32,11 +32,20 @@ def worker() -> None:
 
 async def check_redis(settings: Settings) -> None:
     from racer_online.service import store_config
-    from racer_online.store.redis import RedisStore, refuse_evicting_redis
+    from racer_online.store import keys
+    from racer_online.store.redis import (
+        RedisStore,
+        refuse_evicting_redis,
+        scopes_on_the_old_layout,
+    )
 
     store = RedisStore.from_settings(settings, store_config(settings))
     try:
         await refuse_evicting_redis(store)
+        for scope in await scopes_on_the_old_layout(store):
+            note(f"racer-online: warning: scope {scope!r} has pending records of the old "
+                 f"layout: they are ignored and expire within RACER_PENDING_TTL_S; then "
+                 f"delete {keys.legacy_audits(scope)}")  # fmt: skip
     except StoreUnavailableError as exc:  # the worker rides out an outage: start anyway
         note(f"racer-online: warning: cannot check Redis now ({exc})")
     finally:

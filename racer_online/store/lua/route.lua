@@ -1,30 +1,40 @@
--- Store each routed decision of a batch once; a redelivered query gets its first decision
--- back. ARGV after the catalogue, 6 per query: decision, packed scores, lam, audit (0/1),
--- invoked model indices ("0,3"), decision time (unix seconds). Returns one letter per
--- query, n (stored now), e (stored now and early feedback completed it: it entered the
--- window) or r (stored before), then the first decision of each r, in order. An audited
--- record that is not complete yet joins the audits, scored by the end of its feedback
--- horizon, and its hash lives one horizon longer: the leader's sweep enters it as a worst
--- case if its grading never completes (sweep.lua), and needs its scores, lam and time.
+-- Store each routed decision of a batch once. ARGV after the head, 4 per query: the query
+-- id's hash, the decision's slot, the packed record (no labels yet), the end of its
+-- feedback horizon (s). Returns one letter per query, n (stored now), e (stored now and
+-- held labels completed it: it entered the window) or r (stored before, in this slot or
+-- the one before: a redelivery), then the stored record of each r, in order: with the
+-- query, it rebuilds the first decision. An audited record not complete yet joins the
+-- audits, scored by the end of its horizon, for the leader's sweep.
 local codes, firsts = {}, {}
-for q = first_key, #KEYS do
-  local pending, a = KEYS[q], first_item + (q - first_key) * 6
-  local stored = redis.call('HGET', pending, 'd')
-  if stored then
+for a = first_item, #ARGV, 4 do
+  local hash, slot, v = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
+  local _, first = find(hash, slot, 2)
+  if first then
     codes[#codes + 1] = 'r'
-    firsts[#firsts + 1] = stored
+    firsts[#firsts + 1] = first
   else
-    redis.call('HSET', pending, 'd', ARGV[a], 's', ARGV[a + 1], 'lam', ARGV[a + 2],
-               'a', ARGV[a + 3], 'm', ARGV[a + 4], 't', ARGV[a + 5])
-    redis.call('PEXPIRE', pending, ttl)
-    count_invoked(pending)
-    if enter_window(pending) == 1 then
+    open_slot(slot)
+    local held_slot = math.floor(now / held_s)
+    for h = held_slot, held_slot - 1, -1 do  -- labels that came before their query
+      local held = redis.call('HGET', held_prefix .. h, hash)
+      if held then
+        v = with_labels(v, struct.unpack(pair_fmt, held))
+        redis.call('HDEL', held_prefix .. h, hash)
+        break
+      end
+    end
+    local entered
+    v, entered = settle(hash, slot, v)
+    local key = pending_key(slot, hash)
+    redis.call('HSET', key, hash, v)
+    redis.call('PEXPIRE', key, expire_ms(slot))
+    redis.call('HINCRBY', KEYS[4], 'n:' .. slot, 1)
+    if entered then
       codes[#codes + 1] = 'e'
     else
       codes[#codes + 1] = 'n'
-      if ARGV[a + 3] == '1' then
-        redis.call('PEXPIRE', pending, 2 * ttl)
-        redis.call('ZADD', KEYS[3], tonumber(ARGV[a + 5]) + ttl / 1000, pending)
+      if bit.band(string.byte(v, 1), AUDIT) ~= 0 then
+        redis.call('ZADD', KEYS[3], ARGV[a + 3], struct.pack('<I4', slot) .. hash)
       end
     end
   end
