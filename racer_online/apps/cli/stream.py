@@ -33,11 +33,8 @@ def worker() -> None:
 async def check_redis(settings: Settings) -> None:
     from racer_online.service import store_config
     from racer_online.store import keys
-    from racer_online.store.redis import (
-        RedisStore,
-        refuse_evicting_redis,
-        scopes_on_the_old_layout,
-    )
+    from racer_online.store.redis import RedisStore
+    from racer_online.store.startup_checks import refuse_evicting_redis, scopes_on_the_old_layout
 
     store = RedisStore.from_settings(settings, store_config(settings))
     try:
