@@ -1,4 +1,4 @@
--- Shared head of route.lua and feedback.lua (prepended to them). Both take one scope's
+-- Common head of route.lua and feedback.lua (prepended to them). Both take one scope's
 -- batch. KEYS: [1] the window stream, [2] the upper-bound counters, [3] the audits awaiting
 -- their grading (sweep.lua), [4] the slots hash (bucket count and records per slot).
 -- ARGV: horizon (s), window maxlen, K models, slot length (s), the pending and held key

@@ -1,4 +1,4 @@
--- Shared head of every leader write (prepended): the write lands only under the scope's
+-- Common head of every leader write (prepended): the write lands only under the scope's
 -- current lease epoch. The last key is the scope's epoch counter (lease.lua increments it
 -- whenever a new holder takes the lease), the last argument the epoch the writer holds.
 -- Checked inside the write's own atomic call, so once a successor holds the lease no write
