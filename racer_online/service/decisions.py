@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pydantic_core
 
@@ -16,8 +17,7 @@ from racer_online import core
 from racer_online.messages import DecisionFields, DecisionMessage, ThresholdMessage
 
 
-@dataclass(frozen=True)
-class Routed:
+class Routed(NamedTuple):
     """A decision, encoded once: these bytes are stored and published as they are."""
 
     fields: DecisionFields

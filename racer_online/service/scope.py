@@ -42,6 +42,7 @@ class ScopeState:
         self.name = name
         self.config = config
         self.models = config.model_names
+        self.model_set = frozenset(self.models)
         self.prices = np.array(config.prices)
         self.threshold = ThresholdMessage(
             scope=name, version=0, lam=core.FALLBACK_LAM, status="fallback", certified=False,

@@ -28,8 +28,7 @@ class FeedbackOutcome(StrEnum):
     LATE = "late"  # older than the feedback horizon: dropped
 
 
-@dataclass(frozen=True)
-class PendingWrite:
+class PendingWrite(NamedTuple):
     """A decision as the store keeps it: with the query, enough to rebuild it exactly."""
 
     scope: str
@@ -44,8 +43,7 @@ class PendingWrite:
     audit_rate: float = 0.0  # the rate the audit was drawn at
 
 
-@dataclass(frozen=True)
-class RouteResult:
+class RouteResult(NamedTuple):
     created: bool
     entered: bool  # early feedback completed the record at once
     first: PendingRecord | None = None  # a redelivery: the record of the first decision

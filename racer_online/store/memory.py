@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 
 from racer_online.errors import FencedError, StoreUnavailableError
 from racer_online.store.base import (
@@ -94,7 +93,7 @@ class MemoryStore:
         return f"{self._last_id[0]}-{self._last_id[1]}"
 
     def _enter(self, scope: str, record: PendingRecord, hash_: bytes) -> PendingRecord:
-        record = replace(record, flags=record.flags | ENTERED)
+        record = record._replace(flags=record.flags | ENTERED)
         n_models = len(self.config.catalogues[scope])
         window = self._windows.setdefault(scope, [])
         window.append(window_entry(self._next_id(), record.pack(n_models), hash_, n_models))
@@ -110,7 +109,7 @@ class MemoryStore:
             if not record.counted and record.invoked & record.known == record.invoked:
                 n, misses = self._upper.get(scope, (0, 0))
                 self._upper[scope] = (n + 1, misses + int(record.invoked & record.correct == 0))
-                record = replace(record, flags=record.flags | COUNTED)
+                record = record._replace(flags=record.flags | COUNTED)
             return record, False
         if record.entered or record.known != full:
             return record, False
@@ -132,7 +131,7 @@ class MemoryStore:
             held = self._held_at(w.scope, hash_)
             if held is not None:
                 del self._held[(w.scope, held[0])][hash_]
-                record = replace(record, known=held[1][0], correct=held[1][1])
+                record = record._replace(known=held[1][0], correct=held[1][1])
             record, entered = self._settle(w.scope, slot, hash_, record)
             self._pending[(w.scope, slot, hash_)] = record
             if record.audit and not entered:
@@ -183,7 +182,7 @@ class MemoryStore:
         slot, record = found
         known, correct, added, clash = _merged(record.known, record.correct, known_ev, correct_ev)
         record, entered = self._settle(
-            w.scope, slot, hash_, replace(record, known=known, correct=correct)
+            w.scope, slot, hash_, record._replace(known=known, correct=correct)
         )
         self._pending[(w.scope, slot, hash_)] = record
         if entered:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from racer_online.errors import ConfigError
 
@@ -58,8 +58,10 @@ def from_mask(mask: int, n_models: int) -> tuple[int, ...]:
     return tuple(j for j in range(n_models) if mask >> j & 1)
 
 
-@dataclass(frozen=True)
-class PendingRecord:
+class PendingRecord(NamedTuple):
+    """A NamedTuple, not a frozen dataclass: two are built per routed query, and a tuple
+    costs a fifth as much to build."""
+
     flags: int
     known: int
     correct: int
@@ -95,18 +97,17 @@ class PendingRecord:
         )
 
     def pack(self, n_models: int) -> bytes:
-        w = mask_width(n_models)
-        masks = b"".join(m.to_bytes(w, "little") for m in (self.known, self.correct, self.invoked))
+        w = 8 * mask_width(n_models)  # bits per mask
+        masks = self.known | self.correct << w | self.invoked << 2 * w  # little-endian, in order
         tail = TAIL.pack(self.version, self.content, self.lam, self.decided_at, self.audit_rate)
-        return bytes([self.flags]) + masks + tail + self.scores
+        return bytes([self.flags]) + masks.to_bytes(3 * w // 8, "little") + tail + self.scores
 
     @classmethod
     def unpack(cls, value: bytes, n_models: int) -> PendingRecord:
         w = mask_width(n_models)
-        known, correct, invoked = (
-            int.from_bytes(value[1 + i * w : 1 + (i + 1) * w], "little") for i in range(3)
-        )
         head = 1 + 3 * w
+        masks, full = int.from_bytes(value[1:head], "little"), (1 << 8 * w) - 1
+        known, correct, invoked = masks & full, masks >> 8 * w & full, masks >> 16 * w
         version, content, lam, decided_at, audit_rate = TAIL.unpack_from(value, head)
         scores = value[head + TAIL.size :]
         return cls(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +38,7 @@ W = TypeVar("W", PendingWrite, LabelWrite)
 # A Lua call blocks Redis for 20-35 us of CPU per record (docs/benchmarks.md): at most 100
 # records per call keep every other client's wait within a few ms, whatever the batch size.
 MAX_SCRIPT_RECORDS = 100
+ROUTE_ITEM = struct.Struct("<Id")  # route.lua: after the query's hash, slot and horizon end
 OUTCOMES = {outcome.value[0]: outcome for outcome in FeedbackOutcome}  # feedback.lua's letters
 
 
@@ -162,9 +164,12 @@ class RedisStore:
     @classified
     async def route(self, writes: Sequence[PendingWrite]) -> list[RouteResult]:
         def args(w: PendingWrite) -> list[Any]:
+            # One argument per record (redis-py encodes each in Python).
             record = new_record(w, len(self.config.catalogues[w.scope]))
             due = w.decided_at + self.config.pending_ttl_s
-            return [query_hash(w.query_id), self._slot(w.decided_at), record, repr(due)]
+            return [
+                query_hash(w.query_id) + ROUTE_ITEM.pack(self._slot(w.decided_at), due) + record
+            ]
 
         results: list[Any] = [None] * len(writes)
         for rows, (codes, *firsts) in await self._per_scope(self._route, writes, args):

@@ -1,6 +1,5 @@
 """One contract, two stores: the in-memory twin must behave like Redis."""
 
-from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -284,7 +283,7 @@ async def test_the_sweep_is_bounded_per_call_and_takes_the_oldest_first(make_sto
     store, scope = make_store(), make_store.scope
     sweep = await leader_sweep(store, scope)
     writes = [audit_at(scope, f"q{i}") for i in range(5)]
-    await store.route([replace(w, decided_at=DECIDED + i) for i, w in enumerate(writes)])
+    await store.route([w._replace(decided_at=DECIDED + i) for i, w in enumerate(writes)])
     assert await sweep(now=DECIDED + 70, limit=3) == SweepResult(3, 0, 3)
     oldest = [query_hash(f"q{i}").hex() for i in range(3)]
     assert [e.query for e in await store.read_window(scope)] == oldest

@@ -32,10 +32,11 @@ local function pending_key(slot, hash)
 end
 
 -- A slot's buckets hold about 100 records each (a listpack): as many as the previous slot
--- needed, with a quarter to spare, and at least min_buckets.
-local function open_slot(slot)
+-- needed, with a quarter to spare, and at least min_buckets. `uncounted`: records of the
+-- previous slot this call stored and has not counted yet.
+local function open_slot(slot, uncounted)
   if bucket_count(slot) then return end
-  local before = tonumber(redis.call('HGET', KEYS[4], 'n:' .. (slot - 1)) or '0')
+  local before = tonumber(redis.call('HGET', KEYS[4], 'n:' .. (slot - 1)) or '0') + uncounted
   buckets[slot] = math.max(min_buckets, math.ceil(before * 1.25 / 100))
   redis.call('HSET', KEYS[4], 'b:' .. slot, buckets[slot])
   local gone = slot - math.ceil(ttl / slot_s) - 3  -- its keys have expired

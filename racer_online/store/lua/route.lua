@@ -1,22 +1,34 @@
--- Store each routed decision of a batch once. ARGV after the head, 4 per query: the query
--- id's hash, the decision's slot, the packed record (no labels yet), the end of its
--- feedback horizon (s). Returns one letter per query, n (stored now), e (stored now and
--- held labels completed it: it entered the window) or r (stored before, in this slot or
--- the one before: a redelivery), then the stored record of each r, in order: with the
--- query, it rebuilds the first decision. An audited record not complete yet joins the
--- audits, scored by the end of its horizon, for the leader's sweep.
+-- Store each routed decision of a batch once. ARGV after the head, one item per query: the
+-- query id's hash (8 bytes), the decision's slot (u32) and the end of its feedback horizon
+-- (f64, s), then the packed record (no labels yet). Returns one letter per query, n
+-- (stored now), e (stored now and held labels completed it: it entered the window) or r
+-- (stored before, in this slot or the one before: a redelivery), then the stored record of
+-- each r, in order: with the query, it rebuilds the first decision. An audited record not
+-- complete yet joins the audits, scored by the end of its horizon, for the leader's sweep.
+-- Calls that do not depend on the record (expiries, counts, held labels that are not
+-- there) are made once per batch: they were half of this script's work.
 local codes, firsts = {}, {}
-for a = first_item, #ARGV, 4 do
-  local hash, slot, v = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
+local expiring, added, held_present = {}, {}, {}
+
+local function held_value(held_key, hash)
+  if held_present[held_key] == nil then
+    held_present[held_key] = redis.call('EXISTS', held_key) == 1
+  end
+  return held_present[held_key] and redis.call('HGET', held_key, hash)
+end
+
+for a = first_item, #ARGV do
+  local hash, slot, due, rest = string.sub(ARGV[a], 1, 8), struct.unpack('<I4d', ARGV[a], 9)
+  local v = string.sub(ARGV[a], rest)
   local _, first = find(hash, slot, 2)
   if first then
     codes[#codes + 1] = 'r'
     firsts[#firsts + 1] = first
   else
-    open_slot(slot)
+    open_slot(slot, added[slot - 1] or 0)
     local held_slot = math.floor(now / held_s)
     for h = held_slot, held_slot - 1, -1 do  -- labels that came before their query
-      local held = redis.call('HGET', held_prefix .. h, hash)
+      local held = held_value(held_prefix .. h, hash)
       if held then
         v = with_labels(v, struct.unpack(pair_fmt, held))
         redis.call('HDEL', held_prefix .. h, hash)
@@ -27,16 +39,17 @@ for a = first_item, #ARGV, 4 do
     v, entered = settle(hash, slot, v)
     local key = pending_key(slot, hash)
     redis.call('HSET', key, hash, v)
-    redis.call('PEXPIRE', key, expire_ms(slot))
-    redis.call('HINCRBY', KEYS[4], 'n:' .. slot, 1)
+    expiring[key], added[slot] = slot, (added[slot] or 0) + 1
     if entered then
       codes[#codes + 1] = 'e'
     else
       codes[#codes + 1] = 'n'
       if bit.band(string.byte(v, 1), AUDIT) ~= 0 then
-        redis.call('ZADD', KEYS[3], ARGV[a + 3], struct.pack('<I4', slot) .. hash)
+        redis.call('ZADD', KEYS[3], string.format('%.17g', due), struct.pack('<I4', slot) .. hash)
       end
     end
   end
 end
+for key, slot in pairs(expiring) do redis.call('PEXPIRE', key, expire_ms(slot)) end
+for slot, n in pairs(added) do redis.call('HINCRBY', KEYS[4], 'n:' .. slot, n) end
 return {table.concat(codes), unpack(firsts)}
