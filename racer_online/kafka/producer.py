@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import random
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from mode import Service
 
-from racer_online.kafka import clients
+from racer_online.kafka import clients, partitioning
 from racer_online.settings import Settings
 
 Outgoing: TypeAlias = tuple[str, bytes | None, bytes]  # topic, key, value
@@ -21,13 +22,12 @@ MAX_BATCH_BYTES = 256 << 10  # per partition and request
 class BatchProducer(Service):
     """Sends what a handler produced as one batch per partition: aiokafka's ``send`` costs a
     future and its callbacks per record, ``send_batch`` one per batch. Keys are partitioned
-    as Kafka's default partitioner does."""
+    as Kafka's default partitioner does (partitioning.py)."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.producer: AIOKafkaProducer | None = None
-        self._partitioner = DefaultPartitioner()
 
     async def on_start(self) -> None:
         s = self.settings
@@ -54,14 +54,10 @@ class BatchProducer(Service):
         """Queue the records, in order within each partition; the result completes when the
         broker has acknowledged every one (and raises if one failed)."""
         assert self.producer is not None
-        partitions = {
-            topic: sorted(await self.producer.partitions_for(topic))
-            for topic in {r[0] for r in records}
-        }
         batches: dict[tuple[str, int], BatchBuilder] = {}
         acks = []
-        for topic, key, value in records:
-            partition = self._partitioner(key, partitions[topic], partitions[topic])
+        for (topic, key, value), partition in zip(records, await self._partitions(records),
+                                                   strict=True):  # fmt: skip
             batch = batches.get((topic, partition))
             if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
                 if batch is not None:  # full
@@ -71,3 +67,22 @@ class BatchProducer(Service):
         for (topic, partition), batch in batches.items():
             acks.append(await self.producer.send_batch(batch, topic, partition=partition))
         return asyncio.gather(*acks)
+
+    async def _partitions(self, records: Sequence[Outgoing]) -> list[int]:
+        """Each record's partition as Kafka's default partitioner picks it: by its key's
+        murmur2, hashed for the whole batch at once; any partition for a record without."""
+        assert self.producer is not None
+        chosen = [0] * len(records)
+        by_topic: dict[str, list[int]] = defaultdict(list)
+        for i, (topic, _, _) in enumerate(records):
+            by_topic[topic].append(i)
+        for topic, rows in by_topic.items():
+            ids = sorted(await self.producer.partitions_for(topic))
+            keyed = {i: key for i in rows if (key := records[i][1]) is not None}
+            hashed = partitioning.partitions(list(keyed.values()), len(ids))
+            for i, p in zip(keyed, hashed, strict=True):
+                chosen[i] = ids[p]
+            for i in rows:
+                if i not in keyed:
+                    chosen[i] = random.choice(ids)
+        return chosen

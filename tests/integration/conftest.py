@@ -68,8 +68,9 @@ class Deployment(LocalDeployment):
         finally:
             await producer.stop()
 
-    async def collect(self, topic, count, *, timeout=60.0, until=None):
-        """Read ``topic`` from the start until ``count`` messages (or ``until``) or timeout."""
+    async def collect(self, topic, count, *, timeout=60.0, until=None, placed=False):
+        """Read ``topic`` from the start until ``count`` messages (or ``until``) or timeout;
+        ``placed``: (partition, key, message) for each, the topic's partition count too."""
         consumer = AIOKafkaConsumer(
             self.topics[topic],
             bootstrap_servers=self.bootstrap,
@@ -83,12 +84,14 @@ class Deployment(LocalDeployment):
         try:
             while len(got) < count and time.monotonic() < deadline:
                 batch = await consumer.getmany(timeout_ms=200)
-                got += [json.loads(m.value) for msgs in batch.values() for m in msgs]
+                got += [(m.partition, m.key, json.loads(m.value)) if placed else json.loads(m.value)
+                        for msgs in batch.values() for m in msgs]  # fmt: skip
                 if until is not None and got and until(got):
                     break
+            partitions = consumer.partitions_for_topic(self.topics[topic])
         finally:
             await consumer.stop()
-        return got
+        return (got, len(partitions)) if placed else got
 
     def kill(self, proc, sig=signal.SIGKILL):
         if proc.poll() is None:

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
 from racer_online import core
 from racer_online.local.services import free_port
@@ -81,8 +82,15 @@ async def test_queries_in_decisions_out_bad_messages_to_the_dlq(deployment, reco
            b'{"query_id": "y", "scope": "nope", "scores": {"a": 0.5}}',
            b'{"query_id": "z", "scores": {"a": NaN}}']  # fmt: skip
     await deployment.send("queries", good[:100] + bad + good[100:])
-    decisions = await deployment.collect("decisions", 200)
+    placed, n_partitions = await deployment.collect("decisions", 200, placed=True)
+    decisions = [d for _, _, d in placed]
     assert sorted(d["query_id"] for d in decisions) == sorted(q["query_id"] for q in good)
+    # Keyed by query id, in the partition the Java client's default partitioner picks.
+    every = list(range(n_partitions))
+    assert n_partitions > 1 and all(
+        key == d["query_id"].encode() and partition == DefaultPartitioner()(key, every, every)
+        for partition, key, d in placed
+    )
     first = decisions[0]
     assert first["threshold_status"] == "fallback" and first["lam"] == 1.0
     assert len(first["models"]) == len(records.models)  # a fresh scope: every model
