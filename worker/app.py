@@ -227,9 +227,17 @@ def check_broker(settings: Settings) -> None:
 def run(settings: Settings) -> None:
     """Run a worker until it is stopped (SIGTERM, Ctrl-C)."""
     # redirect_stdouts=False: print() stays print(), not a WARNING log line.
-    faust.Worker(
+    runner = faust.Worker(
         Worker(settings).app, loglevel=settings.log_level.lower(), redirect_stdouts=False
-    ).execute_from_commandline()
+    )
+    try:
+        runner.execute_from_commandline()
+    except SystemExit:
+        # mode turns a crash into exit status 1; a stop racer-online explains ends with
+        # its line, as every other command's error does.
+        if isinstance(runner.crash_reason, RacerError):
+            raise runner.crash_reason from None
+        raise
 
 
 def _check_bindable(host: str, port: int) -> None:

@@ -56,6 +56,20 @@ DEFAULT_SESSION_TIMEOUT_S = 10.0  # aiokafka's; its rebalance timeout defaults t
 LAG_TIMEOUT_S = 5.0  # a scrape of /metrics must not hang on a broker that does not answer
 
 
+class _OneLineStops(logging.Filter):
+    """A consumer stopped by an error racer-online raises on purpose (a `RacerError`: no
+    committed offsets, commits failing, Redis refusing for good) logs that error's line,
+    without the traceback mode adds to every crash: the line says what to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], RacerError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+log.addFilter(_OneLineStops())  # the logger of every BatchConsumer (mode names it so)
+
+
 class CommitsFailingError(RacerError):
     """Commits fail again and again: the worker stops rather than work on uncommitted."""
 

@@ -27,7 +27,11 @@ async def test_a_new_group_waits_for_the_operator_then_reads_from_the_start(depl
     worker = deployment.start_worker(RACER_OFFSET_RESET="none")
     assert worker.wait(timeout=120) != 0
     group = f"{strict['RACER_APP_ID']}.route"
-    assert f"consumer group {group} has no committed offsets" in deployment.log(0)
+    log = deployment.log(0)
+    assert f"consumer group {group} has no committed offsets" in log
+    # The stop is explained in one line, the last, with no traceback anywhere.
+    assert "Traceback" not in log
+    assert log.strip().splitlines()[-1].startswith("racer-online: error: consumer group ")
 
     def reset_once_the_group_is_empty() -> subprocess.CompletedProcess[str] | None:
         # Until the broker has dropped the exited worker's members the command refuses.
