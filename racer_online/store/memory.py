@@ -20,8 +20,14 @@ from racer_online.store.base import (
 )
 from racer_online.store.codec import label_masks, new_record, window_entry
 from racer_online.store.records import (
-    COUNTED, ENTERED, LOW_TOP, WATCHED, PendingRecord, mask_width, query_hash,
-)  # fmt: skip
+    COUNTED,
+    ENTERED,
+    LOW_TOP,
+    WATCHED,
+    PendingRecord,
+    mask_width,
+    query_hash,
+)
 
 
 class MemoryStore:
