@@ -6,6 +6,8 @@ new leader resumes the statistics and the segment where the last one left them.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -151,7 +153,10 @@ def watch_covariate(
         return None
     evidence = {"channel": "covariate", "statistic": mon.covariate, "h": h, "p0": hyp.p0,
                 "p1": hyp.p1, "cut": mon.covariate_cut}  # fmt: skip
-    return start_segment(scope, now=now, direction="rise", evidence=evidence)
+    # The counts include decisions made at `now`: the segment starts strictly after them,
+    # so that none of the queries that raised the alarm is in it.
+    after = math.nextafter(now, math.inf)
+    return start_segment(scope, now=after, direction="rise", evidence=evidence)
 
 
 def set_covariate_reference(scope: ScopeState, settings: Settings) -> None:

@@ -186,6 +186,10 @@ async def test_the_covariate_channel_sees_unsure_traffic_before_any_label(tmp_pa
     [drift] = drifts
     assert drift.evidence["channel"] == "covariate" and drift.evidence["direction"] == "rise"
     assert drift.evidence["statistic"] >= drift.evidence["h"]
+    # The clock ticks by whole seconds: the segment starts strictly after the decisions of
+    # the alarm's tick, which the counts that raised it include.
+    tick = float(round(drift.at))
+    assert drift.evidence["segment_from"] > tick and drift.at - tick < 1e-6
     watched, low = await service.store.covariate_counts("default")
     assert low <= watched and low >= 20  # counted at routing time, no label needed
     assert service.scopes["default"].threshold.lam == 1.0  # protected at once
