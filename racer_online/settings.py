@@ -181,7 +181,7 @@ class Settings(BaseSettings):
     monitor_false_alarm_rate: float = Field(default=1e-5, gt=0.0, lt=1.0)
     # A label-free channel on every routed decision: a top score below the window's lowest
     # 20% (docs/method.md). It sees a change of the traffic without the feedback lag.
-    monitor_covariate: bool = False
+    monitor_covariate: bool = True
     confirm_records: int = Field(default=30, ge=1)
     warmup_records: int = Field(default=120, ge=1)
     threshold_max_age_s: Seconds = 3600.0  # readiness fails past this

@@ -172,7 +172,8 @@ async def route_only(service, scores, start, batch=10):
 async def test_the_covariate_channel_sees_unsure_traffic_before_any_label(tmp_path, covariate):
     """Queries the router is unsure of (top score 0.4, below every calm one) with their
     labels withheld: only the covariate channel can see them, at routing time."""
-    service = make(tmp_path, audit_rate=0.1, warmup_records=60, monitor_covariate=covariate)
+    on = {} if covariate else {"monitor_covariate": False}  # on by default
+    service = make(tmp_path, audit_rate=0.1, warmup_records=60, **on)
     rng = np.random.default_rng(2)
     _, calm = await run(service, rng, 400, flipped=False, start=0, batch=10)
     assert calm[-1].status == "certified"
@@ -197,7 +198,7 @@ async def test_the_covariate_channel_sees_unsure_traffic_before_any_label(tmp_pa
 
 
 async def test_confident_traffic_does_not_raise_the_covariate_channel(tmp_path):
-    service = make(tmp_path, audit_rate=0.1, warmup_records=60, monitor_covariate=True)
+    service = make(tmp_path, audit_rate=0.1, warmup_records=60)
     rng = np.random.default_rng(3)
     await run(service, rng, 400, flipped=False, start=0, batch=10)
     sure = np.tile([0.97, 0.02, 0.01], (300, 1))
