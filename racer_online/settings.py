@@ -171,12 +171,12 @@ class Settings(BaseSettings):
     # long loses it to the next (docs/reliability.md, "Two leaders").
     leader_lease_s: Seconds = 5.0
     n_recent: int = Field(default=200, ge=1)  # exact outcomes behind the realised miss rate
-    # Drift monitor (docs/method.md): CUSUMs on exact audited outcomes and on "every invoked
-    # model wrong"; together at most `monitor_false_alarm_rate` false alarms per graded
-    # decision. An alarm starts a segment drawn at audit rate 1 until it holds
-    # `confirm_records` records; then it replaces the window or merges back. A new scope's
-    # first segment fills to `warmup_records`: every later threshold starts from it, and
-    # sets shrink as it grows (measured trade-offs in docs/results.md).
+    # Drift monitor (docs/method.md): CUSUMs on exact audited outcomes, on "every invoked
+    # model wrong" and on the router's top score; together at most
+    # `monitor_false_alarm_rate` false alarms per decision. An alarm starts a segment drawn
+    # at audit rate 1 until it holds `confirm_records` records; then it replaces the window
+    # or merges back. A new scope's first segment fills to `warmup_records`: every later
+    # threshold starts from it, and sets shrink as it grows (docs/results.md).
     monitor: bool = True
     monitor_false_alarm_rate: float = Field(default=1e-5, gt=0.0, lt=1.0)
     # A label-free channel on every routed decision: a top score below the window's lowest

@@ -19,15 +19,7 @@ from racer_online.store.base import (
     WindowEntry,
 )
 from racer_online.store.codec import label_masks, new_record, window_entry
-from racer_online.store.records import (
-    COUNTED,
-    ENTERED,
-    LOW_TOP,
-    WATCHED,
-    PendingRecord,
-    mask_width,
-    query_hash,
-)
+from racer_online.store.records import COUNTED, ENTERED, PendingRecord, mask_width, query_hash
 
 
 class MemoryStore:
@@ -141,9 +133,9 @@ class MemoryStore:
             if held is not None:
                 del self._held[(w.scope, held[0])][hash_]
                 record = record._replace(known=held[1][0], correct=held[1][1])
-            if w.covariate & WATCHED:
+            if record.watched:
                 n, low = self._covariate.get(w.scope, (0, 0))
-                self._covariate[w.scope] = (n + 1, low + bool(w.covariate & LOW_TOP))
+                self._covariate[w.scope] = (n + 1, low + record.low_top)
             record, entered = self._settle(w.scope, slot, hash_, record)
             self._pending[(w.scope, slot, hash_)] = record
             if record.audit and not entered:

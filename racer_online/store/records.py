@@ -89,6 +89,14 @@ class PendingRecord(NamedTuple):
         return bool(self.flags & COUNTED)
 
     @property
+    def watched(self) -> bool:
+        return bool(self.flags & WATCHED)
+
+    @property
+    def low_top(self) -> bool:
+        return bool(self.flags & LOW_TOP)
+
+    @property
     def status(self) -> str:
         return STATUSES[self.flags >> STATUS_SHIFT & 3]
 
