@@ -203,10 +203,10 @@ async def test_upper_bound_counts_fully_graded_invoked_models(make_store):
 async def test_covariate_flags_are_counted_once_per_stored_decision(make_store):
     store, scope, other = make_store(), make_store.scope, make_store.other_scope
     flags = covariate_flags(0.5, [0.2, 0.7, 0.4])  # two of three below the cut
-    writes = [replace(pending(scope, f"q{i}", audit=i == 0), covariate=f)
+    writes = [pending(scope, f"q{i}", audit=i == 0)._replace(covariate=f)
               for i, f in enumerate(flags)]  # fmt: skip
-    unwatched = replace(pending(scope, "q3"), covariate=covariate_flags(None, [0.1])[0])
-    await store.route([*writes, unwatched, replace(pending(other, "q0"), covariate=flags[0])])
+    unwatched = pending(scope, "q3")._replace(covariate=covariate_flags(None, [0.1])[0])
+    await store.route([*writes, unwatched, pending(other, "q0")._replace(covariate=flags[0])])
     assert await store.covariate_counts(scope) == (3, 2)
     await store.route(writes[:2])  # a redelivery counts nothing
     assert await store.covariate_counts(scope) == (3, 2)
