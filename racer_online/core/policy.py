@@ -137,7 +137,7 @@ def covariate_reference(
     lie; a new query counts when its top score is below the cut. With ``k`` records at or
     below the cut, the rate of that event on exchangeable traffic is at most ``U_(k)`` of
     ``n`` uniforms, a Beta(k, n - k + 1) variable (training-conditional validity of a
-    conformal quantile, Vovk 2012; ties only lower the rate): its ``confidence`` quantile,
+    conformal quantile, Vovk 2013; ties only lower the rate): its ``confidence`` quantile,
     the Clopper-Pearson bound of ``k - 1`` in ``n``, is ``p0``, tested against ``shift``
     times it. None while the window is too small to say anything useful."""
     tops = np.sort(np.asarray(top_scores, dtype=np.float64))
