@@ -171,14 +171,17 @@ class Settings(BaseSettings):
     # long loses it to the next (docs/reliability.md, "Two leaders").
     leader_lease_s: Seconds = 5.0
     n_recent: int = Field(default=200, ge=1)  # exact outcomes behind the realised miss rate
-    # Drift monitor (docs/method.md): CUSUMs on exact audited outcomes and on "every invoked
-    # model wrong"; together at most `monitor_false_alarm_rate` false alarms per graded
-    # decision. An alarm starts a segment drawn at audit rate 1 until it holds
-    # `confirm_records` records; then it replaces the window or merges back. A new scope's
-    # first segment fills to `warmup_records`: every later threshold starts from it, and
-    # sets shrink as it grows (measured trade-offs in docs/results.md).
+    # Drift monitor (docs/method.md): CUSUMs on exact audited outcomes, on "every invoked
+    # model wrong" and on the router's top score; together at most
+    # `monitor_false_alarm_rate` false alarms per decision. An alarm starts a segment drawn
+    # at audit rate 1 until it holds `confirm_records` records; then it replaces the window
+    # or merges back. A new scope's first segment fills to `warmup_records`: every later
+    # threshold starts from it, and sets shrink as it grows (docs/results.md).
     monitor: bool = True
     monitor_false_alarm_rate: float = Field(default=1e-5, gt=0.0, lt=1.0)
+    # A label-free channel on every routed decision: a top score below the window's lowest
+    # 20% (docs/method.md). It sees a change of the traffic without the feedback lag.
+    monitor_covariate: bool = True
     confirm_records: int = Field(default=30, ge=1)
     warmup_records: int = Field(default=120, ge=1)
     threshold_max_age_s: Seconds = 3600.0  # readiness fails past this

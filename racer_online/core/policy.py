@@ -28,6 +28,9 @@ from racer_online.core.routing import members
 
 Status = Literal["certified", "stale", "fallback"]
 JUMP = 3.0  # the free channel's second rise detector: a shift of 3 alpha
+COVARIATE_TAIL = 0.2  # the covariate channel counts top scores in the window's lowest 20%
+COVARIATE_SHIFT = 2.0  # ... against twice that rate
+COVARIATE_MIN_RECORDS = 20
 Direction = Literal["rise", "fall"]
 
 
@@ -122,3 +125,29 @@ def free_hypotheses(
 def labelled_hypotheses(alpha: float) -> Hypotheses:
     """Exact audited outcomes: a miss rate of alpha against 2 alpha."""
     return Hypotheses(clip_rate(alpha), clip_rate(min(2 * alpha, 1 - RATE_FLOOR)))
+
+
+def covariate_reference(
+    top_scores: NDArray[np.float64], *, confidence: float, tail: float = COVARIATE_TAIL,
+    shift: float = COVARIATE_SHIFT, min_records: int = COVARIATE_MIN_RECORDS,
+) -> tuple[float, Hypotheses] | None:  # fmt: skip
+    """The covariate channel's reference, on the window's top scores (label-free).
+
+    The cut is the window's order statistic below which a share ``tail`` of its records
+    lie; a new query counts when its top score is below the cut. With ``k`` records at or
+    below the cut, the rate of that event on exchangeable traffic is at most ``U_(k)`` of
+    ``n`` uniforms, a Beta(k, n - k + 1) variable (training-conditional validity of a
+    conformal quantile, Vovk 2013; ties only lower the rate): its ``confidence`` quantile,
+    the Clopper-Pearson bound of ``k - 1`` in ``n``, is ``p0``, tested against ``shift``
+    times it. None while the window is too small to say anything useful."""
+    tops = np.sort(np.asarray(top_scores, dtype=np.float64))
+    n = tops.size
+    if n < min_records:
+        return None
+    k = max(1, int(np.floor(tail * (n + 1))))
+    _, high = rate_interval(k - 1, n, confidence=confidence)
+    p0 = clip_rate(high)
+    p1 = clip_rate(min(shift * p0, (1 + p0) / 2))
+    if p1 <= p0:
+        return None
+    return float(tops[k - 1]), Hypotheses(p0, p1)

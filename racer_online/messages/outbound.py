@@ -100,6 +100,9 @@ class ThresholdMessage(Message):
     per_model: dict[str, dict[str, float]] = Field(default_factory=dict)
     # The audit rate the workers draw at while this threshold stands (None: the setting).
     audit_rate: float | None = None
+    # The covariate channel's cut: a decision whose top score is below it is counted as
+    # low (None: the channel does not watch this threshold).
+    covariate_cut: float | None = None
     computed_at: float = Field(default_factory=time.time)
 
 

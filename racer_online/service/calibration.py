@@ -25,6 +25,7 @@ def next_threshold(
 ) -> ThresholdMessage:
     """The threshold the window certifies (or the segment's, while one is open)."""
     cfg, window, current, mon = scope.config, scope.window, scope.threshold, scope.monitor
+    watch.set_covariate_reference(scope, settings)
     n = len(window)
     levels, required = scope.window_levels() if n else (None, np.zeros(0))
     last = "fallback" if mon.after_drift and mon.segment_from is None else current.status
@@ -44,6 +45,7 @@ def next_threshold(
     lam, status = choice.lam, choice.status
     stats: dict[str, Any] = {
         "alpha_t": mon.alpha_t, "audit_rate": audit_rate, "expired_audits": expired_audits,
+        "covariate_cut": mon.covariate_cut,
     }  # fmt: skip
     if n and levels is not None:
         stats |= _window_stats(scope, levels, required, lam)

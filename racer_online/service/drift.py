@@ -6,6 +6,8 @@ new leader resumes the statistics and the segment where the last one left them.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -15,9 +17,20 @@ from racer_online.messages import AlertMessage
 from racer_online.service.scope import Monitor, ScopeState
 from racer_online.settings import Settings
 
-CHANNELS = 3  # a graded decision feeds the labelled channel or the three free detectors
 COLD_START = 0.0  # a new scope's first segment: every decision is at or after it
-FLOATS = ("labelled", "free_rise", "free_jump", "free_fall", "window_from", "old_lam")
+FLOATS = ("labelled", "free_rise", "free_jump", "free_fall", "window_from", "old_lam",
+          "covariate", "covariate_p0", "covariate_p1")  # fmt: skip
+PAIRS = ("free_seen", "covariate_seen")  # the store's counters at the last look
+
+
+def channels(settings: Settings) -> int:
+    """Detectors a decision feeds at most, for the union bound: the labelled one or the
+    three free ones, and the covariate one when it is on."""
+    return 4 if settings.monitor_covariate else 3
+
+
+def alarm_threshold(settings: Settings) -> float:
+    return drift.threshold_for(settings.monitor_false_alarm_rate, channels=channels(settings))
 
 
 def saved_state(mon: Monitor) -> dict[str, str]:
@@ -27,8 +40,11 @@ def saved_state(mon: Monitor) -> dict[str, str]:
         state["alpha_t"] = repr(mon.alpha_t)
     state["segment_from"] = "" if mon.segment_from is None else repr(mon.segment_from)
     state["segment_direction"] = mon.segment_direction
-    if mon.free_seen is not None:
-        state["free_seen"] = f"{mon.free_seen[0]},{mon.free_seen[1]}"
+    for name in PAIRS:
+        pair = getattr(mon, name)
+        if pair is not None:
+            state[name] = f"{pair[0]},{pair[1]}"
+    state["covariate_cut"] = "" if mon.covariate_cut is None else repr(mon.covariate_cut)
     return state
 
 
@@ -40,9 +56,12 @@ def load_state(mon: Monitor, state: dict[str, str], *, alpha: float, aci: bool) 
             setattr(mon, name, float(state[name]))
     mon.segment_from = float(state["segment_from"]) if state.get("segment_from") else None
     mon.segment_direction = state.get("segment_direction", "rise")
-    if state.get("free_seen"):
-        n, misses = state["free_seen"].split(",")
-        mon.free_seen = (int(n), int(misses))
+    for name in PAIRS:
+        if state.get(name):
+            n, events = state[name].split(",")
+            setattr(mon, name, (int(n), int(events)))
+    cut = state.get("covariate_cut")
+    mon.covariate_cut = float(cut) if cut else None
 
 
 def records_to_confirm(mon: Monitor, settings: Settings) -> int:
@@ -73,7 +92,7 @@ def watch_labelled(
     if not settings.monitor or scope.threshold.lam >= core.FALLBACK_LAM:
         return None
     outcomes = misses[lam_used < core.FALLBACK_LAM]
-    h = drift.threshold_for(settings.monitor_false_alarm_rate, channels=CHANNELS)
+    h = alarm_threshold(settings)
     mon.labelled, alarm = drift.cusum(
         mon.labelled, outcomes, policy.labelled_hypotheses(cfg.alpha), h=h
     )
@@ -99,7 +118,7 @@ def watch_free(
         levels, scope.window.labels, scope.threshold.lam, alpha=cfg.alpha,
         confidence=1 - cfg.delta,
     )  # fmt: skip
-    h = drift.threshold_for(settings.monitor_false_alarm_rate, channels=CHANNELS)
+    h = alarm_threshold(settings)
     if rise is not None:
         mon.free_rise = drift.cusum_counts(mon.free_rise, wrong, n, rise)
     if jump is not None:
@@ -115,12 +134,56 @@ def watch_free(
     return None
 
 
+def watch_covariate(
+    scope: ScopeState, counters: tuple[int, int], settings: Settings, *, now: float
+) -> AlertMessage | None:
+    """Routed decisions counted at routing time under the published cut: how many had a
+    top score below it. No label, so no feedback lag."""
+    mon = scope.monitor
+    seen, mon.covariate_seen = mon.covariate_seen, counters
+    if seen is None or mon.covariate_cut is None or not watching(scope, settings):
+        return None
+    n, low = counters[0] - seen[0], counters[1] - seen[1]
+    if n <= 0:
+        return None
+    hyp = drift.Hypotheses(mon.covariate_p0, mon.covariate_p1)
+    mon.covariate = drift.cusum_counts(mon.covariate, low, n, hyp)
+    h = alarm_threshold(settings)
+    if mon.covariate < h:
+        return None
+    evidence = {"channel": "covariate", "statistic": mon.covariate, "h": h, "p0": hyp.p0,
+                "p1": hyp.p1, "cut": mon.covariate_cut}  # fmt: skip
+    # The counts include decisions made at `now`: the segment starts strictly after them,
+    # so that none of the queries that raised the alarm is in it.
+    after = math.nextafter(now, math.inf)
+    return start_segment(scope, now=after, direction="rise", evidence=evidence)
+
+
+def set_covariate_reference(scope: ScopeState, settings: Settings) -> None:
+    """A new cut from the window, once no segment is open and none is set. It stays until
+    the next alarm: the reference holds for the window it was computed on, and a cut
+    that moved with every tick would need its counts split by cut."""
+    mon = scope.monitor
+    if not (settings.monitor and settings.monitor_covariate):
+        return
+    if mon.segment_from is not None or mon.covariate_cut is not None or not len(scope.window):
+        return
+    k = len(scope.models)
+    reference = policy.covariate_reference(
+        scope.window.scores[:, :k].max(axis=1), confidence=1 - scope.config.delta
+    )
+    if reference is not None:
+        mon.covariate_cut, hyp = reference
+        mon.covariate_p0, mon.covariate_p1, mon.covariate = hyp.p0, hyp.p1, 0.0
+
+
 def start_segment(
     scope: ScopeState, *, now: float, direction: str, evidence: dict[str, object]
 ) -> AlertMessage:
     mon = scope.monitor
     mon.segment_from, mon.segment_direction, mon.old_lam = now, direction, scope.threshold.lam
-    mon.labelled = mon.free_rise = mon.free_jump = mon.free_fall = 0.0
+    mon.labelled = mon.free_rise = mon.free_jump = mon.free_fall = mon.covariate = 0.0
+    mon.covariate_cut = None  # a segment routes unwatched; its confirmation sets a new cut
     mon.after_drift = True
     action = "routing on every model until" if direction == "rise" else "keeping lam until"
     return AlertMessage(

@@ -35,7 +35,7 @@ from racer_online.service.scope import ScopeState
 from racer_online.service.window import pack_scores, quantise
 from racer_online.settings import Settings
 from racer_online.store import FeedbackOutcome, LabelWrite, PendingWrite, Store, StoreConfig
-from racer_online.store.records import PendingRecord, content_hash, status_flags
+from racer_online.store.records import PendingRecord, content_hash, covariate_flags, status_flags
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +149,13 @@ class RacerService:
         out = []
         # Python lists and floats from here on: numpy scalars cost ten times as much per
         # access, and this loop runs once per routed query.
+        covariate = covariate_flags(th.covariate_cut, scores.max(axis=1).tolist())
         rows = zip(batch, decisions, scores.tolist(), optional_floats(given),
-                   pack_scores(scores, p_abstain), strict=True)  # fmt: skip
-        for q, d, row, p_given, packed in rows:
+                   pack_scores(scores, p_abstain), covariate, strict=True)  # fmt: skip
+        for q, d, row, p_given, packed, flags in rows:
             audit = audit_draw(scope.name, q.query_id, key=self._audit_key) < rate
             write = PendingWrite(scope.name, q.query_id, packed, th.lam, audit, d.indices, now,
-                                 th.version, th.status, rate)  # fmt: skip
+                                 th.version, th.status, rate, flags)  # fmt: skip
             out.append((self._encode(scope, shared, q, d, row, p_given, audit=audit), write))
         return out
 

@@ -31,6 +31,11 @@ class Monitor:
     free_jump: float = 0.0
     free_fall: float = 0.0
     free_seen: tuple[int, int] | None = None  # the store's counters at the last look
+    covariate: float = 0.0  # CUSUM of "top score below the cut", label-free
+    covariate_cut: float | None = None  # published with the threshold; None: not watched
+    covariate_p0: float = 0.0  # the reference of that cut, set with it
+    covariate_p1: float = 0.0
+    covariate_seen: tuple[int, int] | None = None  # the store's covariate counters
     window_from: float = 0.0  # records decided before this are not read into the window
     segment_from: float | None = None  # an alarm's time: the segment is decided after it
     segment_direction: str = "rise"

@@ -110,9 +110,14 @@ class WindowSync:
         return alarm
 
     async def watch_free(self, scope: ScopeState, *, now: float, epoch: int) -> AlertMessage | None:
-        """The label-free channels, on the store's counters of non-audit decisions."""
+        """The channels on the store's counters: "every invoked model wrong" of non-audit
+        decisions, and, when it is on, the covariate channel of every routed decision."""
         counters = await self.store.upper_bound(scope.name)
         alarm = watch.watch_free(scope, counters, self.settings, now=now)
+        if self.settings.monitor_covariate:
+            low_tops = await self.store.covariate_counts(scope.name)
+            covariate = watch.watch_covariate(scope, low_tops, self.settings, now=now)
+            alarm = alarm or covariate
         await self.store.save_monitor(scope.name, watch.saved_state(scope.monitor), epoch=epoch)
         return alarm
 

@@ -41,6 +41,7 @@ class PendingWrite(NamedTuple):
     version: int = 0  # of the threshold
     status: str = "certified"  # of the threshold
     audit_rate: float = 0.0  # the rate the audit was drawn at
+    covariate: int = 0  # records.covariate_flags: counted at routing time
 
 
 class RouteResult(NamedTuple):
@@ -132,6 +133,9 @@ class Store(Protocol):
     async def threshold_history(self, scope: str, *, count: int = 1000) -> list[bytes]: ...
 
     async def upper_bound(self, scope: str) -> tuple[int, int]: ...
+
+    # Decisions stored with the covariate flags: (watched, of them with a low top score).
+    async def covariate_counts(self, scope: str) -> tuple[int, int]: ...
 
     async def save_alert(self, scope: str, alert: bytes, *, epoch: int) -> None: ...
 

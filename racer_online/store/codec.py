@@ -18,7 +18,7 @@ from racer_online.store.records import (
 
 def new_record(w: PendingWrite, n_models: int) -> bytes:
     """The packed record of a fresh decision: no label yet; scores for audits only."""
-    flags = AUDIT * w.audit | status_flags(w.status)
+    flags = AUDIT * w.audit | status_flags(w.status) | w.covariate
     record = PendingRecord(
         flags, 0, 0, to_mask(w.invoked), w.version, content_hash(w.scores), w.lam,
         w.decided_at, w.audit_rate, w.scores if w.audit else b"",

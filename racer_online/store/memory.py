@@ -35,6 +35,7 @@ class MemoryStore:
         self._history: dict[str, list[bytes]] = {}
         self._alerts: dict[str, list[bytes]] = {}
         self._upper: dict[str, tuple[int, int]] = {}
+        self._covariate: dict[str, tuple[int, int]] = {}
         self._monitor: dict[str, dict[str, str]] = {}
         self._audits: dict[str, dict[tuple[int, bytes], float]] = {}  # -> horizon end
         self._expired: dict[str, tuple[int, int]] = {}  # scope -> (expired, lost) audits
@@ -132,6 +133,9 @@ class MemoryStore:
             if held is not None:
                 del self._held[(w.scope, held[0])][hash_]
                 record = record._replace(known=held[1][0], correct=held[1][1])
+            if record.watched:
+                n, low = self._covariate.get(w.scope, (0, 0))
+                self._covariate[w.scope] = (n + 1, low + record.low_top)
             record, entered = self._settle(w.scope, slot, hash_, record)
             self._pending[(w.scope, slot, hash_)] = record
             if record.audit and not entered:
@@ -235,6 +239,10 @@ class MemoryStore:
     async def upper_bound(self, scope: str) -> tuple[int, int]:
         self._check()
         return self._upper.get(scope, (0, 0))
+
+    async def covariate_counts(self, scope: str) -> tuple[int, int]:
+        self._check()
+        return self._covariate.get(scope, (0, 0))
 
     async def save_alert(self, scope: str, alert: bytes, *, epoch: int) -> None:
         self._check()

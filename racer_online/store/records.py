@@ -3,7 +3,8 @@
 The field is `query_hash` of the query id (8 bytes); the value packs what each later use
 needs, little-endian (docs/operations.md has the arithmetic):
 
-    flags      u8   audit, entered (in the window), counted (in the upper bound), status
+    flags      u8   audit, entered (in the window), counted (in the upper bound), status,
+                    watched and low (the covariate channel's count at routing time)
     known      w B  bit j: model j of the catalogue is graded (w = ceil(K / 8), K <= 24)
     correct    w B  bit j: model j was graded correct
     invoked    w B  bit j: the decision invoked model j
@@ -24,12 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from racer_online.errors import ConfigError
 
 AUDIT, ENTERED, COUNTED = 1, 2, 4  # flag bits
 STATUS_SHIFT = 3  # bits 3-4: index in STATUSES
+WATCHED, LOW_TOP = 32, 64  # the covariate channel: its threshold had a cut; top score below it
 STATUSES = ("certified", "stale", "fallback")
 MAX_MODELS = 24  # the masks stay below 2^24: exact in Lua's bit library (32-bit signed)
 TAIL = struct.Struct("<IIddd")  # version, content, lam, decided_at, audit_rate
@@ -86,6 +89,14 @@ class PendingRecord(NamedTuple):
         return bool(self.flags & COUNTED)
 
     @property
+    def watched(self) -> bool:
+        return bool(self.flags & WATCHED)
+
+    @property
+    def low_top(self) -> bool:
+        return bool(self.flags & LOW_TOP)
+
+    @property
     def status(self) -> str:
         return STATUSES[self.flags >> STATUS_SHIFT & 3]
 
@@ -123,3 +134,11 @@ def content_hash(scores: bytes) -> int:
 
 def status_flags(status: str) -> int:
     return STATUSES.index(status) << STATUS_SHIFT
+
+
+def covariate_flags(cut: float | None, top_scores: Sequence[float]) -> list[int]:
+    """Per decision: counted by the covariate channel (its threshold carries a cut), and
+    whether its top score is below the cut. The route script adds them up per scope."""
+    if cut is None:
+        return [0] * len(top_scores)
+    return [WATCHED | LOW_TOP * (top < cut) for top in top_scores]

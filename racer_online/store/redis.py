@@ -254,6 +254,11 @@ class RedisStore:
         return int(got[0] or 0), int(got[1] or 0)
 
     @classified
+    async def covariate_counts(self, scope: str) -> tuple[int, int]:
+        got: Any = await self.client.hmget(keys.upper_bound(scope), ["watched", "low_top"])
+        return int(got[0] or 0), int(got[1] or 0)
+
+    @classified
     async def save_alert(self, scope: str, alert: bytes, *, epoch: int) -> None:
         maxlen = ("MAXLEN", "~", self.config.history_size)
         await self._fenced_write(

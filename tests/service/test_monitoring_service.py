@@ -152,3 +152,71 @@ async def test_aci_state_survives_a_restart(tmp_path):
     await restarted.refresh_thresholds()
     await restarted.leader.recalibrate_due()
     assert restarted.scopes["default"].monitor.alpha_t == level  # no outcome applied twice
+
+
+async def route_only(service, scores, start, batch=10):
+    """Route without any feedback: no label ever reaches the leader."""
+    alerts = []
+    for offset in range(0, len(scores), batch):
+        await service.route([
+            QueryMessage(query_id=f"q{start + offset + i}",
+                         scores=dict(zip(MODELS, s.tolist(), strict=True)))
+            for i, s in enumerate(scores[offset : offset + batch])
+        ])  # fmt: skip
+        service.clock.now += 1
+        alerts += (await service.leader.recalibrate_due()).alerts
+    return alerts
+
+
+@pytest.mark.parametrize("covariate", [True, False])
+async def test_the_covariate_channel_sees_unsure_traffic_before_any_label(tmp_path, covariate):
+    """Queries the router is unsure of (top score 0.4, below every calm one) with their
+    labels withheld: only the covariate channel can see them, at routing time."""
+    on = {} if covariate else {"monitor_covariate": False}  # on by default
+    service = make(tmp_path, audit_rate=0.1, warmup_records=60, **on)
+    rng = np.random.default_rng(2)
+    _, calm = await run(service, rng, 400, flipped=False, start=0, batch=10)
+    assert calm[-1].status == "certified"
+    assert (calm[-1].covariate_cut is not None) == covariate  # set once the warm-up confirms
+    unsure = np.tile([0.4, 0.35, 0.25], (200, 1)) + rng.uniform(0, 0.02, (200, 3))
+    alerts = await route_only(service, unsure.round(4), start=10_000)
+    drifts = [a for a in alerts if a.kind == "drift"]
+    if not covariate:
+        assert drifts == []  # without labels no other channel moves
+        return
+    [drift] = drifts
+    assert drift.evidence["channel"] == "covariate" and drift.evidence["direction"] == "rise"
+    assert drift.evidence["statistic"] >= drift.evidence["h"]
+    # The clock ticks by whole seconds: the segment starts strictly after the decisions of
+    # the alarm's tick, which the counts that raised it include.
+    tick = float(round(drift.at))
+    assert drift.evidence["segment_from"] > tick and drift.at - tick < 1e-6
+    watched, low = await service.store.covariate_counts("default")
+    assert low <= watched and low >= 20  # counted at routing time, no label needed
+    assert service.scopes["default"].threshold.lam == 1.0  # protected at once
+    assert service.scopes["default"].threshold.covariate_cut is None  # the segment: unwatched
+
+
+async def test_confident_traffic_does_not_raise_the_covariate_channel(tmp_path):
+    service = make(tmp_path, audit_rate=0.1, warmup_records=60)
+    rng = np.random.default_rng(3)
+    await run(service, rng, 400, flipped=False, start=0, batch=10)
+    sure = np.tile([0.97, 0.02, 0.01], (300, 1))
+    watched, low = await service.store.covariate_counts("default")
+    assert await route_only(service, sure, start=10_000) == []
+    assert await service.store.covariate_counts("default") == (watched + 300, low)
+
+
+def test_a_new_leader_resumes_the_covariate_channel():
+    from racer_online.service import drift as watch
+    from racer_online.service.scope import Monitor
+
+    mon = Monitor(covariate=3.5, covariate_cut=0.4121, covariate_p0=0.24,
+                  covariate_p1=0.48, covariate_seen=(640, 107))  # fmt: skip
+    restored = Monitor()
+    watch.load_state(restored, watch.saved_state(mon), alpha=0.1, aci=False)
+    names = ("covariate", "covariate_cut", "covariate_p0", "covariate_p1", "covariate_seen")
+    assert [getattr(restored, n) for n in names] == [getattr(mon, n) for n in names]
+    unwatched = Monitor()
+    watch.load_state(unwatched, watch.saved_state(Monitor()), alpha=0.1, aci=False)
+    assert unwatched.covariate_cut is None and unwatched.covariate_seen is None

@@ -17,7 +17,7 @@ from racer_online.store import (
     SweepResult,
 )
 from racer_online.store import keys as redis_keys
-from racer_online.store.records import query_hash
+from racer_online.store.records import covariate_flags, query_hash
 
 MODELS = ("m0", "m1", "m2")
 
@@ -198,6 +198,20 @@ async def test_upper_bound_counts_fully_graded_invoked_models(make_store):
     await store.feedback([labels(scope, "a", m2=0), labels(scope, "b", m1=1)])
     await store.feedback([labels(scope, "a", m0=0, m2=0)])  # a redelivery counts nothing
     assert await store.upper_bound(scope) == (3, 2)
+
+
+async def test_covariate_flags_are_counted_once_per_stored_decision(make_store):
+    store, scope, other = make_store(), make_store.scope, make_store.other_scope
+    flags = covariate_flags(0.5, [0.2, 0.7, 0.4])  # two of three below the cut
+    writes = [pending(scope, f"q{i}", audit=i == 0)._replace(covariate=f)
+              for i, f in enumerate(flags)]  # fmt: skip
+    unwatched = pending(scope, "q3")._replace(covariate=covariate_flags(None, [0.1])[0])
+    await store.route([*writes, unwatched, pending(other, "q0")._replace(covariate=flags[0])])
+    assert await store.covariate_counts(scope) == (3, 2)
+    await store.route(writes[:2])  # a redelivery counts nothing
+    assert await store.covariate_counts(scope) == (3, 2)
+    assert await store.covariate_counts(other) == (1, 1)
+    assert await store.upper_bound(scope) == (0, 0)  # its own counters
 
 
 async def test_alerts_and_monitor_state(make_store):

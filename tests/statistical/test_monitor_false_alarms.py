@@ -34,7 +34,8 @@ def test_a_cusum_at_its_null_boundary_alarms_within_the_level(level):
     assert alarms > 0  # the detector is live: the bound is met, not avoided
 
 
-async def test_the_service_on_a_stationary_stream_alarms_within_the_level(tmp_path):
+@pytest.mark.parametrize("covariate", [False, True])
+async def test_the_service_on_a_stationary_stream_alarms_within_the_level(tmp_path, covariate):
     level = 1e-2  # high, so that a wrong threshold would show within the run
     path = tmp_path / "scopes.toml"
     path.write_text(
@@ -43,7 +44,7 @@ async def test_the_service_on_a_stationary_stream_alarms_within_the_level(tmp_pa
     )
     settings = Settings(
         _env_file=None, scopes_file=path, audit_rate=0.1, monitor_false_alarm_rate=level,
-        audit_key="stationary",
+        audit_key="stationary", monitor_covariate=covariate,
     )  # fmt: skip
 
     class Clock:
@@ -80,3 +81,5 @@ async def test_the_service_on_a_stationary_stream_alarms_within_the_level(tmp_pa
         updates = await service.leader.recalibrate_due()
         alarms += sum(a.kind == "drift" for a in updates.alerts)
     assert alarms <= level * graded, (alarms, graded)
+    watched, _ = await service.store.covariate_counts("default")
+    assert (watched > n // 2) == covariate  # the channel watched most of the stream

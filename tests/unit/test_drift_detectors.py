@@ -97,3 +97,39 @@ def test_aci_level_is_clipped_at_one_only():
     """Defect 2: in calm traffic alpha_t no longer winds up without bound."""
     assert aci_level(0.1, np.zeros(5000, bool), alpha=0.1, gamma=0.05) == 1.0
     assert aci_level(0.01, np.ones(10, bool), alpha=0.1, gamma=0.05) < 0  # no clip at 0
+
+
+def test_covariate_reference_cuts_at_the_lowest_fifth_and_bounds_its_rate():
+    tops = np.arange(1, 101) / 100  # 0.01 .. 1.00
+    cut, hyp = policy.covariate_reference(tops, confidence=0.9)
+    assert cut == pytest.approx(0.20)  # k = floor(0.2 * 101) = 20: the 20th smallest
+    assert hyp.p0 == pytest.approx(drift.rate_interval(19, 100, confidence=0.9)[1])
+    assert 0.2 < hyp.p0 < 0.3 and hyp.p1 == pytest.approx(2 * hyp.p0)
+    assert policy.covariate_reference(tops[:19], confidence=0.9) is None  # too few records
+
+
+def _beta21_below(cut, levels):
+    """P(X < cut) for X ~ Beta(2, 1) (CDF x^2), or for X rounded to ``levels`` steps."""
+    if levels is None:
+        return cut**2
+    edges = np.clip((np.arange(levels + 1) + np.array([[-0.5], [0.5]])) / levels, 0, 1)
+    mass = edges[1] ** 2 - edges[0] ** 2  # of each rounded value j / levels
+    return float(mass[np.arange(levels + 1) / levels < cut].sum())
+
+
+@pytest.mark.parametrize("levels", [None, 5])  # continuous scores, and heavy ties
+def test_covariate_reference_holds_for_the_traffic_after_the_window(levels):
+    """Training-conditional validity: over many windows, the rate of "top score below the
+    cut" on fresh traffic exceeds p0 in at most a share 1 - confidence of them."""
+    rng = np.random.default_rng(11)
+    above = []
+    for _ in range(2000):
+        tops = rng.beta(2, 1, size=60)
+        if levels is not None:
+            tops = np.round(tops * levels) / levels
+        cut, hyp = policy.covariate_reference(tops, confidence=0.9)
+        above.append(_beta21_below(cut, levels) > hyp.p0)
+    share = float(np.mean(above))
+    assert share <= 0.1 + 3 * math.sqrt(0.09 / 2000)
+    if levels is None:
+        assert share > 0.05  # nearly tight: the bound is the order statistic's own law

@@ -1,6 +1,7 @@
 -- Common head of route.lua and feedback.lua (prepended to them). Both take one scope's
--- batch. KEYS: [1] the window stream, [2] the upper-bound counters, [3] the audits awaiting
--- their grading (sweep.lua), [4] the slots hash (bucket count and records per slot).
+-- batch. KEYS: [1] the window stream, [2] the counters (upper bound, covariate), [3] the
+-- audits awaiting their grading (sweep.lua), [4] the slots hash (bucket count and records
+-- per slot).
 -- ARGV: horizon (s), window maxlen, K models, slot length (s), the pending and held key
 -- prefixes, held life (s), minimum buckets per slot, now (s), then the records.
 -- A pending record is a field of racer:{scope}:pending:<slot>:<bucket>, named by its query
@@ -15,7 +16,7 @@ local w = math.floor((k + 7) / 8)
 local masks_fmt = '<BI' .. w .. 'I' .. w .. 'I' .. w  -- flags, known, correct, invoked
 local pair_fmt = '<I' .. w .. 'I' .. w  -- known, correct (a held entry)
 local full = 2 ^ k - 1
-local AUDIT, ENTERED, COUNTED = 1, 2, 4
+local AUDIT, ENTERED, COUNTED, WATCHED, LOW_TOP = 1, 2, 4, 32, 64
 
 local buckets = {}  -- slot -> its bucket count (false: no such slot), read once per call
 local function bucket_count(slot)

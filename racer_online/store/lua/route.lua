@@ -6,9 +6,11 @@
 -- each r, in order: with the query, it rebuilds the first decision. An audited record not
 -- complete yet joins the audits, scored by the end of its horizon, for the leader's sweep.
 -- Calls that do not depend on the record (expiries, counts, held labels that are not
--- there) are made once per batch: they were half of this script's work.
+-- there) are made once per batch: they were half of this script's work. Stored decisions
+-- with the covariate flags are added up in the counters, once per batch too.
 local codes, firsts = {}, {}
 local expiring, added, held_present = {}, {}, {}
+local watched, low_top = 0, 0
 
 local function held_value(held_key, hash)
   if held_present[held_key] == nil then
@@ -26,6 +28,11 @@ for a = first_item, #ARGV do
     firsts[#firsts + 1] = first
   else
     open_slot(slot, added[slot - 1] or 0)
+    local flags = string.byte(v, 1)
+    if bit.band(flags, WATCHED) ~= 0 then
+      watched = watched + 1
+      if bit.band(flags, LOW_TOP) ~= 0 then low_top = low_top + 1 end
+    end
     local held_slot = math.floor(now / held_s)
     for h = held_slot, held_slot - 1, -1 do  -- labels that came before their query
       local held = held_value(held_prefix .. h, hash)
@@ -52,4 +59,8 @@ for a = first_item, #ARGV do
 end
 for key, slot in pairs(expiring) do redis.call('PEXPIRE', key, expire_ms(slot)) end
 for slot, n in pairs(added) do redis.call('HINCRBY', KEYS[4], 'n:' .. slot, n) end
+if watched > 0 then
+  redis.call('HINCRBY', KEYS[2], 'watched', watched)
+  if low_top > 0 then redis.call('HINCRBY', KEYS[2], 'low_top', low_top) end
+end
 return {table.concat(codes), unpack(firsts)}
