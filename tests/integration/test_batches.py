@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -81,20 +81,10 @@ class Rig:
         self.consumers: list[BatchConsumer] = []
 
     async def start(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(t, 1, 1) for t in (self.source, self.out)])
-        finally:
-            await admin.close()
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
-        await producer.start()
-        try:
-            for i in range(RECORDS):
-                await producer.send(self.source, f"r{i}".encode(), key=f"k{i}".encode())
-            await producer.flush()
-        finally:
-            await producer.stop()
+        await self._admin(
+            lambda admin: admin.create_topics([NewTopic(t, 1, 1) for t in (self.source, self.out)])
+        )
+        await self._publish([(f"r{i}", f"k{i}") for i in range(RECORDS)])
         await self.producer.start()
 
     async def consumer(
@@ -111,20 +101,27 @@ class Rig:
 
     async def add_partition(self, *, records: int) -> None:
         """A second partition of the input topic, holding ``records`` records."""
+        await self._admin(
+            lambda admin: admin.create_partitions({self.source: NewPartitions(total_count=2)})
+        )
+        await self._publish([(f"added{i}", None) for i in range(records)], partition=1)
+
+    async def _admin(self, request: Callable[[AIOKafkaAdminClient], Awaitable[Any]]) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
-            await admin.create_partitions({self.source: NewPartitions(total_count=2)})
+            await request(admin)
         finally:
             await admin.close()
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
-        await producer.start()
-        try:
-            for i in range(records):
-                await producer.send(self.source, f"added{i}".encode(), partition=1)
-            await producer.flush()
-        finally:
-            await producer.stop()
+
+    async def _publish(
+        self, records: list[tuple[str, str | None]], *, partition: int | None = None
+    ) -> None:
+        """(value, key) records to the input topic; stopping the producer flushes them."""
+        async with AIOKafkaProducer(bootstrap_servers=self.bootstrap) as producer:
+            for value, key in records:
+                await producer.send(self.source, value.encode(),
+                                    key=key and key.encode(), partition=partition)  # fmt: skip
 
     async def committed(self, tp: TopicPartition | None = None) -> int | None:
         """The group's committed offset, read from the broker by a client outside the group."""
