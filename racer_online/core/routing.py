@@ -15,7 +15,7 @@ from racer_online.errors import InvalidInputError
 
 class Decision(NamedTuple):
     """The set for one query: models most promising first; empty means abstain. (One per
-    routed query: a NamedTuple costs a fifth of a frozen dataclass to build.)"""
+    routed query: a NamedTuple costs a third of a frozen dataclass to build.)"""
 
     models: tuple[str, ...]
     indices: tuple[int, ...]  # of the models in the catalogue, in the same order
