@@ -6,7 +6,7 @@ from typing import Any
 
 import faust
 
-from racer_online.apps.dashboard import live_page
+from racer_online.dashboard import live_page
 from racer_online.service import RacerService
 
 

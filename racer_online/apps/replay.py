@@ -12,8 +12,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,117 +21,30 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer
 from numpy.typing import NDArray
 
-from racer_online import core
-from racer_online.apps.schedules import (
-    DEFAULT_SCHEDULE,
-    Phase,
-    check_schedule,
-    default_schedule,
-    parse_schedule,
-)
 from racer_online.errors import InvalidInputError, RacerError
 from racer_online.kafka import clients
 from racer_online.messages import DecisionMessage, FeedbackMessage, QueryMessage
 from racer_online.offline.datasets import Outcomes
+from racer_online.offline.schedules import (
+    DEFAULT_SCHEDULE,
+    Phase,
+    PhaseFigures,
+    Plan,
+    baselines,
+    parse_schedule,
+    phase_figures,
+    plan,
+)
 from racer_online.routers.files import router_paths
 from racer_online.scopes import ScopeConfig
 from racer_online.settings import Settings
 
-__all__ = ["DEFAULT_SCHEDULE", "Phase", "Plan", "parse_schedule", "plan", "replay"]
+__all__ = [
+    "DEFAULT_SCHEDULE", "Phase", "PhaseFigures", "Plan", "baselines", "parse_schedule",
+    "phase_figures", "plan", "replay",
+]  # fmt: skip
 
 IDLE_TIMEOUT_S = 60.0  # no decision for this long: the system is not answering
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Which dataset rows stream, in order, and the phase of each."""
-
-    rows: NDArray[np.intp]
-    phase: NDArray[np.intp]
-    phases: tuple[Phase, ...]
-
-
-def plan(
-    outcomes: Outcomes,
-    schedule: Sequence[Phase] | None = None,
-    *,
-    rows: NDArray[np.intp] | None = None,
-    per_phase: int | None = None,
-    seed: int = 0,
-) -> Plan:
-    """Rows (by default all) grouped by phase, shuffled within each phase; the schedule
-    defaults to `default_schedule` of the data."""
-    schedule = default_schedule(outcomes) if schedule is None else schedule
-    check_schedule(outcomes, schedule)
-    rng = np.random.default_rng(seed)
-    pool = np.arange(len(outcomes)) if rows is None else np.asarray(rows)
-    chosen, phase_of = [], []
-    for index, phase in enumerate(schedule):
-        inside = (
-            np.isin(outcomes.tasks[pool], phase.tasks) if phase.tasks else np.ones(len(pool), bool)
-        )
-        members = rng.permutation(pool[inside])[:per_phase]
-        chosen.append(members)
-        phase_of.append(np.full(len(members), index))
-    return Plan(np.concatenate(chosen), np.concatenate(phase_of), tuple(schedule))
-
-
-@dataclass(frozen=True)
-class PhaseFigures:
-    name: str
-    n: int
-    realised_miss_rate: float
-    mean_set_size: float
-    abstain_rate: float
-    mean_price: float
-    coverage: float  # share of queries whose set holds a correct model
-
-
-def phase_figures(
-    plan: Plan, chosen: NDArray[np.bool_], labels: NDArray[np.bool_], prices: NDArray[np.float64],
-    *, miss: core.Miss,
-) -> list[PhaseFigures]:  # fmt: skip
-    """Exact figures of sets (n, K, or K + 1 with ⊥ last) against the full labels."""
-    k = labels.shape[1]
-    misses = core.set_misses(chosen, labels, miss=miss)
-    sizes = chosen[:, :k].sum(axis=1)
-    price = (chosen[:, :k] * prices).sum(axis=1)
-    covered = np.asarray((chosen[:, :k] & labels).any(axis=1))
-    out = []
-    for index, phase in enumerate(plan.phases):
-        at = plan.phase == index
-        out.append(PhaseFigures(
-            phase.name, int(at.sum()), float(misses[at].mean()), float(sizes[at].mean()),
-            float((sizes[at] == 0).mean()), float(price[at].mean()), float(covered[at].mean()),
-        ))  # fmt: skip
-    return out
-
-
-def baselines(
-    plan: Plan, decisions: Sequence[DecisionMessage], labels: NDArray[np.bool_],
-    scope: ScopeConfig, *, static_n: int, alpha: float, delta: float,
-) -> dict[str, list[PhaseFigures]]:  # fmt: skip
-    """Static RACER (calibrated once on the first ``static_n`` queries, before any shift),
-    top-1 by base score, all models and the cheapest model, on the same stream."""
-    models, prices = scope.model_names, np.array(scope.prices)
-    scores = np.array([[d.scores[m] for m in models] for d in decisions])
-    given = np.array([np.nan if d.p_abstain is None else d.p_abstain for d in decisions])
-    p_abstain = np.where(np.isnan(given), np.prod(1.0 - scores, axis=1), given)
-    levels = core.entry_levels(
-        scores, rule=scope.rule, miss=scope.miss, p_abstain=p_abstain, prices=prices
-    )
-    first = min(static_n, int((plan.phase == 0).sum()))
-    required = core.required_thresholds(levels[:first], labels[:first], miss=scope.miss)
-    static = core.threshold_from_required(required, alpha=alpha, delta=delta, bound=scope.bound)
-    n, width = len(decisions), levels.shape[1]
-    top1, cheapest = np.zeros((n, width), bool), np.zeros((n, width), bool)
-    top1[np.arange(n), scores.argmax(axis=1)] = True
-    cheapest[:, int(np.argmin(prices))] = True
-    sets = {"static": core.members(levels, static.lam_hat), "top1": top1,
-            "all": np.ones((n, width), bool), "cheapest": cheapest}  # fmt: skip
-    return {
-        name: phase_figures(plan, s, labels, prices, miss=scope.miss) for name, s in sets.items()
-    }
 
 
 async def replay(

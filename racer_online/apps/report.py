@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from racer_online.apps.dashboard import ScopeHistory, static_page
+from racer_online.dashboard import ScopeHistory, static_page
 from racer_online.errors import InvalidInputError
 from racer_online.messages import AlertMessage, ThresholdMessage
 from racer_online.settings import Settings

@@ -22,9 +22,9 @@ from numpy.typing import NDArray
 from pydantic import SecretStr
 
 from racer_online import core
-from racer_online.apps import replay
 from racer_online.errors import InvalidInputError
 from racer_online.messages import DecisionMessage, FeedbackMessage, QueryMessage
+from racer_online.offline import schedules
 from racer_online.offline.datasets import Outcomes
 from racer_online.routers.base import Router
 from racer_online.scopes import ScopeConfig
@@ -71,7 +71,7 @@ def score_rows(
 class Run:
     """One seed's stream through the system: the decisions and what the leader did."""
 
-    plan: replay.Plan
+    plan: schedules.Plan
     decisions: list[DecisionMessage] = field(default_factory=list)
     alarms: list[int] = field(default_factory=list)  # query index at the tick that raised it
     updates: list[int] = field(default_factory=list)  # query index of each threshold update
@@ -95,7 +95,7 @@ class SimulatedClock:
 
 
 async def run_stream(
-    settings: Settings, scored: Scored, the_plan: replay.Plan, *, pacing: Pacing, run_id: str,
+    settings: Settings, scored: Scored, the_plan: schedules.Plan, *, pacing: Pacing, run_id: str,
     ungraded: Callable[[NDArray[np.bool_]], bool] | None = None,
 ) -> Run:  # fmt: skip
     """Route the plan's queries batch by batch, grade them ``feedback_lag`` queries later.
@@ -160,7 +160,7 @@ def figures(run: Run, scored: Scored, config: ScopeConfig) -> dict[str, Any]:
     required = required_of(run.decisions, labels, config)
     lam = np.array([d.lam for d in run.decisions])
     phases = []
-    for k, figs in enumerate(replay.phase_figures(the_plan, chosen, labels, prices,
+    for k, figs in enumerate(schedules.phase_figures(the_plan, chosen, labels, prices,
                                                   miss=config.miss)):  # fmt: skip
         at = the_plan.phase == k
         phases.append(asdict(figs) | {
@@ -221,7 +221,7 @@ def settings_for(models: Sequence[str], prices: Sequence[float], **overrides: An
 
 
 def backtest(
-    settings: Settings, scored: Scored, schedule: Sequence[replay.Phase] | None, *,
+    settings: Settings, scored: Scored, schedule: Sequence[schedules.Phase] | None, *,
     seeds: int = 10, per_phase: int | None = None, pacing: Pacing = Pacing(),
     static_n: int = 500,
 ) -> dict[str, Any]:  # fmt: skip
@@ -232,7 +232,7 @@ def backtest(
     for seed in range(seeds):
         keyed = {"audit_key": SecretStr(f"backtest-{seed}")}  # each seed its own audit draw
         settings, plain = settings.model_copy(update=keyed), plain.model_copy(update=keyed)
-        the_plan = replay.plan(scored.outcomes, schedule, rows=scored.rows,
+        the_plan = schedules.plan(scored.outcomes, schedule, rows=scored.rows,
                                per_phase=per_phase, seed=seed)  # fmt: skip
         run = asyncio.run(run_stream(settings, scored, the_plan, run_id=f"s{seed}", pacing=pacing))
         online.append(figures(run, scored, config))
@@ -241,7 +241,7 @@ def backtest(
         )
         window.append(figures(plain_run, scored, config)["phases"])
         labels = scored.labels(the_plan.rows)
-        fixed = replay.baselines(the_plan, run.decisions, labels, config, static_n=static_n,
+        fixed = schedules.baselines(the_plan, run.decisions, labels, config, static_n=static_n,
                                  alpha=config.alpha, delta=config.delta)  # fmt: skip
         others.append({name: [asdict(f) for f in figs] for name, figs in fixed.items()})
     baselines = {"sliding window": mean_phases(window)}

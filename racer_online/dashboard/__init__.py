@@ -66,7 +66,7 @@ def history_json(history: ScopeHistory) -> dict[str, list[dict[str, Any]]]:
 
 
 def _asset(name: str) -> str:
-    return files("racer_online.apps.dashboard").joinpath(name).read_text(encoding="utf-8")
+    return files("racer_online.dashboard").joinpath(name).read_text(encoding="utf-8")
 
 
 def _sha256(text: str) -> str:
