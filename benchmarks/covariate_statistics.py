@@ -16,8 +16,8 @@ import numpy as np
 
 from racer_online.apps import replay
 from racer_online.apps.demo import router_file
+from racer_online.datasets import load_outcomes
 from racer_online.offline import backtest
-from racer_online.offline.datasets import load_outcomes
 from racer_online.routers.files import load_router
 
 TAIL = 0.2

@@ -24,15 +24,10 @@ from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from racer_online.local.services import (
-    EMBEDDED_BROKER_ENV,
-    _die_with_parent,
-    free_port,
-    stop_process,
-)
+from racer_online.local.processes import die_with_parent, free_port, stop_process
+from racer_online.local.tansu import EMBEDDED_BROKER_ENV
 
 T = TypeVar("T")
-die_with_parent = _die_with_parent  # the pre-exec hook of every child process, written once
 TOPIC_NAMES = ("queries", "decisions", "feedback", "thresholds", "alerts", "dlq")
 # A worker that joins, leaves or dies is noticed within about two seconds instead of the
 # client defaults' 10 to 300: tests and benchmarks start and kill workers on purpose.

@@ -18,8 +18,9 @@ from collections.abc import Iterator
 import pytest
 
 from racer_online.local.brokers import BROKERS, LocalBroker, local_broker
+from racer_online.local.processes import redis_reachable
 from racer_online.local.redis_cluster import LocalRedisCluster
-from racer_online.local.services import EmbeddedRedis, redis_reachable
+from racer_online.local.services import EmbeddedRedis
 from racer_online.store.connection import connect_sync
 
 

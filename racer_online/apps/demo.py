@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from racer_online.apps import replay
+from racer_online.datasets import Outcomes
 from racer_online.errors import RacerError
 from racer_online.local.services import embedded_services
-from racer_online.offline.datasets import Outcomes
 from racer_online.settings import Settings
 from racer_online.testing import FAST_GROUP_ENV, LocalDeployment
 
@@ -71,7 +71,7 @@ def router_file(
     from racer_online.apps.cli.training import train_router_command
 
     path = out_dir / "router.json"
-    from racer_online.offline.datasets import default_dataset_dir
+    from racer_online.datasets import default_dataset_dir
 
     if path.exists():
         trained_on = (json.loads(path.read_text()).get("training") or {}).get("data")
@@ -91,7 +91,7 @@ def run_demo(
     With ``data``, the scope routes over its models at its prices (a scopes file in
     ``out_dir``) and the schedule is derived from its tasks."""
     from racer_online.apps.report import write_report
-    from racer_online.offline.datasets import load_outcomes, scopes_toml
+    from racer_online.datasets import load_outcomes, scopes_toml
 
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes = load_outcomes(data, correct_at=correct_at, prices_file=prices)

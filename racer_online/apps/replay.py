@@ -21,10 +21,10 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer
 from numpy.typing import NDArray
 
+from racer_online.datasets import Outcomes
 from racer_online.errors import InvalidInputError, RacerError
 from racer_online.kafka import clients
 from racer_online.messages import DecisionMessage, FeedbackMessage, QueryMessage
-from racer_online.offline.datasets import Outcomes
 from racer_online.offline.schedules import (
     DEFAULT_SCHEDULE,
     Phase,

@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from racer_online.errors import InvalidInputError, RacerError
 from racer_online.kafka import clients
 from racer_online.messages import FeedbackMessage, MessageError, QueryMessage
-from racer_online.offline.records import Records, read_records
+from racer_online.records import Records, read_records
 from racer_online.scopes import ScopeConfig
 from racer_online.settings import Settings
 

@@ -3,7 +3,9 @@
 from pathlib import Path
 from typing import Any, Protocol
 
-from racer_online.local.services import EmbeddedBroker, EmbeddedServiceError
+from racer_online.local.kafka import ApacheKafka
+from racer_online.local.processes import EmbeddedServiceError
+from racer_online.local.tansu import EmbeddedBroker
 
 
 class LocalBroker(Protocol):
@@ -42,8 +44,6 @@ def local_broker(
     """A broker not yet started: ``tansu`` (the embedded default, no Java) or ``apache``
     (Apache Kafka on 1 or 3 nodes, version from ``RACER_KAFKA_VERSION``)."""
     if kind == "apache":
-        from racer_online.local.kafka import ApacheKafka
-
         return ApacheKafka(nodes, workdir=workdir)
     if kind != "tansu" or nodes != 1:
         raise EmbeddedServiceError(f"no broker {kind!r} of {nodes} nodes: tansu (1) or apache")

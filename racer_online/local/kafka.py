@@ -27,7 +27,7 @@ from racer_online.local.kafka_jars import (
     major,
     properties,
 )
-from racer_online.local.services import EmbeddedServiceError, _Child, free_port
+from racer_online.local.processes import EmbeddedServiceError, ServerProcess, free_port
 
 # For tests: a new group joins at once (not after 3 s of waiting for more members), the
 # tests' 2 s session timeouts are allowed (Kafka's floor is 6 s), and the offsets topic is
@@ -40,7 +40,7 @@ TEST_SETTINGS: dict[str, object] = {
 WIRE_ERRORS = (OSError, ValueError, IndexError)  # not listening yet, or a cut answer
 
 
-class KafkaNode(_Child):
+class KafkaNode(ServerProcess):
     """One combined broker+controller process; its ports and folder are fixed."""
 
     def __init__(self, node_id: int, workdir: Path, heap: str) -> None:

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from racer_online.local.services import EmbeddedServiceError
+from racer_online.local.processes import EmbeddedServiceError
 
 DEFAULT_VERSION = "3.9.1"  # docker-compose.yml's
 POM = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "pom.xml"

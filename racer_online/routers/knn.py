@@ -23,9 +23,9 @@ from numpy.typing import NDArray
 from sklearn.decomposition import TruncatedSVD
 from threadpoolctl import threadpool_limits
 
+from racer_online.datasets import Outcomes
 from racer_online.errors import InvalidInputError
 from racer_online.messages import QueryMessage
-from racer_online.offline.datasets import Outcomes
 from racer_online.routers.base import RouterScores, raise_first_problem
 from racer_online.routers.features import TextEmbedder, TfidfFeatures, fit_tfidf, unit_rows
 

@@ -16,9 +16,9 @@ from scipy.special import expit, logit
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
+from racer_online.datasets import Outcomes
 from racer_online.errors import InvalidInputError
 from racer_online.messages import QueryMessage
-from racer_online.offline.datasets import Outcomes
 from racer_online.routers.base import RouterScores, raise_first_problem
 from racer_online.routers.features import TfidfFeatures, fit_tfidf
 

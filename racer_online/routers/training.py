@@ -16,8 +16,8 @@ from numpy.typing import NDArray
 from sklearn.metrics import roc_auc_score
 
 from racer_online.core.scoring import check_choice
+from racer_online.datasets import Outcomes
 from racer_online.errors import InvalidInputError
-from racer_online.offline.datasets import Outcomes
 from racer_online.routers.base import RouterScores
 from racer_online.routers.files import ROUTER_KINDS
 from racer_online.routers.knn import KnnRouter, train_knn_router

@@ -16,6 +16,7 @@ import numpy as np
 from racer_online import core
 from racer_online.errors import ConfigError
 from racer_online.messages import AlertMessage
+from racer_online.records import read_records
 from racer_online.service import drift as watch
 from racer_online.service import metrics
 from racer_online.service.scope import ScopeState
@@ -124,8 +125,6 @@ class WindowSync:
 
 def warm_start_entries(path: Path, scope: ScopeState, now: float) -> list[WindowEntry]:
     """Window entries from an offline records file, decided before any live decision."""
-    from racer_online.offline.records import read_records
-
     records = read_records(path).fully_graded()
     missing = [m for m in scope.models if m not in records.models]
     if missing:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from racer_online.local.services import free_port
+from racer_online.local.processes import free_port
 
 pytestmark = pytest.mark.e2e
 

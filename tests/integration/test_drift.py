@@ -8,7 +8,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from racer_online.local.services import free_port
+from racer_online.local.processes import free_port
 
 pytestmark = pytest.mark.integration
 MODELS = ("m0", "m1", "m2")

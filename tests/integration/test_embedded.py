@@ -16,13 +16,9 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from racer_online.local.services import (
-    EmbeddedBroker,
-    EmbeddedRedis,
-    EmbeddedServiceError,
-    embedded_services,
-    kafka_answers,
-)
+from racer_online.local.processes import EmbeddedServiceError, kafka_answers
+from racer_online.local.services import EmbeddedRedis, embedded_services
+from racer_online.local.tansu import EmbeddedBroker
 from racer_online.testing import ProcessStat
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from conftest import Deployment
 
 from racer_online.local.kafka import ApacheKafka
 from racer_online.local.kafka_jars import INSTALL_HINT
-from racer_online.local.services import EmbeddedServiceError
+from racer_online.local.processes import EmbeddedServiceError
 
 pytestmark = [pytest.mark.integration, pytest.mark.apache]
 

@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from racer_online.apps import replay
 from racer_online.apps.cli.training import train_router_command
-from racer_online.local.services import free_port
-from racer_online.offline.datasets import load_outcomes, scopes_toml
+from racer_online.datasets import load_outcomes, scopes_toml
+from racer_online.local.processes import free_port
 from racer_online.settings import Settings
 
 pytestmark = pytest.mark.integration

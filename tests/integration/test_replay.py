@@ -8,7 +8,7 @@ import pytest
 
 from racer_online.apps import replay
 from racer_online.apps.cli.training import train_router_command
-from racer_online.offline.datasets import load_outcomes
+from racer_online.datasets import load_outcomes
 from racer_online.settings import Settings
 
 pytestmark = pytest.mark.integration

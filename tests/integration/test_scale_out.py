@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from racer_online.offline.datasets import load_outcomes
+from racer_online.datasets import load_outcomes
 from racer_online.offline.evaluation import task_router_records
 from racer_online.testing import metric_total, scrape, until
 

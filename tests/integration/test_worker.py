@@ -10,9 +10,9 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from racer_online import core
-from racer_online.local.services import free_port
+from racer_online.datasets import load_outcomes
+from racer_online.local.processes import free_port
 from racer_online.messages import DeadLetter
-from racer_online.offline.datasets import load_outcomes
 from racer_online.offline.evaluation import task_router_records
 from racer_online.service.window import quantise
 from racer_online.store import keys

@@ -3,8 +3,8 @@
 import numpy as np
 
 from racer_online.apps import replay
+from racer_online.datasets import Outcomes
 from racer_online.offline import backtest as bt
-from racer_online.offline.datasets import Outcomes
 
 MODELS = ("m0", "m1", "m2")
 PRICES = (1.0, 2.0, 3.0)

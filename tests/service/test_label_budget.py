@@ -118,7 +118,7 @@ async def test_each_decision_records_its_rate_and_the_segment_raises_it(tmp_path
 
 async def test_a_warm_start_routes_certified_from_the_first_tick(tmp_path):
     """A scope can start from an offline records file; the monitor can still overrule it."""
-    from racer_online.offline.records import Records, write_records
+    from racer_online.records import Records, write_records
 
     rng = np.random.default_rng(5)
     scores = rng.uniform(size=(600, 3))

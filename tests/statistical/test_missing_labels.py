@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from racer_online.apps import replay
+from racer_online.datasets import Outcomes
 from racer_online.offline import backtest as bt
-from racer_online.offline.datasets import Outcomes
 
 pytestmark = pytest.mark.statistical
 

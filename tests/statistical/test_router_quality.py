@@ -7,7 +7,7 @@ AUC 0.688, p_abstain AUC 0.774-0.792, largest ECE 0.064. The bounds leave a marg
 import numpy as np
 import pytest
 
-from racer_online.offline.datasets import load_outcomes
+from racer_online.datasets import load_outcomes
 from racer_online.routers import held_out_quality, split_rows, train_knn_router, train_text_router
 
 pytestmark = pytest.mark.statistical

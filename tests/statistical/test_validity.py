@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from racer_online.offline.datasets import load_outcomes
+from racer_online.datasets import load_outcomes
 from racer_online.offline.evaluation import random_splits, task_router_records
 
 pytestmark = pytest.mark.statistical

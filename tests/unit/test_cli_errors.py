@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from racer_online.local.services import free_port
-from racer_online.offline.records import Records, write_records
+from racer_online.local.processes import free_port
+from racer_online.records import Records, write_records
 
 MODELS = ("org/model-a", "vendor:model.b")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from racer_online.core import entry_levels, oracle_threshold, required_thresholds
-from racer_online.offline.records import Records, write_records
+from racer_online.records import Records, write_records
 
 
 def run(*args):

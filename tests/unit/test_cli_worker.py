@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from racer_online.local.services import free_port
+from racer_online.local.processes import free_port
 
 
 def worker(**env):

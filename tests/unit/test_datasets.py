@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from racer_online.apps.replay import plan
+from racer_online.datasets import load_outcomes, records_from_outcomes, scopes_toml
 from racer_online.errors import InvalidInputError
-from racer_online.offline.datasets import load_outcomes, scopes_toml
-from racer_online.offline.records import read_records, records_from_outcomes, write_records
 from racer_online.offline.schedules import DEFAULT_SCHEDULE, check_schedule, default_schedule
+from racer_online.records import read_records, write_records
 from racer_online.scopes import load_scopes
 
 MODELS = ("org/model-a", "vendor:model.b", "c v1.5")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from racer_online.errors import RecordsFormatError
-from racer_online.offline.records import Records, read_records, write_records
+from racer_online.records import Records, read_records, write_records
 
 GOOD = """query_id,scope,p:a,p:b,y:a,y:b,p:__abstain__,cost:a,cost:b
 q1,s,0.9,0.1,1,0,0.05,0.2,0.9

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from racer_online.apps.cli.training import train_router_command
+from racer_online.datasets import default_dataset_dir, load_outcomes
 from racer_online.errors import InvalidInputError
 from racer_online.messages import QueryMessage
-from racer_online.offline.datasets import default_dataset_dir, load_outcomes
 from racer_online.routers import (
     FORMAT_VERSION,
     GivenScores,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from racer_online.datasets import default_dataset_dir
 from racer_online.errors import ConfigError
-from racer_online.offline.datasets import default_dataset_dir
 from racer_online.scopes import ScopeConfig, load_scopes
 from racer_online.settings import Settings
 

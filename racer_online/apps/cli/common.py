@@ -18,9 +18,9 @@ from rich.table import Table
 
 from racer_online import core
 from racer_online.core.scoring import check_choice
+from racer_online.datasets import Outcomes, load_outcomes
 from racer_online.errors import InvalidInputError
-from racer_online.offline.datasets import Outcomes, load_outcomes
-from racer_online.offline.records import Records
+from racer_online.records import Records
 
 app = typer.Typer(
     help="Risk-controlled set-valued LLM routing on a stream (RACER, online).",

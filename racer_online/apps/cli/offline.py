@@ -35,7 +35,7 @@ from racer_online.apps.cli.common import (
     show_replay,
 )
 from racer_online.errors import InvalidInputError
-from racer_online.offline.records import read_records
+from racer_online.records import read_records
 from racer_online.settings import Settings
 
 

@@ -44,7 +44,8 @@ def records(
     import re
 
     from racer_online.apps.replay import held_out_rows
-    from racer_online.offline.records import records_from_outcomes, write_records
+    from racer_online.datasets import records_from_outcomes
+    from racer_online.records import write_records
     from racer_online.routers.files import load_router, router_paths
 
     if limit is not None and limit < 1:

@@ -49,7 +49,7 @@ def train_router_command(
     ``data`` is an outcomes CSV or its folder (default: the shipped dataset). The router is
     written to ``out`` with suffix ``.json`` (header) and ``.npz`` (arrays).
     """
-    from racer_online.offline.datasets import default_dataset_dir, load_outcomes
+    from racer_online.datasets import default_dataset_dir, load_outcomes
     from racer_online.routers.files import ROUTER_KINDS, router_paths, save_router
     from racer_online.routers.training import (
         TrainingReport,

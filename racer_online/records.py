@@ -19,7 +19,6 @@ from numpy.typing import NDArray
 
 from racer_online import files
 from racer_online.errors import RecordsFormatError
-from racer_online.offline.datasets import Outcomes
 
 ABSTAIN = "__abstain__"
 
@@ -66,30 +65,6 @@ def read_records(path: Path | str) -> Records:
     columns = _Columns.parse(header, path)
     rows = [columns.row(cells, line) for line, cells in lines]
     return columns.build(rows)
-
-
-def records_from_outcomes(
-    outcomes: Outcomes,
-    rows: NDArray[np.intp],
-    scores: NDArray[np.float64],
-    *,
-    p_abstain: NDArray[np.float64] | None = None,
-    scope: str = "default",
-) -> Records:
-    """Records of ``rows`` of an outcomes dataset: ``scores`` (len(rows), K) of a base
-    router in the data's model order, labels from the data, costs from its prices."""
-    shape = (len(rows), len(outcomes.models))
-    if scores.shape != shape:
-        raise RecordsFormatError(f"scores of shape {scores.shape} for {shape} (rows, models)")
-    return Records(
-        query_ids=tuple(outcomes.query_ids[i] for i in rows),
-        models=outcomes.models,
-        scores=scores,
-        labels=outcomes.labels[rows].astype(np.float64),
-        scopes=(scope,) * len(rows),
-        p_abstain=p_abstain,
-        costs=np.broadcast_to(outcomes.prices, shape).copy() if outcomes.priced else None,
-    )
 
 
 def write_records(path: Path | str, records: Records) -> None:

@@ -27,7 +27,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from racer_online import files
-from racer_online.errors import InvalidInputError
+from racer_online.errors import InvalidInputError, RecordsFormatError
+from racer_online.records import Records
 
 CORRECT_AT = 0.5  # the shipped layout: commongen scores are fractional coverage
 MAX_MODEL_NAME = 128  # as a scopes file and a query message allow
@@ -254,3 +255,27 @@ def scopes_toml(outcomes: Outcomes, *, scope: str = "default", alpha: float = 0.
         for m, p in zip(outcomes.models, outcomes.prices, strict=True)
     ]
     return "\n".join(lines) + "\n"
+
+
+def records_from_outcomes(
+    outcomes: Outcomes,
+    rows: NDArray[np.intp],
+    scores: NDArray[np.float64],
+    *,
+    p_abstain: NDArray[np.float64] | None = None,
+    scope: str = "default",
+) -> Records:
+    """Records of ``rows`` of an outcomes dataset: ``scores`` (len(rows), K) of a base
+    router in the data's model order, labels from the data, costs from its prices."""
+    shape = (len(rows), len(outcomes.models))
+    if scores.shape != shape:
+        raise RecordsFormatError(f"scores of shape {scores.shape} for {shape} (rows, models)")
+    return Records(
+        query_ids=tuple(outcomes.query_ids[i] for i in rows),
+        models=outcomes.models,
+        scores=scores,
+        labels=outcomes.labels[rows].astype(np.float64),
+        scopes=(scope,) * len(rows),
+        p_abstain=p_abstain,
+        costs=np.broadcast_to(outcomes.prices, shape).copy() if outcomes.priced else None,
+    )
