@@ -13,7 +13,7 @@ import contextlib
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from benchmarks._harness import percentile
+from benchmarks._machine import percentile
 
 
 class LagSampler:

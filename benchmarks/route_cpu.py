@@ -23,7 +23,7 @@ from pathlib import Path
 
 import redis
 
-from benchmarks._harness import machine_facts
+from benchmarks._machine import machine_facts
 from racer_online.local.services import EmbeddedRedis
 
 HERE = Path(__file__).resolve().parent.parent

@@ -26,22 +26,16 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks._harness import (
-    Deployment,
-    LatencyProbe,
-    Traffic,
+from benchmarks._harness import Deployment, Traffic, services, wait_ready
+from benchmarks._load import LatencyProbe, paced_send, producer, tail_consumer
+from benchmarks._machine import (
     cpu_pressure,
     cpu_seconds,
     machine_facts,
     metric_sum,
-    paced_send,
     percentile,
-    producer,
     rss_mb,
     scrape_metrics,
-    services,
-    tail_consumer,
-    wait_ready,
 )
 from racer_online.store import keys
 

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks._harness import median
+from benchmarks._machine import median
 
 RAW_TARGET, P99_TARGET_MS, BYTES_TARGET = 0.5, 15.0, 200.0
 
