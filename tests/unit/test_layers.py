@@ -32,6 +32,7 @@ RANKS = {
     "__main__": 7,
 }
 CONTRACTS = 1
+MAX_LINES = 400
 
 
 def loaded_after_import(modules: list[str]) -> set[str]:
@@ -186,3 +187,14 @@ def test_the_checks_see_an_upward_import_and_a_circle(tmp_path: Path) -> None:
     assert circles(graph) == [
         ["racer_online.local.brokers", "racer_online.local.services", "racer_online.local.brokers"]
     ]
+
+
+def test_no_module_is_over_400_lines() -> None:
+    """Short modules: none in the package, the worker or the benchmarks is over 400 lines."""
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for top in ("racer_online", "worker", "benchmarks")
+        for path in (ROOT / top).rglob("*.py")
+        if (lines := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}
