@@ -23,13 +23,15 @@ DEFAULT_SCOPES = "default_scopes.toml"  # packaged in racer_online/
 NAMES_ITSELF = "names_itself"  # an error whose message already names its variables
 
 
-def first_error(error: ValidationError, *, env: bool = False) -> str:
-    """One line: ``scopes.x.alpha: ...`` or ``RACER_TOPICS__PARTITIONS: ...``."""
-    first = error.errors(include_url=False)[0]
-    parts = [] if first["type"] == NAMES_ITSELF else [str(part) for part in first["loc"]]
-    where = ("RACER_" + "__".join(parts).upper()) if env else ".".join(parts)
-    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{where + ': ' if parts else ''}{first['msg']}{more}"
+def every_error(error: ValidationError, *, env: bool = False) -> str:
+    """One line naming every mistake, so one run shows them all: ``scopes.x.delta: Field
+    required; scopes.x.bound: ...`` or ``RACER_TOPICS__PARTITIONS: ...``."""
+    found = []
+    for each in error.errors(include_url=False):
+        parts = [] if each["type"] == NAMES_ITSELF else [str(part) for part in each["loc"]]
+        where = ("RACER_" + "__".join(parts).upper()) if env else ".".join(parts)
+        found.append(f"{where + ': ' if parts else ''}{each['msg']}")
+    return "; ".join(found)
 
 
 class ModelConfig(BaseModel):
@@ -86,4 +88,4 @@ def load_scopes(path: Path | None = None) -> dict[str, ScopeConfig]:
     try:
         return dict(_ScopesFile.model_validate(document).scopes)
     except ValidationError as error:
-        raise ConfigError(f"{name}: {first_error(error)}") from None
+        raise ConfigError(f"{name}: {every_error(error)}") from None

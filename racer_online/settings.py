@@ -31,7 +31,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from racer_online.errors import ConfigError
-from racer_online.scopes import NAMES_ITSELF, ScopeConfig, first_error, load_scopes
+from racer_online.scopes import NAMES_ITSELF, ScopeConfig, every_error, load_scopes
 
 TopicName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]  # Kafka's own rule
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -219,7 +219,7 @@ class Settings(BaseSettings):
         try:
             settings = cls(**overrides)
         except ValidationError as error:
-            raise ConfigError(f"setting {first_error(error, env=True)}") from None
+            raise ConfigError(f"setting {every_error(error, env=True)}") from None
         settings.scopes  # noqa: B018  (cached: raises a ConfigError naming the file and field)
         return settings
 

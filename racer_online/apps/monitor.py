@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
+import termios
 import time
-from collections.abc import Mapping, Sequence
+import tty
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -210,7 +214,8 @@ def _duration(seconds: float) -> str:
 def run_monitor(
     settings: Settings, *, scope: str | None = None, refresh_s: float = 1.0, once: bool = False
 ) -> None:
-    """Draw the monitor until Ctrl-C (``once``: print one frame and return)."""
+    """Draw the monitor until ``q`` or Ctrl-C (``once``: print one frame and return); off a
+    terminal, print the frame once as plain text, then one line per update."""
     if scope is not None and scope not in settings.scopes:
         raise InvalidInputError(f"unknown scope {scope!r}")
     if not refresh_s > 0:
@@ -236,15 +241,94 @@ async def _monitor(settings: Settings, names: list[str], *, refresh_s: float, on
             return {name: await service.history(name) for name in names}
 
         histories = await read()
-        if once:
+        if once or not console.is_terminal:  # a pipe or a file: plain text, never redrawn
             console.print(frame(histories))
+            console.file.flush()
+            if not once:
+                await _print_updates(console, read, histories, refresh_s=refresh_s)
             return
-        with Live(frame(histories), console=console, auto_refresh=False) as live:
-            while True:
-                await asyncio.sleep(refresh_s)
+        with (
+            Live(frame(histories), console=console, auto_refresh=False) as live,
+            _q_pressed() as stop,
+        ):
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), refresh_s)
                 error = None
                 try:
                     histories = await read()
                 except StoreUnavailableError as exc:
                     error = str(exc)  # keep the last frame's data, say why it is old
                 live.update(frame(histories, error), refresh=True)
+
+
+async def _print_updates(
+    console: Console, read: Callable[[], Awaitable[dict[str, ScopeHistory]]],
+    histories: Mapping[str, ScopeHistory], *, refresh_s: float,
+) -> None:  # fmt: skip
+    """Off a terminal, after the snapshot: one line per new threshold or alert, as it comes."""
+    seen = {name: _last_seen(h) for name, h in histories.items()}
+    while True:
+        await asyncio.sleep(refresh_s)
+        try:
+            histories = await read()
+        except StoreUnavailableError as exc:
+            _line(console, f"{_clock(time.time())}  not updating: {exc}")
+            continue
+        for name, history in histories.items():
+            version, alert_at = seen.get(name, (0, 0.0))
+            for t in history.get("thresholds", ()):
+                if t.version > version:
+                    _line(console, update_line(t))
+            for alert in history.get("alerts", ()):
+                if alert.at > alert_at:
+                    console.print(
+                        f"{_clock(alert.at)}  {name}  alert {alert.kind}: {alert.message}"
+                    )
+            seen[name] = _last_seen(history)
+        console.file.flush()
+
+
+def update_line(t: ThresholdMessage) -> str:
+    """One threshold as one plain line: when, scope, version, status, lam, realised, why."""
+    realised = "-" if t.realised_miss_rate is None else f"{t.realised_miss_rate:.1%}"
+    return (f"{_clock(t.computed_at)}  {t.scope}  v{t.version} {t.status}  lam {t.lam:.4f}  "
+            f"n {t.n}  realised {realised}  ({t.reason})")  # fmt: skip
+
+
+def _line(console: Console, text: str) -> None:
+    console.print(text, soft_wrap=True, markup=False, highlight=False)  # never cut or styled
+
+
+def _last_seen(history: ScopeHistory) -> tuple[int, float]:
+    thresholds, alerts = history.get("thresholds", ()), history.get("alerts", ())
+    return (thresholds[-1].version if thresholds else 0, alerts[-1].at if alerts else 0.0)
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+@contextlib.contextmanager
+def _q_pressed() -> Iterator[asyncio.Event]:
+    """``q`` quits: the terminal in cbreak mode (keys arrive unbuffered, unechoed) while the
+    monitor runs, restored however it ends; without a terminal on stdin, Ctrl-C only."""
+    stop = asyncio.Event()
+    if not sys.stdin.isatty():
+        yield stop
+        return
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    loop = asyncio.get_running_loop()
+
+    def pressed() -> None:
+        if os.read(fd, 32).lower().startswith(b"q"):
+            stop.set()
+
+    tty.setcbreak(fd)
+    loop.add_reader(fd, pressed)
+    try:
+        yield stop
+    finally:
+        loop.remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)

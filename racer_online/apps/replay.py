@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from racer_online.offline.schedules import (
     plan,
 )
 from racer_online.routers.files import router_paths
-from racer_online.scopes import ScopeConfig
+from racer_online.scopes import ModelConfig, ScopeConfig
 from racer_online.settings import Settings
 
 __all__ = [
@@ -58,17 +58,27 @@ async def replay(
     static_n: int = 500,
     seed: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
+    prices: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Stream the plan through the running system and return the replay's JSON object."""
+    """Stream the plan through the running system and return the replay's JSON object.
+    ``prices`` (per model) price the figures and the cheapest baseline instead of the
+    scope's prices; the worker routes at the scope's either way."""
     config = settings.scopes.get(scope)
     if config is None:
         raise InvalidInputError(f"unknown scope {scope!r}")
+    if prices is not None:
+        unpriced = [m for m in config.model_names if m not in prices]
+        if unpriced:
+            raise InvalidInputError(f"the prices give no price for model {unpriced[0]!r}")
+        priced = {m: ModelConfig(price=prices[m]) for m in config.model_names}
+        config = config.model_copy(update={"models": priced})
     missing = set(config.model_names) - set(outcomes.models)
     if missing:
         raise InvalidInputError(
             f"scope {scope!r} has model {sorted(missing)[0]!r}, not in {outcomes.name}: point "
             "RACER_SCOPES_FILE at a scopes file of the data's models (demo --data writes one)"
         )
+    await clients.check_reachable(settings)
     run = _Run(settings, outcomes, the_plan, scope, config, seed=seed, on_progress=on_progress)
     decisions = await run.stream(rate=rate, delay_mean_s=delay_mean_s)
     chosen = np.zeros((len(decisions), len(config.model_names) + 1), bool)
@@ -196,7 +206,12 @@ def held_out_rows(outcomes: Outcomes, router_file: Path | None) -> NDArray[np.in
         return None
     from racer_online.routers.training import split_rows
 
-    header = json.loads(router_paths(router_file)[0].read_text())
+    header_file = router_paths(router_file)[0]
+    try:
+        header = json.loads(header_file.read_text())
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or "not a router header"
+        raise InvalidInputError(f"cannot read the router {header_file}: {reason}") from None
     training = header.get("training") or {}
     if training.get("rows") != len(outcomes) or "seed" not in training:
         return None  # trained on other data: every row is new to it

@@ -14,8 +14,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError
 
-from racer_online.errors import ConfigError
+from racer_online.errors import ConfigError, RacerError
 from racer_online.files import readable_file, why
 from racer_online.settings import (
     KAFKA_ENV,
@@ -45,6 +47,30 @@ def admin(settings: Settings, **options: Any) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap, **aiokafka_options(settings) | options
     )
+
+
+# How long a command waits for the broker's first answer: a Kafka broker answers a metadata
+# request in milliseconds; a port that does not speak Kafka never answers, and the clients'
+# own request timeout (40 s) is for requests to a broker that is there but busy.
+PROBE_TIMEOUT_S = 5.0
+
+
+async def check_reachable(settings: Settings, *, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """One metadata request with a short timeout, credentials and TLS applied, before the
+    real clients start: a wrong address fails in seconds, as one line."""
+    probe = AIOKafkaClient(
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout_s * 1000),
+        **aiokafka_options(settings),
+    )  # fmt: skip
+    try:
+        await probe.bootstrap()
+    except (KafkaError, OSError) as exc:
+        raise RacerError(
+            f"cannot reach the Kafka broker at {settings.kafka_bootstrap} (RACER_KAFKA_BROKER):"
+            f" no Kafka answer within {timeout_s:g} s ({type(exc).__name__})"
+        ) from None
+    finally:
+        await probe.close()
 
 
 async def partitions_of(settings: Settings, topic: str) -> list[int]:

@@ -21,6 +21,7 @@ async def read_dead_letters(settings: Settings, *, topic: str | None = None) -> 
     end offsets read when it starts, so it returns while workers keep writing, and gives up
     after `IDLE_LIMIT_S` without a record."""
     name = topic or settings.topics.dlq
+    await clients.check_reachable(settings)
     consumer = clients.consumer(settings, enable_auto_commit=False, group_id=None)
     try:
         await consumer.start()

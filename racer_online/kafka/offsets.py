@@ -95,6 +95,7 @@ async def lag(
 async def reset(settings: Settings, group: str, topic: str, *, to: Where) -> dict[int, int]:
     """Commit the start (``earliest``) or the end (``latest``) of every partition of
     ``topic`` for ``group``, whose members must all be stopped; returns partition: offset."""
+    await clients.check_reachable(settings)
     consumer = clients.consumer(settings, group_id=group, enable_auto_commit=False)
     try:
         await consumer.start()

@@ -150,6 +150,7 @@ async def produce(
     settings: Settings, topic: str, messages: Sequence[QueryMessage | FeedbackMessage]
 ) -> int:
     """Send every message keyed by query id; return how many were acknowledged."""
+    await clients.check_reachable(settings)
     producer = clients.producer(settings, linger_ms=5, acks="all")
     try:
         await producer.start()

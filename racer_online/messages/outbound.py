@@ -84,7 +84,9 @@ class ThresholdMessage(Message):
     mean_price: float | None = None
     window_start: float | None = None
     window_end: float | None = None
-    reason: str  # what triggered it: "start", "timer", "records", "drift", ...
+    # What triggered it: "start", "timer", "records", "drift", "segment", "confirm", or
+    # "until_certified" (every new record recalibrates until the window certifies).
+    reason: str
     # Exact miss rate of the most recent audited live decisions, with a 95% interval.
     realised_n: int = 0
     realised_miss_rate: float | None = None

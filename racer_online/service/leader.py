@@ -124,7 +124,7 @@ class Leader:
         if scope.new_records and scope.monitor.segment_from is not None:
             return "segment"  # route on the segment's threshold as soon as it certifies
         if scope.new_records and scope.threshold.status != "certified":
-            return "uncertified"  # leave lam = 1 as soon as the window certifies
+            return "until_certified"  # leave lam = 1 as soon as the window certifies
         if scope.new_records >= min(
             self.settings.recalibrate_every_records, 1 + len(scope.window) // 10
         ):  # a young window's threshold moves most: recalibrate as it grows by 10%

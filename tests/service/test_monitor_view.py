@@ -2,6 +2,12 @@
 
 import asyncio
 import io
+import os
+import pty
+import select
+import subprocess
+import sys
+import threading
 
 import pytest
 from rich.console import Console
@@ -12,6 +18,7 @@ from racer_online.messages import AlertMessage, ThresholdMessage
 from racer_online.service import store_config
 from racer_online.settings import Settings
 from racer_online.store import RedisStore
+from racer_online.testing import until
 
 T0 = 1_800_000_000.0
 DRIFT_MESSAGE = "31 misses in the last 50 audited decisions against alpha = 0.1: window restarted"
@@ -128,3 +135,88 @@ def test_bad_arguments_are_one_line(tmp_path):
         run_monitor(settings, scope="nope", once=True)
     with pytest.raises(InvalidInputError, match="--refresh must be > 0"):
         run_monitor(settings, refresh_s=0)
+
+
+def monitor_process(settings, scope, **popen):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RACER_")}
+    env |= {"RACER_REDIS_URL": settings.redis_url, "RACER_SCOPES_FILE": str(settings.scopes_file)}
+    command = [
+        sys.executable,
+        "-m",
+        "racer_online",
+        "monitor",
+        "--scope",
+        scope,
+        "--refresh",
+        "0.2",
+    ]
+    return subprocess.Popen(command, env=env, **popen)
+
+
+class Lines:
+    """What a process writes, line by line, read in a thread so the test can wait on it."""
+
+    def __init__(self, stream):
+        self.lines = []
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream):
+        for line in iter(stream.readline, ""):
+            self.lines.append(line.rstrip("\n"))
+
+    def having(self, text):
+        return [line for line in self.lines if text in line]
+
+
+async def test_off_a_terminal_it_prints_the_view_then_one_line_per_update(
+    tmp_path, redis_url, redis_ns
+):
+    """``monitor | cat`` shows the frame at once (not when killed), then each update."""
+    settings = Settings(
+        _env_file=None, redis_url=redis_url, scopes_file=scopes_file(tmp_path, redis_ns)
+    )
+    data = history(redis_ns)
+    first = {"thresholds": data["thresholds"][:6], "alerts": data["alerts"]}
+    await store_history(settings, redis_ns, first)
+    proc = monitor_process(settings, redis_ns, stdout=subprocess.PIPE, text=True)
+    try:
+        out = Lines(proc.stdout)
+        await until(lambda: out.having("v6"), timeout=60, what="the snapshot through a pipe")
+        assert not [line for line in out.lines if "\x1b[" in line]  # plain text, no redraws
+        await store_history(
+            settings, redis_ns, {"thresholds": data["thresholds"][6:], "alerts": []}
+        )
+        [line] = await until(lambda: out.having("v7 certified"), timeout=60, what="the update")
+        assert line.endswith(
+            f"  {redis_ns}  v7 certified  lam 0.7200  n 300  realised 7.0%  (records)"
+        )
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def test_q_quits_on_a_terminal(tmp_path, redis_url, redis_ns):
+    settings = Settings(
+        _env_file=None, redis_url=redis_url, scopes_file=scopes_file(tmp_path, redis_ns)
+    )
+    await store_history(settings, redis_ns, history(redis_ns))
+    main, child = pty.openpty()
+    proc = monitor_process(settings, redis_ns, stdin=child, stdout=child, stderr=child)
+    os.close(child)
+    try:
+        shown = bytearray()
+
+        def drawn() -> bool:
+            while select.select([main], [], [], 0)[0]:
+                shown.extend(os.read(main, 65536))
+            return b"v7" in shown
+
+        await until(drawn, timeout=60, what="the first frame on the terminal")
+        os.write(main, b"q")
+        await until(lambda: proc.poll() is not None, timeout=30, what="the monitor to quit on q")
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+        os.close(main)

@@ -1,17 +1,21 @@
 """Bad input to the commands a new user runs first: one line on stderr, no traceback, a
-non-zero exit, each case as a real process. No broker or Redis is running here: every
-address points at a closed port, so a case that reports its input problem proves the
-input was checked before anything was sent."""
+non-zero exit, each case as a real process; then each command doing what its help says.
+No broker or Redis is running here: every address points at a closed port (or at one that
+is not Kafka), so a case that reports its input problem proves the input was checked
+before anything was sent."""
 
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import typer.main
 
+from racer_online.apps.cli import app
 from racer_online.local.processes import free_port
 from racer_online.records import Records, write_records
 
@@ -27,10 +31,10 @@ def closed_env():
     }
 
 
-def run(*args, env):
+def run(*args, env, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "racer_online", *map(str, args)],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True, text=True, timeout=300, env=env, cwd=cwd,
     )  # fmt: skip
 
 
@@ -169,3 +173,97 @@ def test_evaluate_on_own_data_titles_it_and_fits_a_pipe(scoped_env, tmp_path):
 )
 def test_the_new_commands_fail_in_one_line(args, fragment, scoped_env, tmp_path):
     assert_one_line_error(run(*args, env=scoped_env), fragment)
+
+
+# -- each command does what its help says ----------------------------------------------------
+
+
+def own_outcomes(path, n, *, seed=0):
+    """An outcomes CSV of ``n`` questions over two models, three tasks, no prices."""
+    rng = np.random.default_rng(seed)
+    words = ["sum", "prove", "translate", "list", "name", "code", "explain", "sort"]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["question", "task", *(f"y:{m}" for m in MODELS)])
+        for i in range(n):
+            task = i % 3
+            question = f"{words[task]} {' '.join(rng.choice(words, 4))} item {i}"
+            out.writerow([question, f"t{task}", *(rng.uniform(size=2) < [0.5, 0.8]).astype(int)])
+    return path
+
+
+def test_backtest_on_own_data_without_a_router_trains_one_as_the_demo_does(scoped_env, tmp_path):
+    data = own_outcomes(tmp_path / "mine.csv", 300)
+    done = run("backtest", "--data", data, "--seeds", "1", "--json", env=scoped_env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert [p["n"] > 0 for p in result["phases"]] == [True] * len(result["phases"])
+    header = json.loads((tmp_path / "artifacts/demo/router.json").read_text())
+    assert header["training"]["data"] == str(data)  # trained on the data, not the shipped one
+
+
+def test_evaluate_adapts_its_calibration_size_to_small_data(scoped_env, tmp_path):
+    data = own_outcomes(tmp_path / "mine.csv", 600)
+    done = run("evaluate", "--data", data, "--splits", "2", "--json", env=scoped_env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["n_calibration"] == 210  # half of the 420 held-out rows
+    too_many = run("evaluate", "--data", data, "--n-calibration", "1000", env=scoped_env)
+    assert_one_line_error(too_many, "--n-calibration must lie in [1, 419]")
+
+
+def test_replay_takes_prices_and_the_worker_s_router(scoped_env, tmp_path):
+    data = own_outcomes(tmp_path / "mine.csv", 30)
+    (tmp_path / "my-prices.csv").write_text("model,price\norg/model-a,1.5\n")
+    unpriced = run("replay", "--data", data, "--prices", tmp_path / "my-prices.csv", env=scoped_env)
+    assert_one_line_error(unpriced, "vendor:model.b")
+    absent = run("replay", "--data", data, "--router", tmp_path / "absent.json", env=scoped_env)
+    assert_one_line_error(absent, f"cannot read the router {tmp_path / 'absent.json'}")
+
+
+def test_dlq_json_is_documented_as_json_lines(scoped_env):
+    shown = run("dlq", "--help", env=scoped_env | {"COLUMNS": "200"})
+    assert "JSON lines: one object a letter" in shown.stdout
+
+
+def test_publishing_an_empty_file_is_an_error(scoped_env, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    for command, noun in (("publish", "query"), ("feedback", "feedback event")):
+        done = run(command, empty, env=scoped_env)
+        assert_one_line_error(done, f"{empty}: no {noun} in it; nothing sent")
+
+
+def test_a_port_that_is_not_kafka_fails_in_seconds_as_one_line(scoped_env, tmp_path):
+    """The kernel accepts the connection and nothing ever answers: the client's own 40 s
+    request timeout would apply; the probe's 5 s does."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        broker = f"kafka://127.0.0.1:{silent.getsockname()[1]}"
+        for args in (("dlq",), ("publish", "--force", records_jsonl(tmp_path))):
+            done = run(*args, env=scoped_env | {"RACER_KAFKA_BROKER": broker})
+            assert_one_line_error(
+                done, "cannot reach the Kafka broker", "no Kafka answer within 5 s"
+            )
+
+
+def records_jsonl(tmp_path):
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"query_id": "q1", "scope": "default", "scores": {MODELS[0]: 0.5}}))
+    return path
+
+
+def test_no_help_text_breaks_mid_sentence():
+    """Every paragraph of every command's help is one line: the terminal wraps it."""
+
+    def helps(command, path):
+        yield path, command.help or ""
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from helps(sub, f"{path} {name}")
+
+    broken = [
+        path
+        for path, text in helps(typer.main.get_command(app), "racer-online")
+        if any("\n" in paragraph for paragraph in text.split("\n\n"))
+    ]
+    assert broken == []

@@ -322,13 +322,28 @@ def scope_file(catalogue: str = "m0 = { price = 0.1 }", **keys: str | None) -> s
 FIELD = "scopes.default."
 
 
+def test_a_scopes_file_with_two_mistakes_names_both(tmp_path: Path) -> None:
+    """The second mistake is not hidden behind the first: one run shows what to fix."""
+    path = tmp_path / "scopes.toml"
+    path.write_text(scope_file(delta=None, bound="'binomal'"))
+    with pytest.raises(ConfigError) as caught:
+        load_scopes(path)
+    assert str(caught.value) == (
+        f"scopes file {path}: {FIELD}delta: Field required; {FIELD}bound: Input should be "
+        "'binomial', 'hoeffding', 'bentkus', 'hb' or 'crc'"
+    )
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
         ("alpha = \n", "invalid TOML: Invalid value (at line 1, column 9)"),
         ("", "scopes: Field required"),
         ("[scopes]\n", "scopes: Dictionary should have at least 1 item"),
-        ("[scope.default]\nalpha = 0.1\n", "scopes: Field required (+1 more)"),
+        (
+            "[scope.default]\nalpha = 0.1\n",
+            "scopes: Field required; scope: Extra inputs are not permitted",
+        ),
         (scope_file(alpha="1"), FIELD + "alpha: Input should be less than 1"),
         (scope_file(alpha="0"), FIELD + "alpha: Input should be greater than 0"),
         (scope_file(alpha="nan"), FIELD + "alpha: Input should be a finite number"),

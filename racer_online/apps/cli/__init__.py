@@ -18,10 +18,12 @@ from racer_online.apps.cli import (  # noqa: F401
     stream,
     training,
 )
-from racer_online.apps.cli.common import app, note
+from racer_online.apps.cli.common import app, note, reflow_help
 from racer_online.errors import RacerError
 
 __all__ = ["app", "main"]
+
+reflow_help(app)
 
 
 def main() -> None:

@@ -33,7 +33,11 @@ def backtest(
     schedule: ScheduleOpt = None,
     per_phase: PerPhaseOpt = None,
     router: Annotated[
-        Path | None, typer.Option(help="A router from train-router (default: the demo's).")
+        Path | None,
+        typer.Option(
+            help="A router from train-router (default: the demo's, trained on the data "
+            "as the demo does when it was trained on other data)."
+        ),
     ] = None,
     alpha: Annotated[float, typer.Option(help="Target misroute probability.")] = 0.1,
     delta: Annotated[float, typer.Option(help="Allowed failure probability.")] = 0.1,
@@ -57,7 +61,7 @@ def backtest(
     if seeds < 1 or feedback_lag < 0 or rate <= 0:
         raise InvalidInputError("--seeds must be >= 1, --feedback-lag >= 0 and --rate > 0")
     outcomes = read_outcomes(data, correct_at, prices)
-    path = router if router is not None else router_file(DEMO_DIR)
+    path = router or router_file(DEMO_DIR, data=data, correct_at=correct_at)
     settings = bt.settings_for(
         outcomes.models, outcomes.prices.tolist(), audit_rate=audit_rate,
         scope={"alpha": alpha, "delta": delta},

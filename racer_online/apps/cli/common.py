@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import sys
 import time
@@ -28,6 +29,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def reflow_help(typer_app: typer.Typer) -> None:
+    """Join the lines of every paragraph of each command's help (its docstring), so the help
+    wraps at the terminal's width instead of breaking where the source line ended: Typer
+    keeps the line breaks of every paragraph after the first."""
+    for info in typer_app.registered_commands:
+        text = info.help if info.help is not None else inspect.getdoc(info.callback)
+        if text:
+            info.help = "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            reflow_help(group.typer_instance)
 
 
 class _Output:

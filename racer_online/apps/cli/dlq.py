@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from racer_online.apps.cli.common import JsonOpt, app, note, out, plural
+from racer_online.apps.cli.common import app, note, out, plural
 from racer_online.errors import InvalidInputError
 from racer_online.messages import DeadLetter
 from racer_online.settings import Settings
@@ -25,11 +25,15 @@ def dlq(
         str | None, typer.Option(help="Only letters whose reason or error contains this.")
     ] = None,
     last: Annotated[int | None, typer.Option(help="Only the last N (by time).")] = None,
-    as_json: JsonOpt = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="JSON lines: one object a letter, oldest first, no base64."),
+    ] = False,
 ) -> None:
     """What was dead-lettered, and why: reason, source offset, start of the payload.
 
     Reads the dead-letter topic from its start to its end offsets at the time of the call.
+    With --json, one JSON object a line (a stream: pipe it to jq or grep).
     """
     from racer_online.kafka.dead_letters import read_dead_letters
 

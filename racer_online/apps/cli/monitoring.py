@@ -59,7 +59,11 @@ def monitor(
     refresh: Annotated[float, typer.Option(help="Seconds between redraws.")] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
 ) -> None:
-    """Live view of each scope's threshold drift, read from Redis (Ctrl-C quits)."""
+    """Live view of each scope's threshold drift, read from Redis (q or Ctrl-C quits).
+
+    Off a terminal (a pipe, a file) it prints the view once as plain text, then one line
+    per new threshold or alert.
+    """
     from racer_online.apps.monitor import run_monitor
 
     run_monitor(Settings.load(), scope=scope, refresh_s=refresh, once=once)

@@ -38,6 +38,8 @@ from racer_online.errors import InvalidInputError
 from racer_online.records import read_records
 from racer_online.settings import Settings
 
+DEFAULT_N_CALIBRATION = 1000  # evaluate's calibration records per split, on data this big
+
 
 @app.command()
 def calibrate(
@@ -103,7 +105,10 @@ def evaluate(
     bound: BoundOpt = "binomial",
     rule: RuleOpt = "cumulative",
     miss: MissOpt = "answerable",
-    n_calibration: Annotated[int, typer.Option(help="Calibration records per split.")] = 1000,
+    n_calibration: Annotated[
+        int | None,
+        typer.Option(help="Calibration records per split (default: 1000, at most half the data)."),
+    ] = None,
     splits: Annotated[int, typer.Option(help="Random calibration/test splits.")] = 100,
     seed: int = 0,
     as_json: JsonOpt = False,
@@ -113,6 +118,8 @@ def evaluate(
 
     outcomes = read_outcomes(data, correct_at, prices)
     records = task_router_records(outcomes, seed=seed)
+    if n_calibration is None:
+        n_calibration = min(DEFAULT_N_CALIBRATION, len(records) // 2)  # the rest tests
     if not 0 < n_calibration < len(records):
         raise InvalidInputError(f"--n-calibration must lie in [1, {len(records) - 1}]")
     choices = method(bound, rule, miss)
@@ -164,6 +171,20 @@ def _evaluation_rows(
 def replay(
     data: DataOpt = None,
     correct_at: CorrectAtOpt = None,
+    prices: Annotated[
+        Path | None,
+        typer.Option(
+            help="Prices CSV (model, price columns) for the figures and the cheapest "
+            "baseline (default: the scope's prices, which the worker routes at)."
+        ),
+    ] = None,
+    router: Annotated[
+        Path | None,
+        typer.Option(
+            help="The worker's router: the questions it trained on are not replayed "
+            "(default: RACER_ROUTER_FILE)."
+        ),
+    ] = None,
     scope: Annotated[str, typer.Option(help="Scope the queries belong to.")] = "default",
     schedule: ScheduleOpt = None,
     per_phase: PerPhaseOpt = None,
@@ -177,14 +198,15 @@ def replay(
     from racer_online.apps import replay as replaying
 
     settings = Settings.load()
-    outcomes = read_outcomes(data, correct_at, None)
+    outcomes = read_outcomes(data, correct_at, prices)
     phases = replaying.parse_schedule(schedule) if schedule else None
-    rows = replaying.held_out_rows(outcomes, settings.router_file)
+    rows = replaying.held_out_rows(outcomes, router or settings.router_file)
+    given = dict(zip(outcomes.models, outcomes.prices.tolist(), strict=True)) if prices else None
     the_plan = replaying.plan(outcomes, phases, rows=rows, per_phase=per_phase, seed=seed)
     with progress_bar(not as_json) as on_progress:
         result = asyncio.run(replaying.replay(
             settings, outcomes, the_plan, scope=scope, rate=rate, delay_mean_s=delay_mean,
-            static_n=static_n, seed=seed, on_progress=on_progress,
+            static_n=static_n, seed=seed, on_progress=on_progress, prices=given,
         ))  # fmt: skip
     show_replay(result, as_json)
 

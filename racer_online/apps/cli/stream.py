@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from racer_online.apps.cli.common import app, note, plural
-from racer_online.errors import StoreUnavailableError
+from racer_online.errors import InvalidInputError, StoreUnavailableError
 from racer_online.settings import Settings
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def publish(
     """Publish queries to the queries topic, once the whole file is checked."""
     from racer_online.kafka.publishing import read_queries
 
-    _send(read_queries(source), "query", "queries", force=force)
+    _send(source, read_queries(source), "query", "queries", force=force)
 
 
 @app.command()
@@ -73,13 +73,17 @@ def feedback(
     """Publish correctness feedback to the feedback topic, once the whole file is checked."""
     from racer_online.kafka.publishing import read_feedback
 
-    _send(read_feedback(source), "feedback event", "feedback", force=force)
+    _send(source, read_feedback(source), "feedback event", "feedback", force=force)
 
 
-def _send(located: list[Located], noun: str, topic: str, *, force: bool) -> None:
-    """Check every message against the scopes (unless forced), then send them all."""
+def _send(source: str, located: list[Located], noun: str, topic: str, *, force: bool) -> None:
+    """Check every message against the scopes (unless forced), then send them all; a file
+    without a message is an error (a wrong file, or one not written yet)."""
     from racer_online.kafka.publishing import check_against_scopes, produce
 
+    if not located:
+        where = "stdin" if source == "-" else source
+        raise InvalidInputError(f"{where}: no {noun} in it; nothing sent")
     settings = Settings.load()
     if not force:
         check_against_scopes(located, settings.scopes)
