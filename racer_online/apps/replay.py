@@ -85,8 +85,8 @@ async def replay(
     for i, d in enumerate(decisions):
         chosen[i, [config.model_names.index(m) for m in d.models]] = True
         chosen[i, -1] = d.flag_unanswerable
-    prices = np.array(config.prices)
-    online = phase_figures(the_plan, chosen, run.labels, prices, miss=config.miss)
+    priced_at = np.array(config.prices)
+    online = phase_figures(the_plan, chosen, run.labels, priced_at, miss=config.miss)
     others = baselines(the_plan, decisions, run.labels, config, static_n=static_n,
                        alpha=config.alpha, delta=config.delta)  # fmt: skip
     return {
