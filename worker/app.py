@@ -264,6 +264,11 @@ async def _check_broker(settings: Settings, *, timeout_s: float = 10.0) -> None:
         await asyncio.wait_for(admin.start(), timeout_s)
     except (KafkaError, OSError, TimeoutError) as exc:
         unreachable = isinstance(exc, KafkaConnectionError | OSError | TimeoutError)
+        refused = await clients.refusal(settings, timeout_s=timeout_s) if unreachable else None
+        if refused is not None:  # it answers, and says no: which credential, which CA
+            raise ConfigError(
+                f"the broker at {settings.kafka_broker} refused us: {refused}"
+            ) from None
         reason = "" if unreachable else f": {exc}"
         raise ConfigError(
             f"the broker at {settings.kafka_broker} does not answer (RACER_KAFKA_BROKER){reason}"

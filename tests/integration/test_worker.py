@@ -204,7 +204,8 @@ async def _filled(redis_url, scope, n):
 
 async def test_the_web_server_listens_where_racer_web_host_says(deployment):
     deployment.start_worker()  # the default: loopback only
-    deployment.start_worker(RACER_WEB_HOST="0.0.0.0")  # as the containers set it
+    # As the containers set it, with the token that listening beyond loopback needs.
+    deployment.start_worker(RACER_WEB_HOST="0.0.0.0", RACER_WEB_TOKEN="a-token-for-this-test")
     for index in range(2):
         await deployment.wait_answering(index)
     bound = [listening_addresses(port) for port in deployment.web_ports]

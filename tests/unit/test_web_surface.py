@@ -11,9 +11,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from racer_online.errors import ConfigError
 from racer_online.local.services import free_port
 from racer_online.settings import Settings
+from worker.app import Worker
 from worker.http_auth import SESSION_COOKIE
 from worker.security import check_web_exposure, listens_beyond_loopback, web_options
-from worker.app import Worker
 
 TOKEN = "a-test-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -134,9 +134,9 @@ def test_the_token_comes_from_a_file_and_a_bad_one_is_one_line(tmp_path: Path):
     gated = web_options(settings(web_host="0.0.0.0", web_token_file=token_file))
     assert len(gated["web_application_options"]["middlewares"]) == 2  # problems, the gate
     token_file.write_text("\n")
-    with pytest.raises(ConfigError, match="RACER_WEB_TOKEN_FILE: .* is empty"):
+    with pytest.raises(ConfigError, match=r"RACER_WEB_TOKEN_FILE: .* is empty"):
         web_options(settings(web_host="0.0.0.0", web_token_file=token_file))
-    with pytest.raises(ConfigError, match="RACER_WEB_TOKEN_FILE: .* not found"):
+    with pytest.raises(ConfigError, match=r"RACER_WEB_TOKEN_FILE: .* not found"):
         web_options(settings(web_host="0.0.0.0", web_token_file=tmp_path / "missing"))
     with pytest.raises(ConfigError, match="keep only one"):
         settings(web_token=TOKEN, web_token_file=token_file)
