@@ -61,7 +61,7 @@ def login_page(*, refused: bool = False) -> str:
     """The worker's sign-in form: it posts the token to ``login`` (never in a URL)."""
     style = _asset("login.css")
     csp = (f"default-src 'none'; style-src {_sha256(style)}; form-action 'self'; "
-           "base-uri 'none'; frame-ancestors 'none'")  # fmt: skip
+           "img-src data:; base-uri 'none'")  # fmt: skip
     fill = {
         "csp": csp,
         "style": style,
