@@ -189,7 +189,7 @@ def secured_kafka(certificates, tmp_path_factory):
 @pytest.fixture(scope="session")
 def secured_redis(certificates, tmp_path_factory):
     """redis-server on TLS only (``port 0``), its default user off, one ACL user."""
-    from racer_online.local.secured_redis import SecuredRedis
+    from racer_online.local.secured import SecuredRedis
 
     with SecuredRedis(certificates, workdir=tmp_path_factory.mktemp("secured-redis")) as server:
         yield server
