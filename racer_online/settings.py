@@ -195,6 +195,17 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
     web_enabled: bool = True
+    # Every endpoint but /health and /ready asks for `Authorization: Bearer <token>` once a
+    # token is set; a worker refuses to listen beyond loopback without one (worker/web.py).
+    # RACER_WEB_TOKEN_FILE reads it from a file instead (a mounted secret).
+    web_token: SecretStr | None = None
+    web_token_file: Path | None = None
+    # HTTPS: the server's certificate chain (PEM) and its key, when not inside the cert file.
+    web_tls_cert_file: Path | None = None
+    web_tls_key_file: Path | None = None
+    # How often the worker asks the broker for its consumer lag (racer_consumer_lag):
+    # /metrics reads what the last refresh found, so a scrape never reaches the broker.
+    lag_refresh_s: Seconds = 10.0
     # Where a consumer group without committed offsets on a topic starts (a new deployment,
     # a renamed app id, expired offsets: the broker cannot tell them apart): "none" stops
     # the worker with one line, so that replaying the log is an operator's decision
@@ -248,6 +259,16 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _redis_fits_together(self) -> Self:
         _does_not_fit(self._redis_problem())
+        return self
+
+    @model_validator(mode="after")
+    def _web_fits_together(self) -> Self:
+        if self.web_token is not None and self.web_token_file is not None:
+            _does_not_fit("RACER_WEB_TOKEN_FILE: RACER_WEB_TOKEN is set too; keep only one")
+        if self.web_token is not None and not self.web_token.get_secret_value().strip():
+            _does_not_fit("RACER_WEB_TOKEN: empty")
+        if self.web_tls_key_file is not None and self.web_tls_cert_file is None:
+            _does_not_fit("RACER_WEB_TLS_KEY_FILE: set RACER_WEB_TLS_CERT_FILE too")
         return self
 
     @model_validator(mode="after")

@@ -28,7 +28,7 @@ from racer_online.service import RacerService, Rejected, metrics, store_config
 from racer_online.settings import Settings
 from racer_online.store import RedisStore
 from worker import web
-from worker.security import kafka_options
+from worker.security import check_web_exposure, kafka_options, web_options
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Worker:
         # Every worker ticks; the Faust leader recalibrates, the others give back any lease.
         self.app.timer(settings.leader_tick_s)(self.recalibrate)
         self.app.on_before_shutdown.connect(self._release_leases)
-        web.register(self.app, self.service, self.consumers)
+        web.register(self.app, settings, self.service, self.consumers)
 
     def topic(self, name: str) -> faust.TopicT:
         return self.app.topic(
@@ -208,13 +208,15 @@ def _faust_app(settings: Settings) -> faust.App:
         web_bind=settings.web_host,  # the address it listens on (web_host is only advertised)
         web_port=settings.web_port,
         **kafka_options(settings),
+        **web_options(settings),
         **{k: v for k, v in timings.items() if v is not None},
     )
 
 
 def check_web_port(settings: Settings) -> None:
-    """A web port that is taken is a `ConfigError` before anything starts: one line from the
-    command, not Faust's traceback."""
+    """A web port that is taken, or open beyond loopback without a token, is a `ConfigError`
+    before anything starts: one line from the command, not Faust's traceback."""
+    check_web_exposure(settings)  # beyond loopback without a token: refused first
     if settings.web_enabled:
         _check_bindable(settings.web_host, settings.web_port)
 
@@ -262,6 +264,11 @@ async def _check_broker(settings: Settings, *, timeout_s: float = 10.0) -> None:
         await asyncio.wait_for(admin.start(), timeout_s)
     except (KafkaError, OSError, TimeoutError) as exc:
         unreachable = isinstance(exc, KafkaConnectionError | OSError | TimeoutError)
+        refused = await clients.refusal(settings, timeout_s=timeout_s) if unreachable else None
+        if refused is not None:  # it answers, and says no: which credential, which CA
+            raise ConfigError(
+                f"the broker at {settings.kafka_broker} refused us: {refused}"
+            ) from None
         reason = "" if unreachable else f": {exc}"
         raise ConfigError(
             f"the broker at {settings.kafka_broker} does not answer (RACER_KAFKA_BROKER){reason}"

@@ -1,4 +1,6 @@
-"""The worker's HTTP views: probes, Prometheus metrics and the history behind the charts."""
+"""The worker's HTTP views: probes, Prometheus metrics and the history behind the charts.
+
+Who may call them (the token gate), HTTPS and the error documents: worker/security.py."""
 
 from __future__ import annotations
 
@@ -6,15 +8,27 @@ from collections.abc import Sequence
 from typing import Any
 
 import faust
+from aiohttp import web as aiohttp_web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from racer_online.errors import InvalidInputError, StoreUnavailableError
 from racer_online.kafka.batches import BatchConsumer
 from racer_online.service import RacerService
+from racer_online.settings import Settings
 from worker import dashboard
 
 
-def register(app: faust.App, service: RacerService, consumers: Sequence[BatchConsumer]) -> None:
+def register(
+    app: faust.App, settings: Settings, service: RacerService, consumers: Sequence[BatchConsumer]
+) -> None:
+    async def refresh_lag() -> None:
+        """racer_consumer_lag on the worker's own schedule: a scrape never asks the broker
+        (each refresh sends offset requests; scrapers, however many, send none)."""
+        for consumer in consumers:
+            await consumer.lag()
+
+    app.timer(settings.lag_refresh_s)(refresh_lag)
+
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         """Liveness: the event loop answers."""
@@ -39,8 +53,7 @@ def register(app: faust.App, service: RacerService, consumers: Sequence[BatchCon
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
-        for consumer in consumers:
-            await consumer.lag()  # sets racer_consumer_lag, as the broker holds the offsets
+        """The registry as it is: the lag is the last refresh's (`refresh_lag`)."""
         # aiohttp sets the charset itself and refuses one inside content_type.
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
@@ -52,9 +65,9 @@ def register(app: faust.App, service: RacerService, consumers: Sequence[BatchCon
             since = float(request.query.get("since", 0))
             found = await service.history(scope, since=since)
         except (InvalidInputError, ValueError) as exc:
-            return web.json({"error": str(exc)}, status=400)
+            raise aiohttp_web.HTTPBadRequest(text=str(exc)) from None
         except StoreUnavailableError as exc:
-            return web.json({"error": str(exc)}, status=503)
+            raise aiohttp_web.HTTPServiceUnavailable(text=str(exc)) from None
         return web.json({
             "scope": scope,
             "scopes": list(service.scopes),
@@ -62,4 +75,4 @@ def register(app: faust.App, service: RacerService, consumers: Sequence[BatchCon
             "alerts": [a.model_dump() for a in found["alerts"]],
         })  # fmt: skip
 
-    dashboard.register(app, service)
+    dashboard.register(app, settings, service)

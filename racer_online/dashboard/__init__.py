@@ -57,6 +57,19 @@ def static_page(
     return _page(config, title=f"RACER threshold drift report {made}", connect_src="'none'")
 
 
+def login_page(*, refused: bool = False) -> str:
+    """The worker's sign-in form: it posts the token to ``login`` (never in a URL)."""
+    style = _asset("login.css")
+    csp = (f"default-src 'none'; style-src {_sha256(style)}; form-action 'self'; "
+           "img-src data:; base-uri 'none'")  # fmt: skip
+    fill = {
+        "csp": csp,
+        "style": style,
+        "refused": '<p class="refused" role="alert">That token was refused.</p>' if refused else "",
+    }
+    return re.sub(r"\{\{(\w+)\}\}", lambda slot: fill[slot.group(1)], _asset("login.html"))
+
+
 def history_json(history: ScopeHistory) -> dict[str, list[dict[str, Any]]]:
     """A scope's history as the JSON that ``/api/history`` returns."""
     return {

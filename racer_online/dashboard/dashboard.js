@@ -363,8 +363,10 @@
     try {
       const query = new URLSearchParams({ scope, since: String(since) });
       const response = await fetch(`api/history?${query}`, { cache: "no-store" });
+      if (response.status === 401) { window.location.assign("login"); return; } // session over
       const body = await response.json();
-      if (!response.ok) throw new Error(body.error ?? `HTTP ${response.status}`);
+      // Errors are RFC 9457 problem documents (worker/http_problems.py).
+      if (!response.ok) throw new Error(body.detail ?? body.title ?? `HTTP ${response.status}`);
       if (scope !== state.scope) return; // the scope changed while this was on its way
       merge(body.thresholds, body.alerts);
       setScopes(body.scopes);

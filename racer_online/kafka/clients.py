@@ -9,13 +9,15 @@ naming the ``RACER_*`` variable; no message ever contains a secret: secrets stay
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
 
 from racer_online.errors import ConfigError, RacerError
 from racer_online.files import readable_file, why
@@ -100,6 +102,34 @@ def aiokafka_options(settings: Settings) -> dict[str, Any]:
             "sasl_plain_password": sec.password.get_secret_value(),
         }
     return options
+
+
+async def refusal(settings: Settings, *, timeout_s: float = 10.0) -> str | None:
+    """Why the first broker refuses this client, in one line naming the settings at fault
+    (SASL credentials, the CA that does not trust its certificate); None when it does not
+    refuse (it may not answer at all). aiokafka's bootstrap only says it could not connect,
+    so one connection is made here to hear the reason."""
+    sec = settings.kafka_security
+    host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
+    try:
+        conn = await asyncio.wait_for(
+            create_conn(host, int(port), request_timeout_ms=int(timeout_s * 1000),
+                        **aiokafka_options(settings)),
+            timeout_s,
+        )  # fmt: skip
+    except ssl.SSLCertVerificationError as exc:
+        trusted = sec.ca_file or "the system CAs"
+        return (f"its TLS certificate is not trusted by {KAFKA_ENV}CA_FILE ({trusted}):"
+                f" {exc.verify_message}")  # fmt: skip
+    except ssl.SSLError as exc:
+        return f"the TLS handshake failed: {why(exc)}"
+    except (SaslAuthenticationFailed, UnsupportedSaslMechanismError) as exc:
+        return (f"it refused user {sec.username!r} ({sec.sasl_mechanism}; {KAFKA_ENV}USERNAME,"
+                f" {KAFKA_ENV}PASSWORD): {exc.args[0] if exc.args else exc}")  # fmt: skip
+    except (KafkaError, OSError, TimeoutError):
+        return None
+    conn.close()
+    return None
 
 
 def kafka_ssl_context(sec: KafkaSecurityConfig) -> ssl.SSLContext:

@@ -4,7 +4,10 @@ Each node is one ``java kafka.Kafka`` process, broker and controller at once, wi
 quorum (``controller.quorum.voters``), on free loopback ports, its log in its own folder.
 A node keeps its ports and folder across a kill or a restart, so it comes back on its log.
 The jars come from Maven Central (`racer_online.local.kafka_jars`). Where the settings
-differ from a broker's defaults, `TEST_SETTINGS` says why.
+differ from a broker's defaults, `TEST_SETTINGS` says why. With `SaslSsl`, each node also
+listens for SASL_SSL with SCRAM users stored at format time (``kafka-storage format
+--add-scram``, KIP-900), its certificate a PEM key store: clients get that listener from
+``env()``, while ``bootstrap`` stays the PLAINTEXT one for a test's own observers.
 """
 
 import os
@@ -13,7 +16,8 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -28,6 +32,7 @@ from racer_online.local.kafka_jars import (
     properties,
 )
 from racer_online.local.processes import EmbeddedServiceError, ServerProcess, free_port
+from racer_online.local.tls import Certificates
 
 # For tests: a new group joins at once (not after 3 s of waiting for more members), the
 # tests' 2 s session timeouts are allowed (Kafka's floor is 6 s), and the offsets topic is
@@ -38,16 +43,42 @@ TEST_SETTINGS: dict[str, object] = {
     "offsets.topic.num.partitions": 4,
 }
 WIRE_ERRORS = (OSError, ValueError, IndexError)  # not listening yet, or a cut answer
+SCRAM = "SCRAM-SHA-512"
+
+
+@dataclass(frozen=True)
+class SaslSsl:
+    """A SASL_SSL listener (SCRAM-SHA-512) beside PLAINTEXT: its certificates and users."""
+
+    certificates: Certificates
+    users: Mapping[str, str]  # name -> password
+
+    def broker_settings(self) -> dict[str, object]:
+        prefix = "listener.name.sasl_ssl."
+        return {
+            "sasl.enabled.mechanisms": SCRAM,
+            f"{prefix}{SCRAM.lower()}.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            f"{prefix}ssl.keystore.type": "PEM",  # the key, then its chain, in one file
+            f"{prefix}ssl.keystore.location": self.certificates.chain,
+        }  # fmt: skip
+
+    def format_args(self) -> list[str]:
+        found = []
+        for name, password in self.users.items():
+            found += ["--add-scram", f"{SCRAM}=[name={name},password={password}]"]
+        return found
 
 
 class KafkaNode(ServerProcess):
     """One combined broker+controller process; its ports and folder are fixed."""
 
-    def __init__(self, node_id: int, workdir: Path, heap: str) -> None:
+    def __init__(self, node_id: int, workdir: Path, heap: str, *, sasl_ssl: bool = False) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(workdir, "server.log")
         self.node_id, self.heap = node_id, heap
         self.port, self.controller_port = free_port(), free_port()
+        self.sasl_ssl_port = free_port() if sasl_ssl else None
         self.lib = Path()
 
     def command(self, main: str, *args: str) -> list[str]:
@@ -58,13 +89,13 @@ class KafkaNode(ServerProcess):
         return [java(), *options, "-cp", f"{self.lib}/*", main, *args]
 
     def configure(self, cluster_wide: dict[str, object]) -> None:
-        listeners = (
-            f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
-        )
+        advertised = f"PLAINTEXT://127.0.0.1:{self.port}"
+        if self.sasl_ssl_port is not None:
+            advertised += f",SASL_SSL://127.0.0.1:{self.sasl_ssl_port}"
         own = {
-            "node.id": self.node_id, "process.roles": "broker,controller", "listeners": listeners,
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
-            "log.dirs": self.workdir / "data",
+            "node.id": self.node_id, "process.roles": "broker,controller",
+            "listeners": f"{advertised},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": advertised, "log.dirs": self.workdir / "data",
         }  # fmt: skip
         (self.workdir / "server.properties").write_text(properties(own | cluster_wide))
         for name, text in log_configs(self.log_path).items():
@@ -107,7 +138,7 @@ class ApacheKafka:
 
     def __init__(
         self, nodes: int = 1, *, version: str | None = None,
-        workdir: str | Path | None = None, heap: str = "768m",
+        workdir: str | Path | None = None, heap: str = "768m", sasl_ssl: SaslSsl | None = None,
     ) -> None:  # fmt: skip
         if nodes not in (1, 3):
             raise EmbeddedServiceError(f"Apache Kafka runs here on 1 or 3 nodes, not {nodes}")
@@ -115,7 +146,9 @@ class ApacheKafka:
         self.version = check_version(chosen)
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="racer-kafka-"))
-        self.nodes = [KafkaNode(i, self.workdir / f"node-{i}", heap) for i in range(1, nodes + 1)]
+        self.sasl_ssl = sasl_ssl
+        self.nodes = [KafkaNode(i, self.workdir / f"node-{i}", heap, sasl_ssl=sasl_ssl is not None)
+                      for i in range(1, nodes + 1)]  # fmt: skip
         self.replication = nodes
         self.port = self.nodes[0].port
         self.bootstrap = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
@@ -132,7 +165,25 @@ class ApacheKafka:
     def env(self) -> dict[str, str]:
         """A client's settings. Kafka answers a fetch as soon as a record is there, so the
         default fetch wait (0.5 s) only paces idle polls and stays."""
-        return {"RACER_KAFKA_BROKER": self.url}
+        if self.sasl_ssl is None:
+            return {"RACER_KAFKA_BROKER": self.url}
+        return {"RACER_KAFKA_BROKER": self.secured_url} | self.client_security_env()
+
+    @property
+    def secured_url(self) -> str:
+        """The SASL_SSL listeners (``url`` is the PLAINTEXT ones)."""
+        return "kafka://" + ",".join(f"127.0.0.1:{n.sasl_ssl_port}" for n in self.nodes)
+
+    def client_security_env(self, user: str | None = None) -> dict[str, str]:
+        """A client's RACER_KAFKA_SECURITY__* for ``user`` (the first one by default)."""
+        assert self.sasl_ssl is not None, "a broker without a SASL_SSL listener"
+        name = user or next(iter(self.sasl_ssl.users))
+        prefix = "RACER_KAFKA_SECURITY__"
+        return {
+            f"{prefix}PROTOCOL": "SASL_SSL", f"{prefix}SASL_MECHANISM": SCRAM,
+            f"{prefix}USERNAME": name, f"{prefix}PASSWORD": self.sasl_ssl.users[name],
+            f"{prefix}CA_FILE": str(self.sasl_ssl.certificates.ca),
+        }  # fmt: skip
 
     def node(self, node_id: int) -> KafkaNode:
         return self.nodes[node_id - 1]
@@ -148,6 +199,11 @@ class ApacheKafka:
             "offsets.topic.replication.factor": rf,
             "transaction.state.log.replication.factor": rf, "transaction.state.log.min.isr": isr,
         }  # fmt: skip
+        if self.sasl_ssl is not None:
+            values["listener.security.protocol.map"] = (
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL"
+            )
+            values |= self.sasl_ssl.broker_settings()
         if major(self.version) >= 4:  # the share groups' state topic is new in Kafka 4
             values["share.coordinator.state.topic.replication.factor"] = rf
             values["share.coordinator.state.topic.min.isr"] = isr
@@ -179,16 +235,18 @@ class ApacheKafka:
         made = subprocess.run(self.nodes[0].command("kafka.tools.StorageTool", "random-uuid"),
                               capture_output=True, text=True, check=False)  # fmt: skip
         cluster_id = (made.stdout.split() or ["-"])[-1]
-        formats = [self._format_node(n, cluster_id) for n in self.nodes]  # in parallel
+        users = self.sasl_ssl.format_args() if self.sasl_ssl is not None else []
+        formats = [self._format_node(n, cluster_id, users) for n in self.nodes]  # in parallel
         for proc in formats:
             said = proc.communicate()[0].decode(errors="replace").strip().splitlines()
             if proc.returncode:
                 raise EmbeddedServiceError(f"Kafka's storage format failed: {said[-1:]}")
 
     @staticmethod
-    def _format_node(node: KafkaNode, cluster_id: str) -> subprocess.Popen[bytes]:
+    def _format_node(node: KafkaNode, cluster_id: str, users: list[str]) -> subprocess.Popen[bytes]:
         config = str(node.workdir / "server.properties")
         args = node.command("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", config)
+        args += users  # SCRAM credentials, stored in the bootstrap metadata
         out, err = subprocess.PIPE, subprocess.STDOUT
         return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
 

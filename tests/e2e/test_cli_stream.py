@@ -102,3 +102,39 @@ def test_dev_services_worker_publish_feedback_thresholds(tmp_path, broker_kind):
     finally:
         stop(worker, services)
     assert services.returncode == 0
+
+
+@pytest.mark.apache
+def test_dev_services_secured_serves_sasl_ssl_and_redis_tls(tmp_path):
+    """`dev-services --secured` prints settings that the CLI reaches both servers with;
+    Ctrl-C stops them and removes their certificates and data."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RACER_")}
+    services = subprocess.Popen(
+        [sys.executable, "-m", "racer_online", "dev-services", "--secured"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,
+    )  # fmt: skip
+    try:
+        assert services.stdout is not None
+        printed: dict[str, str] = {}
+        while "RACER_REDIS_CA_FILE" not in printed:  # the last line it prints
+            line = services.stdout.readline()
+            assert line, f"dev-services exited: {services.stderr.read() if services.stderr else ''}"
+            name, _, value = line.strip().partition("=")
+            printed[name] = value
+        assert printed["RACER_KAFKA_SECURITY__PROTOCOL"] == "SASL_SSL"
+        assert printed["RACER_KAFKA_SECURITY__SASL_MECHANISM"] == "SCRAM-SHA-512"
+        assert printed["RACER_REDIS_URL"].startswith("rediss://")
+        secured = env | printed
+        queries = tmp_path / "queries.jsonl"
+        queries.write_text(json.dumps({"query_id": "q1", "scope": "default",
+                                       "scores": {"gemma-2-9b-it": 0.7}}) + "\n")  # fmt: skip
+        sent = cli("publish", str(queries), "--force", env=secured)  # over SASL_SSL
+        assert sent.returncode == 0 and "published 1" in sent.stderr, sent.stderr
+        shown = cli("thresholds", "--json", env=secured)  # over TLS, as the ACL user
+        assert shown.returncode == 0 and "default" in json.loads(shown.stdout), shown.stderr
+        folder = printed["RACER_REDIS_CA_FILE"].rsplit("/tls/", 1)[0]
+    finally:
+        stop(services)
+    assert services.returncode == 0
+    assert not os.path.exists(folder)

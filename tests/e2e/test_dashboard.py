@@ -1,10 +1,11 @@
 """The drift dashboard in a real headless Chromium, on a real worker, broker and Redis.
 
 A short replay drives one scope through a drift (the models' accuracies flip mid-stream);
-the page served at /dashboard must then chart one point per stored threshold and mark the
-drift alert (uPlot draws on a canvas: the figures say what they were handed; the screenshots
-show what was drawn). The system's Chromium is driven by Playwright (no browser download).
-Screenshots go to artifacts/ for a person to look at.
+the page served at /dashboard, behind the worker's token (the browser signs in through the
+login form; the token never appears in a URL), must then chart one point per stored
+threshold and mark the drift alert (uPlot draws on a canvas: the figures say what they were
+handed; the screenshots show what was drawn). The system's Chromium is driven by Playwright
+(no browser download). Screenshots go to artifacts/ for a person to look at.
 """
 
 import json
@@ -35,6 +36,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 MODELS = ("m0", "m1", "m2")
 LAM_POINTS = "Number(document.getElementById('chart-lam').dataset.points)"
+TOKEN = "a-dashboard-token-for-this-test"
 
 needs_chromium = pytest.mark.skipif(
     not os.access(CHROMIUM, os.X_OK), reason="Chromium missing: .ci/run installs it"
@@ -58,6 +60,8 @@ class Chromium:
             await self.playwright.stop()
             raise
         self.found: list[str] = []
+        self.visited: list[str] = []  # every URL the page asked for
+        self.page.on("request", lambda request: self.visited.append(request.url))
         self.page.on("pageerror", lambda error: self.found.append(str(error)))
         self.page.on("console", lambda m: self.found.append(m.text) if m.type == "error" else None)
         return self
@@ -69,6 +73,12 @@ class Chromium:
     async def open(self, url):
         self.found.clear()
         await self.page.goto(url)
+
+    async def sign_in(self, token):
+        """Type the token into the login form and send it (a POST: never in a URL)."""
+        await self.page.fill("#token", token)
+        async with self.page.expect_navigation():
+            await self.page.click("button[type=submit]")
 
     async def evaluate(self, expression):
         return await self.page.evaluate(expression)
@@ -96,6 +106,7 @@ class Replay(LocalDeployment):
             env=broker.env() | {
                 "RACER_AUDIT_RATE": "1.0", "RACER_RECALIBRATE_INTERVAL_S": "1",
                 "RACER_RECALIBRATE_EVERY_RECORDS": "50", "RACER_N_RECENT": "50",
+                "RACER_WEB_TOKEN": TOKEN,
             },
         )  # fmt: skip
         self.write_scopes(MODELS, alpha=0.1, delta=0.1)
@@ -191,11 +202,21 @@ async def test_dashboard_charts_a_live_drift(replay, tmp_path):
     stored = await replay.history()
     assert any(a.kind == "drift" for a in stored["alerts"]), replay.log()
 
-    async with aiohttp.ClientSession() as http, http.get(f"{replay.url}/dashboard") as served:
-        assert served.status == 200, f"GET /dashboard: {served.status}"
-        assert served.content_type == "text/html"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{replay.url}/dashboard") as refused:
+            assert refused.status == 401 and "Bearer" in refused.headers["WWW-Authenticate"]
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        async with http.get(f"{replay.url}/dashboard", headers=bearer) as served:
+            assert served.status == 200, f"GET /dashboard: {served.status}"
+            assert served.content_type == "text/html"
     async with Chromium() as browser:
-        await browser.open(f"{replay.url}/dashboard")
+        await browser.open(f"{replay.url}/dashboard")  # no session yet: the login form
+        assert browser.page.url == f"{replay.url}/login"
+        await browser.sign_in("a-wrong-token")
+        assert await browser.page.get_by_role("alert").inner_text() == "That token was refused."
+        await browser.sign_in(TOKEN)
+        assert browser.page.url.startswith(f"{replay.url}/dashboard")  # ?scope=, the page sets
+        assert TOKEN not in "".join(browser.visited)
 
         async def page_matches_redis():
             stored = await replay.history()  # re-read: a late recalibration may still land

@@ -161,3 +161,47 @@ async def fault_deployment(fault_services, tmp_path):
     await made.create_topics()
     yield made
     made.stop()
+
+
+# -- Secured services: TLS, SASL and ACLs on real servers -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory):
+    """A CA, a loopback server certificate it signed, and an unrelated CA (openssl, now)."""
+    from racer_online.local.tls import make_certificates
+
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def secured_kafka(certificates, tmp_path_factory):
+    """Apache Kafka with a SASL_SSL listener and a SCRAM-SHA-512 user (stored at format time)."""
+    from racer_online.local.kafka import ApacheKafka, SaslSsl
+
+    users = {"racer": "racer-kafka-secret"}
+    broker = ApacheKafka(workdir=tmp_path_factory.mktemp("secured-kafka"),
+                         sasl_ssl=SaslSsl(certificates, users))  # fmt: skip
+    with broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def secured_redis(certificates, tmp_path_factory):
+    """redis-server on TLS only (``port 0``), its default user off, one ACL user."""
+    from racer_online.local.secured import SecuredRedis
+
+    with SecuredRedis(certificates, workdir=tmp_path_factory.mktemp("secured-redis")) as server:
+        yield server
+
+
+@pytest.fixture
+async def secured_deployment(secured_kafka, secured_redis, tmp_path):
+    """Like `deployment`, with the workers on the SASL_SSL listener and the TLS Redis."""
+    import uuid
+
+    made = Deployment(secured_kafka, secured_redis.url, tmp_path, f"sec-{uuid.uuid4().hex[:10]}")
+    made.env |= secured_redis.env()  # RACER_KAFKA_SECURITY__* came with the broker's env()
+    await made.create_topics()
+    yield made
+    made.stop()

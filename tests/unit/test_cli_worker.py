@@ -34,3 +34,8 @@ def test_a_taken_web_port_is_one_line():
         port = taken.getsockname()[1]
         result = worker(RACER_WEB_PORT=str(port))
     assert_one_line(result, f"127.0.0.1:{port}", "cannot listen")
+
+
+def test_a_web_server_beyond_loopback_without_a_token_is_one_line():
+    result = worker(RACER_WEB_HOST="0.0.0.0")  # no broker needed: refused before it is asked
+    assert_one_line(result, "0.0.0.0", "without a token", "RACER_WEB_TOKEN")

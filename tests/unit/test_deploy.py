@@ -21,12 +21,13 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel
 
+from racer_online.errors import ConfigError
 from racer_online.scopes import load_scopes
 from racer_online.service import metrics
 from racer_online.settings import Settings, TopicsConfig
 from racer_online.store import keys
 from racer_online.store.connection import redis_options
-from worker.security import kafka_options
+from worker.security import check_web_exposure, kafka_options, web_token
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -214,6 +215,31 @@ def test_workers(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> No
     assert f"127.0.0.1:{WEB_PORT}/health" in " ".join(worker["healthcheck"]["test"])
 
 
+def secret_path(compose: dict[str, Any], service: str, secret: str) -> str:
+    """Where compose mounts ``secret`` in ``service`` (short syntax: /run/secrets/NAME)."""
+    assert secret in compose["secrets"], f"no top-level secret {secret}"
+    assert secret in compose["services"][service].get("secrets", []), (service, secret)
+    return f"/run/secrets/{secret}"
+
+
+def test_compose_workers_bind_beyond_loopback_with_a_token_from_a_secret(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env = env_of(compose["services"]["worker"])
+    assert "RACER_WEB_TOKEN" not in env  # never a value in the compose file itself
+    assert env["RACER_WEB_TOKEN_FILE"] == secret_path(compose, "worker", "racer_web_token")
+    # The secret's value comes from the shell that runs compose, not from a file in the repo.
+    assert compose["secrets"]["racer_web_token"] == {"environment": "RACER_WEB_TOKEN"}
+    token = tmp_path / "racer_web_token"
+    token.write_text("a-token\n")
+    settings = settings_from(env | {"RACER_WEB_TOKEN_FILE": str(token)}, monkeypatch)
+    check_web_exposure(settings)  # 0.0.0.0 with a token: accepted
+    assert web_token(settings) == "a-token"
+    without = {k: v for k, v in env.items() if k != "RACER_WEB_TOKEN_FILE"}
+    with pytest.raises(ConfigError, match="without a token"):  # closed by default
+        check_web_exposure(settings_from(without, monkeypatch))
+
+
 def run_topic_creation(compose: dict[str, Any], tmp_path: Path) -> list[list[str]]:
     """Run kafka-init's script with a stub kafka-topics.sh that records its arguments."""
     init = compose["services"]["kafka-init"]
@@ -318,6 +344,11 @@ def test_prometheus_scrapes_every_worker_on_the_web_port(compose: dict[str, Any]
     assert job["metrics_path"] == "/metrics"
     (sd,) = job["dns_sd_configs"]
     assert sd["names"] == ["worker"] and sd["type"] == "A" and sd["port"] == WEB_PORT
+    # The workers ask for a token: Prometheus sends the workers' own secret.
+    assert job["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": secret_path(compose, "prometheus", "racer_web_token"),
+    }
     mounted = mounts(compose["services"]["prometheus"])
     for rule_file in config["rule_files"]:
         assert (ROOT / mounted[rule_file]).is_file()
@@ -473,11 +504,17 @@ def test_deployment_env_comes_from_the_configmap_and_secret(
     assert settings.kafka_security.protocol == "SASL_SSL"
     assert "broker_credentials" in kafka_options(settings)  # the credentials fit together
     assert redis_options(settings)["password"] == "CHANGE-ME"
+    check_web_exposure(settings)  # 0.0.0.0, with the Secret's token
+    assert web_token(settings) == "CHANGE-ME"
     # Secret things only in the Secret.
-    assert not {n for n in env_map["data"] if "PASSWORD" in n}
+    assert not {n for n in env_map["data"] if "PASSWORD" in n or "TOKEN" in n}
     assert set(secret["stringData"]) == {
         "RACER_KAFKA_SECURITY__USERNAME", "RACER_KAFKA_SECURITY__PASSWORD", "RACER_REDIS_PASSWORD",
+        "RACER_WEB_TOKEN",
     }  # fmt: skip
+    tokenless = {k: v for k, v in env.items() if k != "RACER_WEB_TOKEN"}
+    with pytest.raises(ConfigError, match="without a token"):  # a Secret without it: refused
+        check_web_exposure(settings_from(tokenless, monkeypatch))
 
 
 def test_secrets_are_placeholders_only(manifests: list[dict[str, Any]]) -> None:

@@ -99,18 +99,30 @@ def dev_services(
     broker: Annotated[
         str, typer.Option(help="tansu (embedded, no Java) or apache (Apache Kafka, Java 17).")
     ] = "tansu",
+    secured: Annotated[
+        bool,
+        typer.Option(
+            "--secured",
+            help="Apache Kafka over SASL_SSL (SCRAM-SHA-512) and "
+            "Redis over TLS with an ACL user, certificates made now.",
+        ),
+    ] = False,
 ) -> None:
     """Start a local broker and Redis; print RACER_* lines to source; run until stopped."""
     from racer_online.local.brokers import BROKERS
+    from racer_online.local.secured import secured_services
     from racer_online.local.services import embedded_services
 
     if broker not in BROKERS:
         raise typer.BadParameter(f"{broker!r}: one of {', '.join(BROKERS)}", param_hint="--broker")
     with (
         contextlib.suppress(KeyboardInterrupt),  # Ctrl-C is how they stop: exit 0
-        embedded_services(_configured_redis(), broker=broker) as services,
+        secured_services()
+        if secured
+        else embedded_services(_configured_redis(), broker=broker) as services,
     ):
-        for name, value in services.env().items():
+        env = services if isinstance(services, dict) else services.env()
+        for name, value in env.items():
             print(f"{name}={value}", flush=True)
         note("dev services are up; Ctrl-C stops them")
         threading.Event().wait()
