@@ -195,6 +195,9 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
     web_enabled: bool = True
+    # The decision API (POST /v1/route) coalesces the requests that arrive within this long
+    # of each other into one Redis round trip (and one produce batch): worker/api.py.
+    api_batch_wait_s: float = Field(default=0.001, ge=0.0, le=0.1)
     # Where a consumer group without committed offsets on a topic starts (a new deployment,
     # a renamed app id, expired offsets: the broker cannot tell them apart): "none" stops
     # the worker with one line, so that replaying the log is an operator's decision
