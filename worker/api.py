@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaError
 from racer_online.errors import StoreUnavailableError
 from racer_online.messages import DecisionMessage, FeedbackMessage, MessageError, QueryMessage
 from racer_online.messages.fields import MAX_MESSAGE_BYTES
+from racer_online.scopes import ScopeConfig
 from racer_online.service import Rejected, Routed
 from racer_online.service.coalescing import MicroBatcher
 from worker.problems import Problem, problem_schema
@@ -47,10 +48,12 @@ class DecisionAPI:
         route_batch: RouteBatch,
         send_feedback: SendFeedback,
         *,
+        scopes: Mapping[str, ScopeConfig],
         max_wait_s: float,
         max_batch: int,
         max_body_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
+        self.scopes = scopes
         self.routing = MicroBatcher(route_batch, max_wait_s=max_wait_s, max_size=max_batch)
         self.send_feedback = send_feedback
         self.max_body_bytes = max_body_bytes
@@ -58,6 +61,7 @@ class DecisionAPI:
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/route", self.route)
         router.add_post("/v1/feedback", self.feedback)
+        router.add_get("/v1/scopes/{scope}", self.scope)
         router.add_get("/v1/openapi.json", self.openapi)
 
     async def route(self, request: web.Request) -> web.StreamResponse:
@@ -80,6 +84,19 @@ class DecisionAPI:
         except KafkaError as exc:
             raise Problem(503, "Broker unavailable", _broker_failed(exc), retry_after_s=1) from None
         return web.json_response({"query_id": event.query_id, "accepted": True}, status=202)
+
+    async def scope(self, request: web.Request) -> web.StreamResponse:
+        """A scope's catalogue (the models a gateway maps to its deployments, their prices)
+        and its guarantee."""
+        name = request.match_info["scope"]
+        found = self.scopes.get(name)
+        if found is None:
+            raise Problem(404, "Unknown scope", f"unknown scope {name!r}", kind="unknown_scope")
+        return web.json_response({
+            "scope": name, "models": list(found.model_names),
+            "prices": dict(zip(found.model_names, found.prices, strict=True)),
+            "alpha": found.alpha, "delta": found.delta, "bound": found.bound,
+        })  # fmt: skip
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(openapi_document())
@@ -156,6 +173,12 @@ def openapi_document() -> dict[str, Any]:
                                           "schema": {"$ref": "#/components/schemas/"
                                                      "DecisionMessage"}}}},
                               **problems(401, 409, 413, 415, 422, 503)},
+            }},
+            "/v1/scopes/{scope}": {"get": {
+                "summary": "A scope's models, their prices and its guarantee",
+                "parameters": [{"name": "scope", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the scope"}, **problems(401, 404)},
             }},
             "/v1/feedback": {"post": {
                 "summary": "Labels for a routed query, joined like the feedback topic's",

@@ -74,7 +74,7 @@ class Worker:
         self.app.on_before_shutdown.connect(self._release_leases)
         web.register(self.app, self.service, self.consumers)
         self.api = api.DecisionAPI(self.decide_requests, self.publish_feedback,
-                                   max_wait_s=settings.api_batch_wait_s,
+                                   scopes=settings.scopes, max_wait_s=settings.api_batch_wait_s,
                                    max_batch=settings.batch_size)  # fmt: skip
         self.api.add_routes(cast(AiohttpWeb, self.app.web).web_app.router)
 

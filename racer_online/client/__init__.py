@@ -7,7 +7,7 @@ decision into model calls and labels: `RacerClient`, `AsyncRacerClient`, the pol
                                  grader=exact_match("391"))
 """
 
-from racer_online.client._clients import AsyncRacerClient, RacerClient
+from racer_online.client._clients import AsyncRacerClient, RacerClient, ScopeInfo
 from racer_online.client.errors import (
     APIConnectionError,
     APIError,
@@ -28,6 +28,6 @@ __all__ = [
     "APIConnectionError", "APIError", "APIStatusError", "APITimeoutError", "AsyncRacerClient",
     "AuthenticationError", "Cascade", "Cheapest", "ConflictError", "Grader",
     "InternalServerError", "NotFoundError", "Outcome", "PayloadTooLargeError", "Policy",
-    "RacerClient", "RateLimitError", "UnprocessableEntityError", "answer_text",
+    "RacerClient", "RateLimitError", "ScopeInfo", "UnprocessableEntityError", "answer_text",
     "audit_models", "exact_match", "numeric", "regex",
 ]  # fmt: skip

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
 from racer_online.client.errors import APIConnectionError, APITimeoutError, status_error
 from racer_online.client.graders import Grader
@@ -29,6 +30,17 @@ INITIAL_RETRY_S, MAX_RETRY_S = 0.5, 8.0
 RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 HttpT = TypeVar("HttpT", httpx.Client, httpx.AsyncClient)
+
+
+class ScopeInfo(BaseModel):
+    """``GET /v1/scopes/{scope}``: the models a gateway maps to its deployments."""
+
+    scope: str
+    models: list[str]
+    prices: dict[str, float]
+    alpha: float
+    delta: float
+    bound: str
 
 
 class _BaseClient(Generic[HttpT]):
@@ -124,11 +136,17 @@ class RacerClient(_BaseClient[httpx.Client]):
     def close(self) -> None:
         self._http.close()
 
+    def _get(self, path: str) -> httpx.Response:
+        return self._request("GET", path, None)
+
     def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        return self._request("POST", path, body)
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
         for attempt in range(self.max_retries + 1):
             response = None
             try:
-                response = self._http.post(path, json=body)
+                response = self._http.request(method, path, json=body)
             except httpx.TransportError as exc:
                 delay = self._retry_after(attempt, None)
                 if delay is None:
@@ -139,6 +157,10 @@ class RacerClient(_BaseClient[httpx.Client]):
                     return self._checked(response)
             time.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def scope(self, name: str = "default") -> ScopeInfo:
+        """A scope's models, their prices and its guarantee."""
+        return ScopeInfo.model_validate_json(self._get(f"/v1/scopes/{name}").content)
 
     def route(
         self,
@@ -205,11 +227,17 @@ class AsyncRacerClient(_BaseClient[httpx.AsyncClient]):
     async def close(self) -> None:
         await self._http.aclose()
 
+    async def _get(self, path: str) -> httpx.Response:
+        return await self._request("GET", path, None)
+
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        return await self._request("POST", path, body)
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
         for attempt in range(self.max_retries + 1):
             response = None
             try:
-                response = await self._http.post(path, json=body)
+                response = await self._http.request(method, path, json=body)
             except httpx.TransportError as exc:
                 delay = self._retry_after(attempt, None)
                 if delay is None:
@@ -220,6 +248,10 @@ class AsyncRacerClient(_BaseClient[httpx.AsyncClient]):
                     return self._checked(response)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def scope(self, name: str = "default") -> ScopeInfo:
+        """A scope's models, their prices and its guarantee."""
+        return ScopeInfo.model_validate_json((await self._get(f"/v1/scopes/{name}")).content)
 
     async def route(
         self,

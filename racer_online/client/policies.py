@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,8 @@ AsyncCall = Callable[[str], Awaitable[Any]]
 
 
 class Cheapest:
-    """The cheapest model of the set (ties: the more promising one)."""
+    """The cheapest model of the set (ties, and models without a price: the more promising
+    one first)."""
 
     def __init__(self, prices: Mapping[str, float]) -> None:
         self.prices = dict(prices)
@@ -35,7 +37,7 @@ class Cheapest:
     def order(self, decision: DecisionMessage) -> list[str]:
         if not decision.models:
             return []
-        ranked = sorted(enumerate(decision.models), key=lambda m: (self.prices.get(m[1], 0.0),
+        ranked = sorted(enumerate(decision.models), key=lambda m: (self.prices.get(m[1], math.inf),
                                                                     m[0]))  # fmt: skip
         return [ranked[0][1]]
 
