@@ -39,3 +39,10 @@ def test_the_core_loads_no_client_or_framework() -> None:
     loaded = loaded_after_import(core)
     for client in ("redis", "aiokafka", "faust", "pydantic_settings", "typer"):
         assert client not in loaded, client
+
+
+def test_the_client_loads_no_broker_store_or_stream_framework() -> None:
+    """A gateway imports the client alone: no Kafka, Redis or Faust comes with it."""
+    loaded = loaded_after_import(["racer_online.client"])
+    for heavy in ("redis", "aiokafka", "faust", "litellm"):
+        assert heavy not in loaded, heavy
