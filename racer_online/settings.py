@@ -206,6 +206,9 @@ class Settings(BaseSettings):
     # How often the worker asks the broker for its consumer lag (racer_consumer_lag):
     # /metrics reads what the last refresh found, so a scrape never reaches the broker.
     lag_refresh_s: Seconds = 10.0
+    # The decision API (POST /v1/route) coalesces the requests that arrive within this long
+    # of each other into one Redis round trip (and one produce batch): worker/api.py.
+    api_batch_wait_s: float = Field(default=0.001, ge=0.0, le=0.1)
     # Where a consumer group without committed offsets on a topic starts (a new deployment,
     # a renamed app id, expired offsets: the broker cannot tell them apart): "none" stops
     # the worker with one line, so that replaying the log is an operator's decision

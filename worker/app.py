@@ -14,20 +14,21 @@ import logging
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka.errors import KafkaConnectionError, KafkaError
+from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
 from racer_online.errors import ConfigError, RacerError, StoreUnavailableError
 from racer_online.kafka import clients, offsets
 from racer_online.kafka.batches import BatchConsumer, BatchProducer, Outgoing, Record
 from racer_online.messages import DeadLetter, FeedbackMessage, MessageError, QueryMessage
 from racer_online.routers.files import load_router
-from racer_online.service import RacerService, Rejected, metrics, store_config
+from racer_online.service import RacerService, Rejected, Routed, metrics, store_config
 from racer_online.settings import Settings
 from racer_online.store import RedisStore
-from worker import web
+from worker import api, web
 from worker.security import check_web_exposure, kafka_options, web_options
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,10 @@ class Worker:
         self.app.timer(settings.leader_tick_s)(self.recalibrate)
         self.app.on_before_shutdown.connect(self._release_leases)
         web.register(self.app, settings, self.service, self.consumers)
+        self.api = api.DecisionAPI(self.decide_requests, self.publish_feedback,
+                                   scopes=settings.scopes, max_wait_s=settings.api_batch_wait_s,
+                                   max_batch=settings.batch_size)  # fmt: skip
+        self.api.add_routes(cast(AiohttpWeb, self.app.web).web_app.router)
 
     def topic(self, name: str) -> faust.TopicT:
         return self.app.topic(
@@ -91,8 +96,27 @@ class Worker:
             if isinstance(result, Rejected):
                 out.append(self.dead(record, result.kind, result.reason))
             else:
-                out.append((self.names.decisions, query.query_id.encode(), result.raw))
+                out.append(self.decision(query, result))
         return out
+
+    def decision(self, query: QueryMessage, routed: Routed) -> Outgoing:
+        return (self.names.decisions, query.query_id.encode(), routed.raw)
+
+    async def decide_requests(self, queries: Sequence[QueryMessage]) -> list[Routed | Rejected]:
+        """The decision API's batches: stored as a fetch's are, then published on the
+        decisions topic; returned once the broker acknowledged them (rejections are answered
+        to the caller, not dead-lettered: nothing of them is stored)."""
+        results = await self.service.route(queries)
+        await self.producer.send_and_wait([self.decision(q, r) for q, r in
+                                           zip(queries, results, strict=True)
+                                           if isinstance(r, Routed)])  # fmt: skip
+        return results
+
+    async def publish_feedback(self, events: Sequence[FeedbackMessage]) -> None:
+        """The decision API's feedback, on the feedback topic (joined by its consumer)."""
+        await self.producer.send_and_wait(
+            [(self.names.feedback, e.query_id.encode(), e.to_bytes()) for e in events]
+        )
 
     async def record_feedback(self, records: Sequence[Record]) -> list[Outgoing]:
         parsed, out = self._parse(records, FeedbackMessage)

@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from racer_online.local.services import EmbeddedServiceError
+from racer_online.local.processes import EmbeddedServiceError
 
 LOOPBACK_NAMES = "DNS:localhost,IP:127.0.0.1"
 

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from racer_online.offline.datasets import load_outcomes
+from racer_online.datasets import load_outcomes
 from racer_online.offline.evaluation import task_router_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.apache]

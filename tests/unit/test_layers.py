@@ -25,6 +25,8 @@ RANKS = {
     **dict.fromkeys(("files", "messages", "settings", "scopes", "records"), 1),
     **dict.fromkeys(("datasets", "data"), 1),  # the outcomes files, the shipped one
     **dict.fromkeys(("store", "routers"), 2),  # what the service is handed
+    "client": 2,  # the decision API's client: messages only, so a gateway imports it alone
+    "integrations": 3,  # gateway plugins, on the client
     "service": 3,
     **dict.fromkeys(("kafka", "offline", "local", "dashboard"), 4),
     **dict.fromkeys(("testing", "worker"), 5),
@@ -198,3 +200,10 @@ def test_no_module_is_over_400_lines() -> None:
         if (lines := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}
+
+
+def test_the_client_loads_no_broker_store_or_stream_framework() -> None:
+    """A gateway imports the client alone: no Kafka, Redis or Faust comes with it."""
+    loaded = loaded_after_import(["racer_online.client"])
+    for heavy in ("redis", "aiokafka", "faust", "litellm"):
+        assert heavy not in loaded, heavy

@@ -1,0 +1,1 @@
+"""Integrations with LLM gateways: `racer_online.integrations.litellm` (extra ``[litellm]``)."""
