@@ -49,6 +49,12 @@ LOST_AUDITS = Counter(
     "Audited decisions never completed whose record was gone before the sweep (not entered).",
     ["scope"],
 )
+AWAITING_AUDITS = Gauge(
+    "racer_awaiting_audits",
+    "Audited decisions awaiting their grading at the leader's last sweep (what a loss of "
+    "Redis' state would take with it).",
+    ["scope"],
+)
 STATE_RESETS = Counter(
     "racer_state_resets",
     "Times this worker found that Redis lost a scope's state (a new incarnation, or its "

@@ -29,6 +29,7 @@ def survive(scope: ScopeState, found: int, *, why: str, awaiting_audits: int) ->
     window_records = len(scope.window)
     metrics.STATE_RESETS.labels(scope.name).inc()
     metrics.LOST_AUDITS.labels(scope.name).inc(awaiting_audits)
+    metrics.AWAITING_AUDITS.labels(scope.name).set(0)
     log.warning(
         "scope %s: Redis lost the scope's state (%s): dropped threshold v%d lam=%.4f %s; "
         "routing on every model until a threshold of the new state certifies",

@@ -45,6 +45,7 @@ class WindowSync:
             )
             self.expired_audits[scope_name] = swept.expired_total
             self.awaiting[scope_name] = swept.awaiting
+            metrics.AWAITING_AUDITS.labels(scope_name).set(swept.awaiting)
             metrics.EXPIRED_AUDITS.labels(scope_name).inc(swept.entered)
             metrics.LOST_AUDITS.labels(scope_name).inc(swept.lost)
             if swept.entered + swept.lost < SWEEP_CHUNK:
