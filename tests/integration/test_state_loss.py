@@ -14,6 +14,7 @@ Figures go to ``artifacts/reliability/state_lost_<fault>.json`` (docs/reliabilit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -82,6 +83,10 @@ def leader_swept(deployed: Any) -> bool:
                for i in range(2))  # fmt: skip
 
 
+def state_lost_alerts(alerts: Tail) -> int:
+    return sum(json.loads(raw)["kind"] == "state_lost" for _, raw in alerts.got)
+
+
 def missed(decision: dict[str, Any], labels: dict[str, int]) -> bool | None:
     """Whether the set misses every right model (None: no model is right)."""
     right = {m for m, y in labels.items() if y}
@@ -127,7 +132,8 @@ async def test_redis_losing_its_state_under_two_workers(deployed, fault_services
                         what="every query before the loss decided")  # fmt: skip
             await until(lambda: window_at_least(window, N_BEFORE - UNGRADED), timeout=60,
                         what="every graded record before the loss in the window")  # fmt: skip
-            await until(lambda: leader_swept(deployed), timeout=30, what="the leader to see the ungraded audits")
+            await until(lambda: leader_swept(deployed), timeout=30,
+                        what="the leader to see the ungraded audits")  # fmt: skip
             epoch_before = int(await client.get(keys.epoch(deployed.scope)))
             awaiting_before = int(await client.zcard(keys.audits(deployed.scope)))
             wiped_at = time.time()
@@ -146,8 +152,8 @@ async def test_redis_losing_its_state_under_two_workers(deployed, fault_services
             await until(certified_again, timeout=120, what="a certified threshold after it")
             resumed_s = time.time() - wiped_at
             await until(lambda: len(decisions.by_query()) >= n, timeout=60, what="decisions")
-            await until(lambda: any(json.loads(r)["kind"] == "state_lost" for _, r in alerts.got),
-                        timeout=30, what="the state_lost alert")  # fmt: skip
+            with contextlib.suppress(AssertionError):  # asserted below, with the figures
+                await until(lambda: state_lost_alerts(alerts), timeout=30, what="the alert")
 
             # A write under the epoch the leader held before the loss (what a leader
             # stalled across it sends when it resumes) must be refused.
@@ -184,6 +190,7 @@ async def test_redis_losing_its_state_under_two_workers(deployed, fault_services
         "threshold_held_before": {k: held[k] for k in ("version", "lam", "status", "n")},
         "routed_on_a_threshold_redis_lost": len(wrong),
         "stale_epoch_write_accepted": stale_accepted,
+        "state_lost_alerts": state_lost_alerts(alerts),
         "state_resets_per_worker": resets,
         "audits_awaiting_at_the_loss": awaiting_before, "lost_audits_counted": lost_audits,
         "window_after_the_loss": check.entries,
@@ -197,6 +204,7 @@ async def test_redis_losing_its_state_under_two_workers(deployed, fault_services
     summary = json.dumps(figures)
     assert wrong == [], summary
     assert not stale_accepted, summary
+    assert figures["state_lost_alerts"] == 1, summary
     assert lost_audits == awaiting_before == UNGRADED, summary
     assert all(r >= 1 for r in resets), summary  # both workers survived it and knew it
     assert len(decisions.by_query()) == n, summary
