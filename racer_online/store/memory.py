@@ -27,7 +27,9 @@ class MemoryStore:
         self.config = config
         self.clock = clock
         self.up = True  # tests set it to False to act as an unreachable Redis
-        self._begun = 0  # the last incarnation begun: each new one is above it
+        # The last incarnation begun and epoch granted, kept through a flush: Redis' clock
+        # (TIME) puts each new one above them, and this twin's clock may stand still.
+        self._begun = self._granted = 0
         self.flush()
         for models in config.catalogues.values():
             mask_width(len(models))
@@ -316,8 +318,9 @@ class MemoryStore:
         elif held is not None and held == (last_epoch, holder):
             epoch = held.epoch  # a renewal
         else:
-            at_least = int(now * 1e6)  # above every epoch before, even after a flush
+            at_least = max(int(now * 1e6), self._granted + 1)  # above all before, as TIME is
             epoch = self._epochs[scope] = max(self._epochs.get(scope, 0) + 1, at_least)
+            self._granted = epoch
         lease = Lease(epoch, holder)
         self._leases[scope] = (lease, now + ttl_s)
         return lease

@@ -60,7 +60,7 @@ def certified_on_current_records(history: list[Any], since: float) -> set[tuple[
     since ``since`` (or on none: a fallback)."""
     thresholds = [json.loads(fields[b"json"]) for _, fields in history]
     return {(t["version"], t["lam"]) for t in thresholds
-            if t["window_start"] is None or t["window_start"] >= since}  # fmt: skip
+            if t.get("window_start") is None or t["window_start"] >= since}  # fmt: skip
 
 
 def routed_on_lost_thresholds(decisions: list[dict[str, Any]], kept: set[tuple[int, float]],

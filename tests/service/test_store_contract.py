@@ -5,7 +5,7 @@ from functools import partial
 import pytest
 import redis.asyncio as aioredis
 
-from racer_online.errors import FencedError
+from racer_online.errors import FencedError, StateLostError
 from racer_online.store import (
     FeedbackOutcome,
     LabelWrite,
@@ -387,3 +387,42 @@ async def test_a_released_lease_is_free_at_once_and_only_its_holder_releases_it(
     await store.release_lease(scope, "a", epoch=epoch)
     taken = await store.hold_lease(scope, "b", ttl_s=60, last_epoch=None)
     assert taken.holder == "b" and taken.epoch > epoch
+
+
+# -- The scope's incarnation: a memory of a state Redis lost is refused ---------------------
+
+
+async def lose_state(store, scope):
+    """Every key of the scope gone (FLUSHALL, a restart without persistence)."""
+    if isinstance(store, MemoryStore):
+        store.flush()
+        return
+    for name in ("incarnation", "epoch", "lease", "slots", "threshold", "due-audits"):
+        await store.client.delete(f"racer:{{{scope}}}:{name}")
+
+
+async def test_a_memory_of_a_lost_state_is_refused_and_changes_nothing(make_store):
+    store, scope = make_store(), make_store.scope
+    known, _ = await store.current(scope)
+    assert (await store.current(scope))[0] == known  # begun once, then kept
+    await store.route([pending(scope, "q1")._replace(incarnation=known)])
+    epoch = await lead(store, scope)
+    await lose_state(store, scope)
+    stale = [
+        store.route([pending(scope, "q2")._replace(incarnation=known)]),
+        store.feedback([LabelWrite(scope, "q2", {"m0": 1}, known)]),
+        store.hold_lease(scope, "leader", ttl_s=60, last_epoch=epoch, incarnation=known),
+    ]
+    for call in stale:
+        with pytest.raises(StateLostError) as lost:
+            await call
+        assert lost.value.scope == scope and lost.value.found > known
+    found, threshold = await store.current(scope)
+    assert found == lost.value.found and threshold is None
+    # The refused route stored nothing: q2's first decision is the one made now.
+    assert (await store.route([pending(scope, "q2")._replace(incarnation=found)]))[0].created
+    # The new state's first epoch is above every epoch granted before it.
+    again = await store.hold_lease(scope, "leader", ttl_s=60, last_epoch=epoch, incarnation=found)
+    assert again.epoch > epoch
+    with pytest.raises(FencedError):
+        await store.save_threshold(scope, 10_000, b"stale", epoch=epoch)
