@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio.cluster import RedisCluster
-from test_leader_lease import MODELS, Clock, stream
+from test_leader_lease import Clock, stream
 
 from racer_online.errors import FencedError
 from racer_online.messages import QueryMessage, ThresholdMessage
