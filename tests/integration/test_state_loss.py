@@ -160,7 +160,8 @@ async def test_redis_losing_its_state_under_two_workers(deployed, fault_services
             config = StoreConfig({deployed.scope: MODELS}, pending_ttl_s=86_400, window_size=10)
             stale = RedisStore.from_url(url, config)
             try:
-                await stale.save_threshold(deployed.scope, 10_000, b"{}", epoch=epoch_before)
+                forged = json.dumps({**held, "version": 10_000}).encode()
+                await stale.save_threshold(deployed.scope, 10_000, forged, epoch=epoch_before)
                 stale_accepted = True
             except FencedError:
                 stale_accepted = False
