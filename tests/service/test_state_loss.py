@@ -8,64 +8,31 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio.cluster import RedisCluster
-from test_leader_lease import Clock, stream
+from test_leader_lease import stream, two_workers  # noqa: F401 (a fixture)
 
 from racer_online.errors import FencedError
 from racer_online.messages import QueryMessage, ThresholdMessage
-from racer_online.service import RacerService, store_config
-from racer_online.settings import Settings
-from racer_online.store import MemoryStore, RedisStore
+from racer_online.store import MemoryStore
 from racer_online.store import keys as redis_keys
 
 
-@pytest.fixture(
-    params=[
-        "memory",
-        pytest.param("redis", marks=pytest.mark.integration),
-        pytest.param("redis-cluster", marks=pytest.mark.integration),
-    ]
-)
-async def two_workers(request, redis_ns, tmp_path):
-    scopes = tmp_path / "scopes.toml"
-    scopes.write_text(
-        f"[scopes.{redis_ns}]\nalpha = 0.1\ndelta = 0.1\n[scopes.{redis_ns}.models]\n"
-        "m0 = { price = 1 }\nm1 = { price = 2 }\nm2 = { price = 3 }\n"
-    )
-    settings = Settings(_env_file=None, scopes_file=scopes, audit_rate=1.0, monitor=False)
-    clock = Clock()
-    if request.param == "memory":
-        shared = MemoryStore(store_config(settings), clock=clock)
-        stores = [shared, shared]
+async def wipe(store, scope):
+    """FLUSHALL: every key of the scope gone (the test's own keys only, on Redis)."""
+    if isinstance(store, MemoryStore):
+        store.flush()
+        return
+    client, pattern = store.client, f"racer:{{{scope}}}:*"
+    where = {"target_nodes": "all"} if isinstance(client, RedisCluster) else {}
+    for key in [k async for k in client.scan_iter(match=pattern, **where)]:
+        await client.delete(key)
+
+
+async def go_back(store, scope, threshold: bytes):
+    """A replica promoted without the last writes: the stored threshold is an older one."""
+    if isinstance(store, MemoryStore):
+        store._thresholds[scope] = (ThresholdMessage.parse(threshold).version, threshold)
     else:
-        url = request.getfixturevalue(request.param.replace("-", "_") + "_url")
-        stores = [RedisStore.from_url(url, store_config(settings)) for _ in range(2)]
-
-    async def wipe():
-        """FLUSHALL: every key of the scope gone (the test's own keys only, on Redis)."""
-        store = stores[0]
-        if isinstance(store, MemoryStore):
-            store.flush()
-            return
-        client = store.client
-        pattern = f"racer:{{{redis_ns}}}:*"
-        if isinstance(client, RedisCluster):
-            found = [k async for k in client.scan_iter(match=pattern, target_nodes="all")]
-        else:
-            found = [k async for k in client.scan_iter(match=pattern)]
-        for key in found:
-            await client.delete(key)
-
-    async def go_back(threshold: bytes):
-        """A replica promoted without the last writes: the stored threshold is an older one."""
-        store = stores[0]
-        if isinstance(store, MemoryStore):
-            store._thresholds[redis_ns] = (ThresholdMessage.parse(threshold).version, threshold)
-        else:
-            await store.client.hset(redis_keys.threshold(redis_ns), "json", threshold)
-
-    yield redis_ns, clock, wipe, go_back, [RacerService(settings, s, clock=clock) for s in stores]
-    for store in stores:
-        await store.close()
+        await store.client.hset(redis_keys.threshold(scope), "json", threshold)
 
 
 def resets(scope):
@@ -87,15 +54,15 @@ async def certified(leader_service, follower, scope, rng, first):
     raise AssertionError("no certified threshold")
 
 
-async def test_a_wiped_redis_is_survived_by_both_workers(two_workers):
-    scope, _, wipe, _, (a, b) = two_workers
+async def test_a_wiped_redis_is_survived_by_both_workers(two_workers):  # noqa: F811
+    scope, _, _, (a, b) = two_workers
     rng = np.random.default_rng(3)
     held = await certified(a, b, scope, rng, 0)
     assert b.scopes[scope].threshold == held  # b routes on it
     old_epoch, old_incarnation = a.leader.lease.epochs[scope], a.scopes[scope].incarnation
     before = resets(scope)
 
-    await wipe()
+    await wipe(a.store, scope)
     [routed] = await b.route([query(scope, "after-1")])
     assert routed.fields["lam"] == 1.0 and routed.fields["threshold_status"] == "fallback"
     assert b.scopes[scope].incarnation > old_incarnation
@@ -119,16 +86,16 @@ async def test_a_wiped_redis_is_survived_by_both_workers(two_workers):
     assert len(a.scopes[scope].window) == len(await a.store.read_window(scope))
 
 
-async def test_a_threshold_gone_back_resets_the_workers_that_held_it(two_workers):
+async def test_a_threshold_gone_back_resets_the_workers_that_held_it(two_workers):  # noqa: F811
     """A replica promoted without the last writes holds an older threshold than the one the
     workers route on: they drop it as they drop the state of another incarnation."""
-    scope, _, _, go_back, (a, b) = two_workers
+    scope, _, _, (a, b) = two_workers
     rng = np.random.default_rng(4)
     first = await certified(a, b, scope, rng, 0)
     later = await certified(a, b, scope, rng, 3000)
     assert later.version > first.version
     before = resets(scope)
-    await go_back(first.to_bytes())
+    await go_back(a.store, scope, first.to_bytes())
     await b.refresh_thresholds()
     assert resets(scope) == before + 1
     # Reset, it routes on the threshold Redis holds: computed on records Redis holds too.
