@@ -6,6 +6,7 @@
     │   └── MessageError                       a topic payload that fails its schema
     ├── ConfigError (also ValueError)          bad settings or scopes file
     ├── StoreUnavailableError                  Redis cannot serve now (retry later)
+    │   └── StateLostError                     Redis lost a scope's state (reset, retry)
     ├── StoreFailedError                       Redis refused a command for good (stop)
     └── FencedError                            a leader write under a superseded lease epoch
 
@@ -33,6 +34,19 @@ class StoreUnavailableError(RacerError):
     """Redis (or the store standing in for it) cannot serve right now: unreachable, still
     loading its data, full, read-only after a failover, a cluster without a majority. The
     same call succeeds later: routing goes on in memory, feedback waits and retries."""
+
+
+class StateLostError(StoreUnavailableError):
+    """Redis no longer holds the state a worker's memory of a scope comes from: the scope's
+    incarnation changed (FLUSHALL, a restart without persistence, a replaced node) or its
+    state went back (a replica promoted without the last writes). Nothing was written; the
+    worker drops what it holds of the scope (lam = 1 until a threshold of the new state
+    certifies) and retries. Unhandled, it is an outage: the batch is retried."""
+
+    def __init__(self, scope: str, found: int, message: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.found = found  # the scope's incarnation now
 
 
 class StoreFailedError(RacerError):

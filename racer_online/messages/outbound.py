@@ -105,6 +105,10 @@ class ThresholdMessage(Message):
     # The covariate channel's cut: a decision whose top score is below it is counted as
     # low (None: the channel does not watch this threshold).
     covariate_cut: float | None = None
+    # The incarnation of the scope's Redis state (store/lua/incarnation.lua: its start, in
+    # microseconds) the threshold was computed on; 0 before any. Thresholds order by
+    # (incarnation, version): versions count from 1 again in a new incarnation.
+    incarnation: int = 0
     computed_at: float = Field(default_factory=time.time)
 
 

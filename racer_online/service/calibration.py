@@ -61,7 +61,8 @@ def next_threshold(
         scope=scope.name, version=current.version + 1, lam=lam, status=status,
         certified=status == "certified", n=choice.n, alpha=cfg.alpha, delta=cfg.delta,
         bound=cfg.bound, rule=cfg.rule, miss=cfg.miss,
-        m_star=choice.m_star, reason=reason, computed_at=now, **stats,
+        m_star=choice.m_star, reason=reason, computed_at=now, incarnation=scope.incarnation,
+        **stats,
     )  # fmt: skip
 
 

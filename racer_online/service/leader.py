@@ -18,12 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from racer_online.errors import FencedError
+from racer_online.errors import FencedError, StateLostError
 from racer_online.messages import AlertMessage, ThresholdMessage
 from racer_online.service import calibration, metrics
 from racer_online.service import drift as watch
 from racer_online.service.lease import LeaderLease
 from racer_online.service.scope import ScopeState
+from racer_online.service.state_loss import survive
 from racer_online.service.window_sync import WindowSync
 from racer_online.settings import Settings
 from racer_online.store import Store
@@ -56,6 +57,29 @@ class Leader:
         self.windows = WindowSync(settings, store, clock=clock)
         # One tick at a time: the calibration thread reads the scope's window and monitor.
         self._ticking = asyncio.Lock()
+        self._lost: dict[str, AlertMessage] = {}  # state_lost alerts to raise when leading
+
+    async def know(self, scope: ScopeState) -> None:
+        """Learn the incarnation of the scope's state before the first write (once)."""
+        if not scope.incarnation:
+            scope.incarnation, _ = await self.store.current(scope.name)
+            scope.threshold = scope.threshold.model_copy(update={"incarnation": scope.incarnation})
+
+    def state_lost(self, scope_name: str, found: int, *, why: str) -> None:
+        """Redis lost the scope's state (`service.state_loss`): drop what this worker holds
+        of it; the leader raises the alert once it leads the scope under the new state."""
+        scope = self.scopes[scope_name]
+        awaiting = self.windows.awaiting.pop(scope_name, 0)
+        self._lost[scope_name] = survive(scope, found, why=why, awaiting_audits=awaiting)
+        self.lease.forget(scope_name)
+
+    def refused(self, lost: StateLostError) -> None:
+        """A call refused for a stale incarnation; another coroutine may have handled it."""
+        scope = self.scopes[lost.scope]
+        if lost.found != scope.incarnation:
+            before = scope.incarnation
+            self.state_lost(lost.scope, lost.found, why=f"incarnation {before} is gone, "
+                            f"{lost.found} began")  # fmt: skip
 
     async def recalibrate_due(self) -> Updates:
         """Leader tick: per scope it leads, read new window records, watch them, and
@@ -64,13 +88,15 @@ class Leader:
             now = self.clock()
             updates = Updates([], [])
             for scope in self.scopes.values():
-                epoch = await self._hold(scope)
-                if epoch is None:
-                    continue
                 try:
+                    epoch = await self._hold(scope)
+                    if epoch is None:
+                        continue
                     await self._tick(scope, now=now, epoch=epoch, updates=updates)
                 except FencedError as refused:
                     self.lease.fenced(scope.name, refused)
+                except StateLostError as lost:  # the next tick leads the new state
+                    self.refused(lost)
             return updates
 
     async def recalibrate(self, scope_name: str, *, reason: str) -> ThresholdMessage | None:
@@ -78,14 +104,17 @@ class Leader:
         scope or stored a newer version."""
         scope = self.scopes[scope_name]
         async with self._ticking:
-            epoch = await self._hold(scope)
-            if epoch is None:
-                return None
             try:
+                epoch = await self._hold(scope)
+                if epoch is None:
+                    return None
                 await self.windows.sync(scope, now=self.clock(), epoch=epoch)
                 return await self._recalibrate(scope, reason=reason, epoch=epoch)
             except FencedError as refused:
                 self.lease.fenced(scope_name, refused)
+                return None
+            except StateLostError as lost:
+                self.refused(lost)
                 return None
 
     async def release(self) -> None:
@@ -95,7 +124,8 @@ class Leader:
 
     async def _hold(self, scope: ScopeState) -> int | None:
         """The epoch to write the scope under; None while another worker leads it."""
-        held = await self.lease.hold(scope.name)
+        await self.know(scope)
+        held = await self.lease.hold(scope.name, incarnation=scope.incarnation)
         if held is None:
             return None
         if held.new and scope.monitor.loaded:
@@ -104,6 +134,12 @@ class Leader:
 
     async def _tick(self, scope: ScopeState, *, now: float, epoch: int, updates: Updates) -> None:
         windows = self.windows
+        lost = self._lost.get(scope.name)
+        if lost is not None:  # kept until stored: a refused write raises it at a later tick
+            await self.store.save_alert(scope.name, lost.to_bytes(), epoch=epoch)
+            del self._lost[scope.name]
+            metrics.ALERTS.labels(scope.name, lost.kind).inc()
+            updates.alerts.append(lost)
         await windows.sweep_expired_audits(scope.name, now=now, epoch=epoch)
         drift, trimmed = await windows.sync(scope, now=now, epoch=epoch)
         drift = drift or await windows.watch_free(scope, now=now, epoch=epoch)

@@ -41,10 +41,13 @@ class LeaderLease:
         self.holder = holder or worker_id()
         self.epochs: dict[str, int] = {}  # scope -> the epoch this worker leads it under
 
-    async def hold(self, scope: str) -> Held | None:
-        """Take the scope's lease or renew it; None while another worker holds it."""
+    async def hold(self, scope: str, *, incarnation: int) -> Held | None:
+        """Take the scope's lease or renew it; None while another worker holds it. Raises
+        `StateLostError` if Redis' state of the scope is not ``incarnation``."""
         last = self.epochs.get(scope)
-        lease = await self.store.hold_lease(scope, self.holder, ttl_s=self.ttl_s, last_epoch=last)
+        lease = await self.store.hold_lease(
+            scope, self.holder, ttl_s=self.ttl_s, last_epoch=last, incarnation=incarnation
+        )
         if lease.holder != self.holder:
             if last is not None:
                 self._step_down(scope, f"{lease.holder} holds the lease (epoch {lease.epoch})")
@@ -59,6 +62,11 @@ class LeaderLease:
         """The store refused a write of this worker: another one leads the scope now."""
         metrics.LEADER_FENCED.labels(scope).inc()
         self._step_down(scope, f"a write was refused ({refused})")
+
+    def forget(self, scope: str) -> None:
+        """Redis lost the scope's state, the lease and its epoch with it."""
+        if scope in self.epochs:
+            self._step_down(scope, "Redis lost the scope's state")
 
     async def release(self) -> None:
         """Give every lease back (leadership moved, or a stop), so that the next leader

@@ -49,6 +49,18 @@ LOST_AUDITS = Counter(
     "Audited decisions never completed whose record was gone before the sweep (not entered).",
     ["scope"],
 )
+AWAITING_AUDITS = Gauge(
+    "racer_awaiting_audits",
+    "Audited decisions awaiting their grading at the leader's last sweep (what a loss of "
+    "Redis' state would take with it).",
+    ["scope"],
+)
+STATE_RESETS = Counter(
+    "racer_state_resets",
+    "Times this worker found that Redis lost a scope's state (a new incarnation, or its "
+    "threshold gone back) and dropped what it held of the scope.",
+    ["scope"],
+)
 ALERTS = Counter("racer_alerts", "Alerts published.", ["scope", "kind"])
 LEADER_EPOCH = Gauge(
     "racer_leader_epoch",

@@ -12,13 +12,13 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from racer_online import core
-from racer_online.errors import InvalidInputError
+from racer_online.errors import InvalidInputError, StateLostError
 from racer_online.messages import (
     AlertMessage,
     DecisionFields,
@@ -38,6 +38,7 @@ from racer_online.store import FeedbackOutcome, LabelWrite, PendingWrite, Store,
 from racer_online.store.records import PendingRecord, content_hash, covariate_flags, status_flags
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def store_config(settings: Settings) -> StoreConfig:
@@ -72,6 +73,7 @@ class RacerService:
         self.prices = {name: dict(zip(cfg.model_names, cfg.prices, strict=True))
                        for name, cfg in settings.scopes.items()}  # fmt: skip
         self.leader = Leader(settings, store, self.scopes, clock=clock)  # used on the leader
+        self._unknown = set(self.scopes)  # scopes whose incarnation this process has not seen
         secret = settings.audit_key.get_secret_value().encode()
         self._audit_key = hashlib.blake2b(secret, digest_size=32).digest()  # any length
 
@@ -82,8 +84,13 @@ class RacerService:
         the whole batch. Raises `StoreUnavailableError` (nothing stored, nothing to publish:
         the batch is retried), so that no decision is published that Redis does not hold."""
         started = time.perf_counter()
-        results, writes = self._decide_batch(queries)
-        stored = await self.store.route([w for _, w in writes])
+
+        async def decide_and_store() -> tuple[list[Routed | Rejected], list[Any], list[Any]]:
+            await self._know_incarnations()
+            results, writes = self._decide_batch(queries)  # again after a reset: at lam = 1
+            return results, writes, await self.store.route([w for _, w in writes])
+
+        results, writes, stored = await self._despite_state_loss(decide_and_store)
         for (i, _), kept in zip(writes, stored, strict=True):
             if kept.first is not None:  # a redelivery: publish the first decision again
                 results[i] = self._rebuild(queries[i], kept.first)
@@ -143,6 +150,7 @@ class RacerService:
         )
         now = self.clock()
         rate = audit_rate(th, self.settings.audit_rate)
+        incarnation = scope.incarnation  # the store refuses the batch if Redis' state is newer
         certificate = PendingRecord(status_flags(th.status), 0, 0, 0, th.version, 0, th.lam, now,
                                     rate, b"")  # fmt: skip
         common = self._batch_fields(scope, certificate)
@@ -155,9 +163,26 @@ class RacerService:
         for q, d, row, p_given, packed, flags in rows:
             audit = audit_draw(scope.name, q.query_id, key=self._audit_key) < rate
             write = PendingWrite(scope.name, q.query_id, packed, th.lam, audit, d.indices, now,
-                                 th.version, th.status, rate, flags)  # fmt: skip
+                                 th.version, th.status, rate, flags, incarnation)  # fmt: skip
             out.append((self._encode(scope, common, q, d, row, p_given, audit=audit), write))
         return out
+
+    async def _know_incarnations(self) -> None:
+        """Learn each scope's incarnation before this process writes for it (once)."""
+        if self._unknown:
+            for name in sorted(self._unknown):
+                await self.leader.know(self.scopes[name])
+                self._unknown.discard(name)
+
+    async def _despite_state_loss(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call``, again after each scope whose state Redis lost was reset (at most once
+        per scope: a second loss within one batch is an outage, retried as one)."""
+        for _ in self.scopes:
+            try:
+                return await call()
+            except StateLostError as lost:
+                self.leader.refused(lost)
+        return await call()
 
     def _rebuild(self, query: QueryMessage, first: PendingRecord) -> Routed | Rejected:
         """The first decision of a redelivered query, byte for byte: the same quantised
@@ -248,7 +273,7 @@ class RacerService:
         """Merge labels into pending records. Raises `StoreUnavailableError` to be retried."""
         horizon = self.clock() - self.settings.pending_ttl_s
         results: list[FeedbackOutcome | Rejected] = []
-        writes: list[tuple[int, LabelWrite]] = []
+        writes: list[tuple[int, FeedbackMessage]] = []
         for i, event in enumerate(events):
             scope = self.scopes.get(event.scope)
             unknown = sorted(set(event.labels) - set(scope.models)) if scope else []
@@ -260,8 +285,16 @@ class RacerService:
                 results.append(FeedbackOutcome.LATE)
             else:
                 results.append(FeedbackOutcome.DUPLICATE)  # replaced below
-                writes.append((i, LabelWrite(event.scope, event.query_id, event.labels)))
-        outcomes = await self.store.feedback([w for _, w in writes])
+                writes.append((i, event))
+
+        async def store() -> list[FeedbackOutcome]:
+            await self._know_incarnations()
+            return await self.store.feedback([
+                LabelWrite(e.scope, e.query_id, e.labels, self.scopes[e.scope].incarnation)
+                for _, e in writes
+            ])  # fmt: skip
+
+        outcomes = await self._despite_state_loss(store)
         for (i, _), outcome in zip(writes, outcomes, strict=True):
             results[i] = outcome
         for event, result in zip(events, results, strict=True):
@@ -272,14 +305,25 @@ class RacerService:
     # -- thresholds ----------------------------------------------------------------------
 
     async def refresh_thresholds(self) -> list[ThresholdMessage]:
-        """Apply thresholds that the leader stored since the last look (every worker)."""
+        """Apply thresholds that the leader stored since the last look (every worker). A
+        stored threshold belongs to the state Redis holds now; one older than the threshold
+        routed on (or none at all) means that state went back (a replica promoted without
+        the last writes): the scope is reset as when its incarnation changes."""
         applied = []
         for scope in self.scopes.values():
-            raw = await self.store.load_threshold(scope.name)
-            if raw is None:
-                continue
-            stored = ThresholdMessage.parse(raw)
-            if stored.version > scope.threshold.version:
+            held, incarnation = scope.threshold.version, scope.incarnation  # before the read
+            found, raw = await self.store.current(scope.name)
+            stored = None if raw is None else ThresholdMessage.parse(raw)
+            if not incarnation:
+                await self.leader.know(scope)
+                self._unknown.discard(scope.name)
+            elif found != scope.incarnation:
+                self.leader.refused(StateLostError(scope.name, found, "incarnation changed"))
+            elif incarnation == scope.incarnation and held > (stored.version if stored else 0):
+                kept = stored.version if stored else 0
+                why = f"threshold v{held} is gone, Redis holds v{kept}"
+                self.leader.state_lost(scope.name, found, why=why)
+            if stored is not None and stored.version > scope.threshold.version:
                 scope.apply(stored)
                 applied.append(stored)
         return applied

@@ -49,11 +49,8 @@ class ScopeState:
         self.models = config.model_names
         self.model_set = frozenset(self.models)
         self.prices = np.array(config.prices)
-        self.threshold = ThresholdMessage(
-            scope=name, version=0, lam=core.FALLBACK_LAM, status="fallback", certified=False,
-            n=0, alpha=config.alpha, delta=config.delta, bound=config.bound, rule=config.rule,
-            miss=config.miss, m_star=-1, reason="start",
-        )  # fmt: skip
+        self.incarnation = 0  # of the Redis state this memory comes from; 0: not looked yet
+        self.threshold = self.fallback("start")
         self.window = WindowCache(len(self.models))
         self.monitor = Monitor()
         self.new_records = 0
@@ -88,6 +85,24 @@ class ScopeState:
                 self.models, stats.in_set_rate, stats.price_share, strict=True
             )
         }
+
+    def fallback(self, reason: str) -> ThresholdMessage:
+        """Every model, version 0 of the current incarnation: until a threshold certifies."""
+        cfg = self.config
+        return ThresholdMessage(
+            scope=self.name, version=0, lam=core.FALLBACK_LAM, status="fallback",
+            certified=False, n=0, alpha=cfg.alpha, delta=cfg.delta, bound=cfg.bound,
+            rule=cfg.rule, miss=cfg.miss, m_star=-1, reason=reason,
+            incarnation=self.incarnation,
+        )  # fmt: skip
+
+    def reset(self, incarnation: int) -> None:
+        """Redis lost the scope's state: route at lam = 1 from now on, until a threshold of
+        the state it holds now certifies, and let the leader read that state afresh."""
+        self.incarnation = incarnation
+        self.apply(self.fallback("state_lost"))
+        self.forget_window()
+        self.new_records = 0
 
     def apply(self, threshold: ThresholdMessage) -> None:
         self.threshold = threshold

@@ -35,6 +35,7 @@ class WindowSync:
         self.store = store
         self.clock = clock
         self.expired_audits: dict[str, int] = {}  # scope -> entered as a worst case, in all
+        self.awaiting: dict[str, int] = {}  # scope -> audits awaiting grading at the last sweep
 
     async def sweep_expired_audits(self, scope_name: str, *, now: float, epoch: int) -> None:
         """Audits whose grading never completed enter the window as a worst case: a label
@@ -44,6 +45,8 @@ class WindowSync:
                 scope_name, now=now, epoch=epoch, limit=SWEEP_CHUNK
             )
             self.expired_audits[scope_name] = swept.expired_total
+            self.awaiting[scope_name] = swept.awaiting
+            metrics.AWAITING_AUDITS.labels(scope_name).set(swept.awaiting)
             metrics.EXPIRED_AUDITS.labels(scope_name).inc(swept.entered)
             metrics.LOST_AUDITS.labels(scope_name).inc(swept.lost)
             if swept.entered + swept.lost < SWEEP_CHUNK:

@@ -12,7 +12,7 @@ bound valid).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
@@ -42,6 +42,9 @@ class PendingWrite(NamedTuple):
     status: str = "certified"  # of the threshold
     audit_rate: float = 0.0  # the rate the audit was drawn at
     covariate: int = 0  # records.covariate_flags: counted at routing time
+    # The scope's incarnation the threshold comes from (0: unchecked, for tools and tests):
+    # the store refuses the batch if Redis' state of the scope is another one.
+    incarnation: int = 0
 
 
 class RouteResult(NamedTuple):
@@ -57,6 +60,8 @@ class SweepResult:
     entered: int  # entered the window now, missing labels as '?' (the leader's worst case)
     lost: int  # their record was gone before the sweep came: counted, never entered
     expired_total: int  # entered as a worst case since the scope began
+    # audits still waiting for their grading after the sweep (a gauge, not a count)
+    awaiting: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class LabelWrite:
     scope: str
     query_id: str
     labels: Mapping[str, int]
+    incarnation: int = 0  # as PendingWrite's
 
 
 class StreamId(NamedTuple):
@@ -108,7 +114,9 @@ class Store(Protocol):
 
     The leader's writes (the window's trims and sweeps, thresholds, alerts, the monitor's
     state) carry the scope's lease ``epoch``; a write under a superseded epoch raises
-    `FencedError` and changes nothing."""
+    `FencedError` and changes nothing. Routes, feedback and leases carry the incarnation
+    of the scope's state the caller's memory comes from; another one raises
+    `StateLostError` and changes nothing."""
 
     async def route(self, writes: Sequence[PendingWrite]) -> list[RouteResult]: ...
 
@@ -125,6 +133,10 @@ class Store(Protocol):
     ) -> SweepResult: ...
 
     async def load_threshold(self, scope: str) -> bytes | None: ...
+
+    async def current(self, scope: str) -> tuple[int, bytes | None]:
+        """The scope's incarnation (begun now if Redis holds none) and stored threshold."""
+        ...
 
     async def save_threshold(
         self, scope: str, version: int, threshold: bytes, *, epoch: int
@@ -146,10 +158,18 @@ class Store(Protocol):
     async def save_monitor(self, scope: str, state: Mapping[str, str], *, epoch: int) -> None: ...
 
     async def hold_lease(
-        self, scope: str, holder: str, *, ttl_s: float, last_epoch: int | None
+        self,
+        scope: str,
+        holder: str,
+        *,
+        ttl_s: float,
+        last_epoch: int | None,
+        incarnation: int = 0,
     ) -> Lease:
         """Take the scope's lease if it is free, or renew the caller's own; a new holder gets
-        a new epoch, a holder whose lapsed lease nobody took keeps ``last_epoch``."""
+        a new epoch (above every earlier one, even after Redis lost the counter), a holder
+        whose lapsed lease nobody took keeps ``last_epoch``. Raises `StateLostError` when
+        the scope's incarnation is not ``incarnation`` (0: unchecked)."""
         ...
 
     async def release_lease(self, scope: str, holder: str, *, epoch: int) -> None: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
@@ -16,7 +17,12 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from racer_online.errors import FencedError, StoreFailedError, StoreUnavailableError
+from racer_online.errors import (
+    FencedError,
+    StateLostError,
+    StoreFailedError,
+    StoreUnavailableError,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -31,6 +37,8 @@ TRANSIENT = (
 )  # fmt: skip
 TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN")  # a long script, a restart, a sync
 FENCED_REPLY = "FENCED"  # fence.lua: a leader write under a superseded lease epoch
+# incarnation.lua: the caller's memory of a scope comes from a state Redis no longer holds
+INCARNATION_REPLY = re.compile(r"INCARNATION (\d+) racer:\{(.*)\}:incarnation ")
 
 
 def classified(
@@ -38,7 +46,8 @@ def classified(
 ) -> Callable[P, Coroutine[Any, Any, T]]:
     """Redis errors as the worker must treat them: `StoreUnavailableError` (retry later,
     no crash), `StoreFailedError` (stop: retrying the same batch fails again) or
-    `FencedError` (a leader write refused: the leader steps down)."""
+    `FencedError` (a leader write refused: the leader steps down) or `StateLostError`
+    (Redis lost the scope's state: the caller resets it and retries)."""
 
     @functools.wraps(method)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -47,6 +56,9 @@ def classified(
         except TRANSIENT as exc:
             raise StoreUnavailableError(f"redis unavailable: {_one_line(exc)}") from exc
         except ResponseError as exc:
+            lost = INCARNATION_REPLY.search(str(exc))  # also inside a pipeline's message
+            if lost:
+                raise StateLostError(lost[2], int(lost[1]), _one_line(exc)) from exc
             if str(exc).startswith(FENCED_REPLY):
                 raise FencedError(_one_line(exc)) from exc
             if str(exc).startswith(TRANSIENT_REPLIES):

@@ -80,3 +80,9 @@ def lease(scope: str) -> str:
 def epoch(scope: str) -> str:
     """Counter, no TTL: the scope's lease epoch, the fencing token of every leader write."""
     return f"{PREFIX}:{{{scope}}}:epoch"
+
+
+def incarnation(scope: str) -> str:
+    """String, no TTL: the Redis time (microseconds) at which the scope's state began
+    (store/lua/incarnation.lua); it changes only when Redis lost that state."""
+    return f"{PREFIX}:{{{scope}}}:incarnation"

@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from racer_online.errors import FencedError, StoreUnavailableError
+from racer_online.errors import FencedError, StateLostError, StoreUnavailableError
 from racer_online.store.base import (
     FeedbackOutcome,
     LabelWrite,
@@ -27,6 +27,15 @@ class MemoryStore:
         self.config = config
         self.clock = clock
         self.up = True  # tests set it to False to act as an unreachable Redis
+        # The last incarnation begun and epoch granted, kept through a flush: Redis' clock
+        # (TIME) puts each new one above them, and this twin's clock may stand still.
+        self._begun = self._granted = 0
+        self.flush()
+        for models in config.catalogues.values():
+            mask_width(len(models))
+
+    def flush(self) -> None:
+        """Lose every key, as FLUSHALL or a restart without persistence does."""
         # (scope, slot, query hash) -> record; (scope, held slot, query hash) -> masks
         self._pending: dict[tuple[str, int, bytes], PendingRecord] = {}
         self._held: dict[tuple[str, int], dict[bytes, tuple[int, int]]] = {}
@@ -42,8 +51,24 @@ class MemoryStore:
         self._last_id = (0, 0)
         self._leases: dict[str, tuple[Lease, float]] = {}  # scope -> live lease, its expiry
         self._epochs: dict[str, int] = {}  # scope -> lease epoch, the fencing token
-        for models in config.catalogues.values():
-            mask_width(len(models))
+        self._incarnations: dict[str, int] = {}  # scope -> when its state began (us)
+
+    def _incarnation(self, scope: str) -> int:
+        """See incarnation.lua."""
+        if scope not in self._incarnations:
+            self._begun = max(self._begun + 1, int(self.clock() * 1e6))
+            self._incarnations[scope] = self._begun
+        return self._incarnations[scope]
+
+    def _refuse_lost(self, scope: str, expected: int) -> None:
+        current = self._incarnation(scope)
+        if expected and expected != current:
+            raise StateLostError(scope, current, f"INCARNATION {current} of scope {scope} "
+                                 f"(expected {expected})")  # fmt: skip
+
+    def _refuse_lost_batch(self, writes: Sequence[PendingWrite] | Sequence[LabelWrite]) -> None:
+        for scope, expected in {w.scope: w.incarnation for w in writes}.items():
+            self._refuse_lost(scope, expected)
 
     def _fence(self, scope: str, epoch: int) -> None:
         """See fence.lua."""
@@ -120,6 +145,7 @@ class MemoryStore:
     async def route(self, writes: Sequence[PendingWrite]) -> list[RouteResult]:
         """See route.lua."""
         self._check()
+        self._refuse_lost_batch(writes)
         results = []
         for w in writes:
             n_models, hash_ = len(self.config.catalogues[w.scope]), query_hash(w.query_id)
@@ -163,10 +189,11 @@ class MemoryStore:
                 entered += 1
         expired, lost_before = self._expired.get(scope, (0, 0))
         self._expired[scope] = (expired + entered, lost_before + lost)
-        return SweepResult(entered, lost, expired + entered)
+        return SweepResult(entered, lost, expired + entered, len(audits))
 
     async def feedback(self, writes: Sequence[LabelWrite]) -> list[FeedbackOutcome]:
         self._check()
+        self._refuse_lost_batch(writes)
         return [self._merge(w) for w in writes]
 
     def _merge(self, w: LabelWrite) -> FeedbackOutcome:
@@ -219,6 +246,10 @@ class MemoryStore:
         stored = self._thresholds.get(scope)
         return None if stored is None else stored[1]
 
+    async def current(self, scope: str) -> tuple[int, bytes | None]:
+        self._check()
+        return self._incarnation(scope), await self.load_threshold(scope)
+
     async def save_threshold(
         self, scope: str, version: int, threshold: bytes, *, epoch: int
     ) -> bool:
@@ -266,10 +297,17 @@ class MemoryStore:
             self._monitor.setdefault(scope, {}).update(state)
 
     async def hold_lease(
-        self, scope: str, holder: str, *, ttl_s: float, last_epoch: int | None
+        self,
+        scope: str,
+        holder: str,
+        *,
+        ttl_s: float,
+        last_epoch: int | None,
+        incarnation: int = 0,
     ) -> Lease:
         """See lease.lua."""
         self._check()
+        self._refuse_lost(scope, incarnation)
         live, expires = self._leases.get(scope, (None, 0.0))
         now = self.clock()
         held = live if live is not None and expires > now else None
@@ -280,7 +318,9 @@ class MemoryStore:
         elif held is not None and held == (last_epoch, holder):
             epoch = held.epoch  # a renewal
         else:
-            epoch = self._epochs[scope] = self._epochs.get(scope, 0) + 1
+            at_least = max(int(now * 1e6), self._granted + 1)  # above all before, as TIME is
+            epoch = self._epochs[scope] = max(self._epochs.get(scope, 0) + 1, at_least)
+            self._granted = epoch
         lease = Lease(epoch, holder)
         self._leases[scope] = (lease, now + ttl_s)
         return lease

@@ -47,10 +47,16 @@ OUTCOMES = {outcome.value[0]: outcome for outcome in FeedbackOutcome}  # feedbac
 FENCED_SCRIPTS = ("save_threshold.lua", "sweep.lua", "fenced_write.lua")
 
 
+# The scripts that act on a worker's memory of a scope check its incarnation first.
+CHECKED_SCRIPTS = ("route.lua", "feedback.lua", "lease.lua", "current.lua")
+
+
 def _lua(name: str) -> str:
     source = files("racer_online.store").joinpath("lua", name).read_text()
     if name in ("route.lua", "feedback.lua"):
-        return _lua("common.lua") + source
+        return _lua("incarnation.lua") + _lua("common.lua") + source
+    if name in CHECKED_SCRIPTS:
+        return _lua("incarnation.lua") + source
     if name in FENCED_SCRIPTS:
         return _lua("fence.lua") + source
     return source
@@ -72,6 +78,7 @@ class RedisStore:
         self._fenced = client.register_script(_lua("fenced_write.lua"))
         self._lease = client.register_script(_lua("lease.lua"))
         self._release = client.register_script(_lua("release_lease.lua"))
+        self._current = client.register_script(_lua("current.lua"))
 
     @classmethod
     def from_settings(cls, settings: Settings, config: StoreConfig) -> RedisStore:
@@ -132,14 +139,15 @@ class RedisStore:
         calls: dict[str, list[tuple[list[int], list[str], list[Any]]]] = defaultdict(list)
         cfg, now = self.config, self.clock()
         for scope, rows in by_scope.items():
+            # A scope's items of one batch come from one memory of it: one incarnation.
             head: list[Any] = [
                 repr(cfg.pending_ttl_s), cfg.window_size, len(cfg.catalogues[scope]),
                 repr(cfg.slot_s), keys.pending(scope), keys.held(scope), repr(cfg.held_ttl_s),
-                cfg.min_buckets, repr(now),
+                cfg.min_buckets, repr(now), items[rows[0]].incarnation,
             ]  # fmt: skip
             scope_keys: list[str] = [
                 keys.window(scope), keys.upper_bound(scope), keys.audits(scope),
-                keys.slots(scope),
+                keys.slots(scope), keys.incarnation(scope),
             ]  # fmt: skip
             for start in range(0, len(rows), MAX_SCRIPT_RECORDS):
                 chunk = rows[start : start + MAX_SCRIPT_RECORDS]
@@ -218,7 +226,7 @@ class RedisStore:
             ],
             args=[repr(now), limit, self.config.window_size, keys.pending(scope), epoch],
         )
-        return SweepResult(int(got[0]), int(got[1]), int(got[2]))
+        return SweepResult(int(got[0]), int(got[1]), int(got[2]), int(got[3]))
 
     async def _fenced_write(self, scope: str, key: str, *command: Any, epoch: int) -> None:
         """One command on ``key`` that lands only under the scope's current lease epoch."""
@@ -232,6 +240,13 @@ class RedisStore:
     async def load_threshold(self, scope: str) -> bytes | None:
         stored: Any = await self.client.hget(keys.threshold(scope), "json")
         return cast(bytes | None, stored)
+
+    @classified
+    async def current(self, scope: str) -> tuple[int, bytes | None]:
+        got: Any = await self._current(
+            keys=[keys.incarnation(scope), keys.threshold(scope)], args=[]
+        )
+        return int(got[0]), got[1]
 
     @classified
     async def save_threshold(
@@ -283,12 +298,21 @@ class RedisStore:
 
     @classified
     async def hold_lease(
-        self, scope: str, holder: str, *, ttl_s: float, last_epoch: int | None
+        self,
+        scope: str,
+        holder: str,
+        *,
+        ttl_s: float,
+        last_epoch: int | None,
+        incarnation: int = 0,
     ) -> Lease:
         got: Any = await self._lease(
-            keys=[keys.lease(scope), keys.epoch(scope)],
-            args=[holder, max(1, int(ttl_s * 1000)), "" if last_epoch is None else last_epoch],
-        )
+            keys=[keys.lease(scope), keys.epoch(scope), keys.incarnation(scope)],
+            args=[
+                holder, max(1, int(ttl_s * 1000)), "" if last_epoch is None else last_epoch,
+                incarnation,
+            ],
+        )  # fmt: skip
         return Lease(int(got[0]), got[1].decode())
 
     @classified

@@ -5,7 +5,7 @@ from functools import partial
 import pytest
 import redis.asyncio as aioredis
 
-from racer_online.errors import FencedError
+from racer_online.errors import FencedError, StateLostError
 from racer_online.store import (
     FeedbackOutcome,
     LabelWrite,
@@ -331,10 +331,10 @@ async def lapse(store, scope):
 async def test_one_holder_at_a_time_renews_its_lease(make_store):
     store, scope, other = make_store(), make_store.scope, make_store.other_scope
     hold = partial(store.hold_lease, ttl_s=60)
-    assert await hold(scope, "a", last_epoch=None) == Lease(1, "a")
-    assert await hold(scope, "b", last_epoch=None) == Lease(1, "a")  # refused: a holds it
-    assert await hold(scope, "a", last_epoch=1) == Lease(1, "a")  # renewed
-    assert await hold(other, "b", last_epoch=None) == Lease(1, "b")  # one lease per scope
+    first = (await hold(scope, "a", last_epoch=None)).epoch
+    assert await hold(scope, "b", last_epoch=None) == Lease(first, "a")  # refused: a holds it
+    assert await hold(scope, "a", last_epoch=first) == Lease(first, "a")  # renewed
+    assert (await hold(other, "b", last_epoch=None)).holder == "b"  # one lease per scope
 
 
 async def test_a_new_holder_fences_every_write_of_the_old_one(make_store):
@@ -368,13 +368,15 @@ async def test_a_new_holder_fences_every_write_of_the_old_one(make_store):
 async def test_a_lapsed_lease_nobody_took_keeps_its_epoch(make_store):
     """No other leader wrote in between, so what the holder knows is still current."""
     store, scope = make_store(), make_store.scope
-    assert await lead(store, scope, "a") == 1
+    first = await lead(store, scope, "a")
     await lapse(store, scope)
-    assert await store.hold_lease(scope, "a", ttl_s=60, last_epoch=1) == Lease(1, "a")
+    assert await store.hold_lease(scope, "a", ttl_s=60, last_epoch=first) == Lease(first, "a")
     await lapse(store, scope)  # a holder that forgot its epoch (it stepped down) starts anew
-    assert await store.hold_lease(scope, "a", ttl_s=60, last_epoch=None) == Lease(2, "a")
+    anew = await store.hold_lease(scope, "a", ttl_s=60, last_epoch=None)
+    assert anew.holder == "a" and anew.epoch > first
     # So does one that asks with another epoch than its live lease's.
-    assert await store.hold_lease(scope, "a", ttl_s=60, last_epoch=1) == Lease(3, "a")
+    again = await store.hold_lease(scope, "a", ttl_s=60, last_epoch=first)
+    assert again.holder == "a" and again.epoch > anew.epoch
 
 
 async def test_a_released_lease_is_free_at_once_and_only_its_holder_releases_it(make_store):
@@ -383,4 +385,44 @@ async def test_a_released_lease_is_free_at_once_and_only_its_holder_releases_it(
     await store.release_lease(scope, "b", epoch=epoch)  # not b's: nothing happens
     assert await store.hold_lease(scope, "b", ttl_s=60, last_epoch=None) == Lease(epoch, "a")
     await store.release_lease(scope, "a", epoch=epoch)
-    assert await store.hold_lease(scope, "b", ttl_s=60, last_epoch=None) == Lease(epoch + 1, "b")
+    taken = await store.hold_lease(scope, "b", ttl_s=60, last_epoch=None)
+    assert taken.holder == "b" and taken.epoch > epoch
+
+
+# -- The scope's incarnation: a memory of a state Redis lost is refused ---------------------
+
+
+async def lose_state(store, scope):
+    """Every key of the scope gone (FLUSHALL, a restart without persistence)."""
+    if isinstance(store, MemoryStore):
+        store.flush()
+        return
+    for name in ("incarnation", "epoch", "lease", "slots", "threshold", "due-audits"):
+        await store.client.delete(f"racer:{{{scope}}}:{name}")
+
+
+async def test_a_memory_of_a_lost_state_is_refused_and_changes_nothing(make_store):
+    store, scope = make_store(), make_store.scope
+    known, _ = await store.current(scope)
+    assert (await store.current(scope))[0] == known  # begun once, then kept
+    await store.route([pending(scope, "q1")._replace(incarnation=known)])
+    epoch = await lead(store, scope)
+    await lose_state(store, scope)
+    stale = [
+        store.route([pending(scope, "q2")._replace(incarnation=known)]),
+        store.feedback([LabelWrite(scope, "q2", {"m0": 1}, known)]),
+        store.hold_lease(scope, "leader", ttl_s=60, last_epoch=epoch, incarnation=known),
+    ]
+    for call in stale:
+        with pytest.raises(StateLostError) as lost:
+            await call
+        assert lost.value.scope == scope and lost.value.found > known
+    found, threshold = await store.current(scope)
+    assert found == lost.value.found and threshold is None
+    # The refused route stored nothing: q2's first decision is the one made now.
+    assert (await store.route([pending(scope, "q2")._replace(incarnation=found)]))[0].created
+    # The new state's first epoch is above every epoch granted before it.
+    again = await store.hold_lease(scope, "leader", ttl_s=60, last_epoch=epoch, incarnation=found)
+    assert again.epoch > epoch
+    with pytest.raises(FencedError):
+        await store.save_threshold(scope, 10_000, b"stale", epoch=epoch)

@@ -1,9 +1,10 @@
 -- Common head of route.lua and feedback.lua (prepended to them). Both take one scope's
 -- batch. KEYS: [1] the window stream, [2] the counters (upper bound, covariate), [3] the
 -- audits awaiting their grading (sweep.lua), [4] the slots hash (bucket count and records
--- per slot).
+-- per slot), [5] the scope's incarnation (incarnation.lua, prepended before this head).
 -- ARGV: horizon (s), window maxlen, K models, slot length (s), the pending and held key
--- prefixes, held life (s), minimum buckets per slot, now (s), then the records.
+-- prefixes, held life (s), minimum buckets per slot, now (s), the caller's incarnation, then
+-- the records.
 -- A pending record is a field of racer:{scope}:pending:<slot>:<bucket>, named by its query
 -- id's 8-byte hash, its value packed as records.py says: flags, then the known, correct
 -- and invoked masks (w bytes each), then what only Python reads. Keys are built here from
@@ -11,7 +12,9 @@
 local ttl, maxlen, k = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local slot_s, pending_prefix, held_prefix = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local held_s, min_buckets, now = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local first_item = 10
+local first_item = 11
+local refused = incarnation_refused(KEYS[5], ARGV[10])
+if refused then return refused end
 local w = math.floor((k + 7) / 8)
 local masks_fmt = '<BI' .. w .. 'I' .. w .. 'I' .. w  -- flags, known, correct, invoked
 local pair_fmt = '<I' .. w .. 'I' .. w  -- known, correct (a held entry)

@@ -5,7 +5,8 @@
 -- members whose horizon ended; each one not yet in the window enters once, as its record
 -- is: the labels never given stay unknown ('?'), and the leader takes the worst case over
 -- them. A member whose record is gone (the sweep came after its slot's grace period) is
--- counted as lost. Returns {entered, lost, entered in total}.
+-- counted as lost. Returns {entered, lost, entered in total, audits still awaiting their
+-- grading} (the last is what a loss of Redis' state would take with it).
 local now, limit, maxlen, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)
 local entered, lost = 0, 0
@@ -27,4 +28,4 @@ end
 if entered > 0 then redis.call('HINCRBY', KEYS[3], 'expired_audits', entered) end
 if lost > 0 then redis.call('HINCRBY', KEYS[3], 'lost_audits', lost) end
 local total = redis.call('HGET', KEYS[3], 'expired_audits') or '0'
-return {entered, lost, tonumber(total)}
+return {entered, lost, tonumber(total), redis.call('ZCARD', KEYS[2])}
