@@ -39,6 +39,9 @@ class DecisionMessage(Message):
     scores: dict[str, float]
     p_abstain: float | None = None
     decided_at: float = Field(default_factory=time.time)
+    # Decided again: the query came back after its first decision's record expired (the
+    # redelivery horizon, docs/reliability.md), so this decision may differ from the first.
+    redecided: bool = False
 
 
 class DecisionFields(TypedDict):
@@ -62,6 +65,7 @@ class DecisionFields(TypedDict):
     scores: dict[str, float]
     p_abstain: float | None
     decided_at: float
+    redecided: bool
 
 
 class ThresholdMessage(Message):
@@ -103,6 +107,9 @@ class ThresholdMessage(Message):
     # The covariate channel's cut: a decision whose top score is below it is counted as
     # low (None: the channel does not watch this threshold).
     covariate_cut: float | None = None
+    # The scope identity the window was recorded under (service/identity.py): its models in
+    # order and its base router. A worker routes only on a threshold of its own identity.
+    scope_id: str | None = None
     computed_at: float = Field(default_factory=time.time)
 
 

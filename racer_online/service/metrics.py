@@ -50,6 +50,11 @@ LOST_AUDITS = Counter(
     ["scope"],
 )
 ALERTS = Counter("racer_alerts", "Alerts published.", ["scope", "kind"])
+SCOPE_CHANGES = Counter(
+    "racer_scope_changes",
+    "Windows voided because the scope's models or base router changed (service/identity.py).",
+    ["scope", "changed"],
+)
 LEADER_EPOCH = Gauge(
     "racer_leader_epoch",
     "The lease epoch this worker leads the scope under; 0 when it does not lead it.",

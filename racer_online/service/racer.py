@@ -28,7 +28,7 @@ from racer_online.messages import (
 )
 from racer_online.messages.fields import Status
 from racer_online.routers.base import Router
-from racer_online.service import metrics
+from racer_online.service import identity, metrics
 from racer_online.service.decisions import Rejected, Routed, audit_draw, audit_rate
 from racer_online.service.leader import Leader
 from racer_online.service.scope import ScopeState
@@ -68,7 +68,11 @@ class RacerService:
         self.store = store
         self.router = router  # scores queries that carry text or an embedding
         self.clock = clock
-        self.scopes = {name: ScopeState(name, cfg) for name, cfg in settings.scopes.items()}
+        router_hash = identity.router_hash(settings.router_file)
+        self.scopes = {
+            name: ScopeState(name, cfg, identity.scope_identity(cfg, router_hash))
+            for name, cfg in settings.scopes.items()
+        }
         self.prices = {name: dict(zip(cfg.model_names, cfg.prices, strict=True))
                        for name, cfg in settings.scopes.items()}  # fmt: skip
         self.leader = Leader(settings, store, self.scopes, clock=clock)  # used on the leader
@@ -186,7 +190,7 @@ class RacerService:
             audit=False, audit_rate=made.audit_rate, lam=made.lam,
             threshold_version=made.version, threshold_status=cast(Status, made.status),
             alpha=th.alpha, delta=th.delta, bound=th.bound, scores={}, p_abstain=None,
-            decided_at=made.decided_at,
+            decided_at=made.decided_at, redecided=False,
         )  # fmt: skip
 
     @staticmethod
@@ -279,10 +283,30 @@ class RacerService:
             if raw is None:
                 continue
             stored = ThresholdMessage.parse(raw)
-            if stored.version > scope.threshold.version:
+            if stored.version <= scope.seen_version:
+                continue
+            refused = identity.refusal(stored, scope.config, scope.identity.fingerprint)
+            if refused is None:
                 scope.apply(stored)
                 applied.append(stored)
+            else:
+                self._refuse(scope, stored, refused)
         return applied
+
+    @staticmethod
+    def _refuse(scope: ScopeState, stored: ThresholdMessage, why: str) -> None:
+        """Never route on a threshold certified for other records or settings: keep the one
+        in memory (lam = 1 at a start) until the leader's own certifies."""
+        scope.seen_version = stored.version
+        if stored.scope_id in (None, scope.identity.fingerprint):
+            scope.recalibrate_now = "settings"  # the same records: recalibrate them at once
+        else:
+            # Another identity's leader voided the records this worker's threshold was
+            # certified on: route on every model until the scope certifies again.
+            scope.apply(scope.fallback("scope_changed"))
+        log.warning("scope %s: not routing on stored threshold v%d (lam %.4f): %s; lam %.4f "
+                    "until a threshold of this scope's own certifies", scope.name,
+                    stored.version, stored.lam, why, scope.threshold.lam)  # fmt: skip
 
     def fresh_thresholds(self) -> dict[str, bool]:
         """Per scope: a certified threshold not older than ``threshold_max_age_s``."""

@@ -11,6 +11,7 @@ from racer_online import core
 from racer_online.messages import ThresholdMessage
 from racer_online.scopes import ScopeConfig
 from racer_online.service import metrics
+from racer_online.service.identity import ScopeIdentity
 from racer_online.service.window import WindowCache
 
 
@@ -40,24 +41,36 @@ class Monitor:
     segment_from: float | None = None  # an alarm's time: the segment is decided after it
     segment_direction: str = "rise"
     old_lam: float = 1.0  # the threshold routed on when the alarm came
+    identity: dict[str, str] = field(default_factory=dict)  # the window's, as stored
 
 
 class ScopeState:
-    def __init__(self, name: str, config: ScopeConfig) -> None:
+    def __init__(self, name: str, config: ScopeConfig, identity: ScopeIdentity) -> None:
         self.name = name
         self.config = config
+        self.identity = identity
         self.models = config.model_names
         self.model_set = frozenset(self.models)
         self.prices = np.array(config.prices)
-        self.threshold = ThresholdMessage(
-            scope=name, version=0, lam=core.FALLBACK_LAM, status="fallback", certified=False,
-            n=0, alpha=config.alpha, delta=config.delta, bound=config.bound, rule=config.rule,
-            miss=config.miss, m_star=-1, reason="start",
-        )  # fmt: skip
+        self.threshold = self.fallback("start")
+        # The newest stored version seen, applied or not: a threshold of another identity
+        # or other settings is never routed on, and the leader's next one comes after it.
+        self.seen_version = 0
+        self.recalibrate_now: str | None = None  # a refused threshold: the leader's reason
         self.window = WindowCache(len(self.models))
         self.monitor = Monitor()
         self.new_records = 0
         self.calibrated_at = -np.inf  # by this process, as leader
+
+    def fallback(self, reason: str) -> ThresholdMessage:
+        """lam = 1 (every model) under this scope's identity and settings, never stored."""
+        cfg = self.config
+        return ThresholdMessage(
+            scope=self.name, version=0, lam=core.FALLBACK_LAM, status="fallback",
+            certified=False, n=0, alpha=cfg.alpha, delta=cfg.delta, bound=cfg.bound,
+            rule=cfg.rule, miss=cfg.miss, m_star=-1, reason=reason,
+            scope_id=self.identity.fingerprint,
+        )  # fmt: skip
 
     def levels(
         self, scores: NDArray[np.float64], p_abstain: NDArray[np.float64]
@@ -91,6 +104,7 @@ class ScopeState:
 
     def apply(self, threshold: ThresholdMessage) -> None:
         self.threshold = threshold
+        self.seen_version = max(self.seen_version, threshold.version)
         metrics.THRESHOLD.labels(self.name).set(threshold.lam)
         metrics.THRESHOLD_VERSION.labels(self.name).set(threshold.version)
         metrics.CERTIFIED.labels(self.name).set(int(threshold.status == "certified"))

@@ -124,6 +124,11 @@ class Store(Protocol):
         self, scope: str, *, now: float, epoch: int, limit: int = 100
     ) -> SweepResult: ...
 
+    async def reset_scope(self, scope: str, *, epoch: int) -> None:
+        """Drop every record of the scope (window, pending, audits, held labels, counters,
+        monitor state): its identity changed, they were made for another one."""
+        ...
+
     async def load_threshold(self, scope: str) -> bytes | None: ...
 
     async def save_threshold(

@@ -214,6 +214,17 @@ class MemoryStore:
         kept = [e for e in self._windows.get(scope, []) if StreamId.parse(e.id) >= key]
         self._windows[scope] = kept
 
+    async def reset_scope(self, scope: str, *, epoch: int) -> None:
+        """See reset_scope.lua."""
+        self._check()
+        self._fence(scope, epoch)
+        for key in [k for k in self._pending if k[0] == scope]:
+            del self._pending[key]
+        for held in [k for k in self._held if k[0] == scope]:
+            del self._held[held]
+        for kept in (self._windows, self._audits, self._upper, self._covariate, self._monitor):
+            kept.pop(scope, None)
+
     async def load_threshold(self, scope: str) -> bytes | None:
         self._check()
         stored = self._thresholds.get(scope)

@@ -44,7 +44,7 @@ OUTCOMES = {outcome.value[0]: outcome for outcome in FeedbackOutcome}  # feedbac
 
 # The leader's write scripts: fence.lua comes first, so each takes the scope's epoch counter
 # as its last key and the writer's epoch as its last argument.
-FENCED_SCRIPTS = ("save_threshold.lua", "sweep.lua", "fenced_write.lua")
+FENCED_SCRIPTS = ("save_threshold.lua", "sweep.lua", "fenced_write.lua", "reset_scope.lua")
 
 
 def _lua(name: str) -> str:
@@ -70,6 +70,7 @@ class RedisStore:
         self._save = client.register_script(_lua("save_threshold.lua"))
         self._sweep = client.register_script(_lua("sweep.lua"))
         self._fenced = client.register_script(_lua("fenced_write.lua"))
+        self._reset = client.register_script(_lua("reset_scope.lua"))
         self._lease = client.register_script(_lua("lease.lua"))
         self._release = client.register_script(_lua("release_lease.lua"))
 
@@ -227,6 +228,15 @@ class RedisStore:
     @classified
     async def trim_window(self, scope: str, *, min_id: str, epoch: int) -> None:
         await self._fenced_write(scope, keys.window(scope), "XTRIM", "MINID", min_id, epoch=epoch)
+
+    @classified
+    async def reset_scope(self, scope: str, *, epoch: int) -> None:
+        held_slot = int(self.clock() // self.config.held_ttl_s)
+        await self._reset(
+            keys=[keys.window(scope), keys.audits(scope), keys.slots(scope),
+                  keys.upper_bound(scope), keys.monitor(scope), keys.epoch(scope)],
+            args=[keys.pending(scope), keys.held(scope), held_slot, epoch],
+        )  # fmt: skip
 
     @classified
     async def load_threshold(self, scope: str) -> bytes | None:
