@@ -50,6 +50,11 @@ LOST_AUDITS = Counter(
     ["scope"],
 )
 ALERTS = Counter("racer_alerts", "Alerts published.", ["scope", "kind"])
+REDECIDED = Counter(
+    "racer_redecided",
+    "Queries decided again: sent before the redelivery horizon, their first decision gone.",
+    ["scope"],
+)
 SCOPE_CHANGES = Counter(
     "racer_scope_changes",
     "Windows voided because the scope's models or base router changed (service/identity.py).",

@@ -44,6 +44,9 @@ def store_config(settings: Settings) -> StoreConfig:
     return StoreConfig(
         catalogues={name: scope.model_names for name, scope in settings.scopes.items()},
         pending_ttl_s=settings.pending_ttl_s,
+        # One-hour slots, or the horizon's length when it is shorter, so that a record
+        # expires within two slots of its horizon (docs/reliability.md, redelivery).
+        slot_s=min(3600.0, settings.pending_ttl_s),
         window_size=settings.window_size,
         min_buckets=settings.pending_min_buckets,
         held_ttl_s=settings.held_feedback_ttl_s,
@@ -81,16 +84,23 @@ class RacerService:
 
     # -- routing -------------------------------------------------------------------------
 
-    async def route(self, queries: Sequence[QueryMessage]) -> list[Routed | Rejected]:
+    async def route(
+        self, queries: Sequence[QueryMessage], *, sent_at: Sequence[float] | None = None
+    ) -> list[Routed | Rejected]:
         """Decide every query of a batch and store the decisions; one store round trip for
         the whole batch. Raises `StoreUnavailableError` (nothing stored, nothing to publish:
-        the batch is retried), so that no decision is published that Redis does not hold."""
+        the batch is retried), so that no decision is published that Redis does not hold.
+        ``sent_at``: each query's record time (Kafka timestamp), for a redelivery's search."""
         started = time.perf_counter()
         results, writes = self._decide_batch(queries)
+        if sent_at is not None:
+            writes = [(i, w._replace(sent_at=sent_at[i])) for i, w in writes]
         stored = await self.store.route([w for _, w in writes])
         for (i, _), kept in zip(writes, stored, strict=True):
             if kept.first is not None:  # a redelivery: publish the first decision again
                 results[i] = self._rebuild(queries[i], kept.first)
+            elif kept.beyond:  # its first decision, if any, expired: say this one is anew
+                results[i] = self._redecided(cast(Routed, results[i]))
         metrics.count_decisions([r.fields for r in results if isinstance(r, Routed)], self.prices)
         metrics.ROUTE_SECONDS.observe(time.perf_counter() - started)
         return results
@@ -179,6 +189,11 @@ class RacerService:
         [p_given] = optional_floats(given)
         common = self._batch_fields(scope, first)
         return self._encode(scope, common, query, d, scores[0].tolist(), p_given, audit=first.audit)
+
+    @staticmethod
+    def _redecided(routed: Routed) -> Routed:
+        metrics.REDECIDED.labels(routed.fields["scope"]).inc()
+        return Routed.encode({**routed.fields, "redecided": True})
 
     @staticmethod
     def _batch_fields(scope: ScopeState, made: PendingRecord) -> DecisionFields:
@@ -275,8 +290,9 @@ class RacerService:
 
     # -- thresholds ----------------------------------------------------------------------
 
-    async def refresh_thresholds(self) -> list[ThresholdMessage]:
-        """Apply thresholds that the leader stored since the last look (every worker)."""
+    async def refresh_thresholds(self, *, as_stored: bool = False) -> list[ThresholdMessage]:
+        """Apply thresholds that the leader stored since the last look (every worker);
+        ``as_stored``: whatever their identity (the read-only tools show what Redis holds)."""
         applied = []
         for scope in self.scopes.values():
             raw = await self.store.load_threshold(scope.name)
@@ -286,7 +302,7 @@ class RacerService:
             if stored.version <= scope.seen_version:
                 continue
             refused = identity.refusal(stored, scope.config, scope.identity.fingerprint)
-            if refused is None:
+            if refused is None or as_stored:
                 scope.apply(stored)
                 applied.append(stored)
             else:

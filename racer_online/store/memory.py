@@ -17,6 +17,7 @@ from racer_online.store.base import (
     StreamId,
     SweepResult,
     WindowEntry,
+    redelivery_search,
 )
 from racer_online.store.codec import label_masks, new_record, window_entry
 from racer_online.store.records import COUNTED, ENTERED, PendingRecord, mask_width, query_hash
@@ -124,7 +125,8 @@ class MemoryStore:
         for w in writes:
             n_models, hash_ = len(self.config.catalogues[w.scope]), query_hash(w.query_id)
             slot = self._slot(w.decided_at)
-            found = self._find(w.scope, hash_, slot, 2)
+            count, beyond = redelivery_search(w, self.config, self.clock())
+            found = self._find(w.scope, hash_, slot, count)
             if found is not None:
                 results.append(RouteResult(False, False, found[1]))
                 continue
@@ -141,7 +143,7 @@ class MemoryStore:
             if record.audit and not entered:
                 due = w.decided_at + self.config.pending_ttl_s
                 self._audits.setdefault(w.scope, {})[(slot, hash_)] = due
-            results.append(RouteResult(True, entered))
+            results.append(RouteResult(True, entered, beyond=beyond))
         return results
 
     async def sweep_expired_audits(

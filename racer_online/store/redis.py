@@ -27,6 +27,7 @@ from racer_online.store.base import (
     StoreConfig,
     SweepResult,
     WindowEntry,
+    redelivery_search,
 )
 from racer_online.store.codec import candidate_keys, label_masks, new_record, window_entry
 from racer_online.store.connection import AsyncRedis, connect, redis_options
@@ -38,7 +39,8 @@ W = TypeVar("W", PendingWrite, LabelWrite)
 # A Lua call blocks Redis for 20-35 us of CPU per record (docs/benchmarks.md): at most 100
 # records per call keep every other client's wait within a few ms, whatever the batch size.
 MAX_SCRIPT_RECORDS = 100
-ROUTE_ITEM = struct.Struct("<Id")  # route.lua: after the query's hash, slot and horizon end
+# route.lua: after the query's hash, its slot, horizon end and slots to search back
+ROUTE_ITEM = struct.Struct("<IdI")
 OUTCOMES = {outcome.value[0]: outcome for outcome in FeedbackOutcome}  # feedback.lua's letters
 
 
@@ -168,9 +170,11 @@ class RedisStore:
             # One argument per record (redis-py encodes each in Python).
             record = new_record(w, len(self.config.catalogues[w.scope]))
             due = w.decided_at + self.config.pending_ttl_s
-            return [
-                query_hash(w.query_id) + ROUTE_ITEM.pack(self._slot(w.decided_at), due) + record
-            ]
+            count, beyond[id(w)] = redelivery_search(w, self.config, now)
+            item = ROUTE_ITEM.pack(self._slot(w.decided_at), due, count)
+            return [query_hash(w.query_id) + item + record]
+
+        now, beyond = self.clock(), dict[int, bool]()  # by write: its first may be gone
 
         results: list[Any] = [None] * len(writes)
         for rows, (codes, *firsts) in await self._per_scope(self._route, writes, args):
@@ -181,7 +185,7 @@ class RedisStore:
                     first = PendingRecord.unpack(bytes(next(stored_before)), n_models)
                     results[i] = RouteResult(False, False, first)
                 else:
-                    results[i] = RouteResult(True, code == "e")
+                    results[i] = RouteResult(True, code == "e", beyond=beyond[id(writes[i])])
         return results
 
     @classified
