@@ -5,6 +5,7 @@ import logging
 
 import numpy as np
 import pytest
+from test_service import Clock
 
 from racer_online.messages import FeedbackMessage, QueryMessage
 from racer_online.service import RacerService, store_config
@@ -17,14 +18,6 @@ def scopes(models, *, alpha=0.2, router_version=None):
     lines += [f'router_version = "{router_version}"'] if router_version else []
     lines += ["[scopes.default.models]"] + [f"{m} = {{ price = 0.1 }}" for m in models]
     return "\n".join(lines) + "\n"
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1_800_000_000.0
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture
