@@ -92,9 +92,7 @@ class RacerService:
         the batch is retried), so that no decision is published that Redis does not hold.
         ``sent_at``: each query's record time (Kafka timestamp), for a redelivery's search."""
         started = time.perf_counter()
-        results, writes = self._decide_batch(queries)
-        if sent_at is not None:
-            writes = [(i, w._replace(sent_at=sent_at[i])) for i, w in writes]
+        results, writes = self._decide_batch(queries, sent_at)
         stored = await self.store.route([w for _, w in writes])
         for (i, _), kept in zip(writes, stored, strict=True):
             if kept.first is not None:  # a redelivery: publish the first decision again
@@ -111,7 +109,7 @@ class RacerService:
         return self._decide_batch(queries)[0]
 
     def _decide_batch(
-        self, queries: Sequence[QueryMessage]
+        self, queries: Sequence[QueryMessage], sent_at: Sequence[float] | None = None
     ) -> tuple[list[Routed | Rejected], list[tuple[int, PendingWrite]]]:
         results: list[Routed | Rejected | None] = [self._reject(q) for q in queries]
         by_scope: dict[str, list[int]] = defaultdict(list)
@@ -120,7 +118,8 @@ class RacerService:
                 by_scope[query.scope].append(i)
         writes: list[tuple[int, PendingWrite]] = []
         for name, rows in by_scope.items():
-            decided = self._decide(self.scopes[name], [queries[i] for i in rows])
+            sent = [None] * len(rows) if sent_at is None else [sent_at[i] for i in rows]
+            decided = self._decide(self.scopes[name], [queries[i] for i in rows], sent)
             for i, (routed, write) in zip(rows, decided, strict=True):
                 results[i] = routed
                 writes.append((i, write))
@@ -148,7 +147,7 @@ class RacerService:
         return None
 
     def _decide(
-        self, scope: ScopeState, batch: Sequence[QueryMessage]
+        self, scope: ScopeState, batch: Sequence[QueryMessage], sent_at: Sequence[float | None]
     ) -> list[tuple[Routed, PendingWrite]]:
         scores, p_abstain, given = self._inputs(scope, batch)
         th = scope.threshold
@@ -165,11 +164,11 @@ class RacerService:
         # access, and this loop runs once per routed query.
         covariate = covariate_flags(th.covariate_cut, scores.max(axis=1).tolist())
         rows = zip(batch, decisions, scores.tolist(), optional_floats(given),
-                   pack_scores(scores, p_abstain), covariate, strict=True)  # fmt: skip
-        for q, d, row, p_given, packed, flags in rows:
+                   pack_scores(scores, p_abstain), covariate, sent_at, strict=True)  # fmt: skip
+        for q, d, row, p_given, packed, flags, sent in rows:
             audit = audit_draw(scope.name, q.query_id, key=self._audit_key) < rate
             write = PendingWrite(scope.name, q.query_id, packed, th.lam, audit, d.indices, now,
-                                 th.version, th.status, rate, flags)  # fmt: skip
+                                 th.version, th.status, rate, flags, sent)  # fmt: skip
             out.append((self._encode(scope, common, q, d, row, p_given, audit=audit), write))
         return out
 
