@@ -144,3 +144,15 @@ async def test_a_restart_with_the_same_scopes_keeps_its_threshold(deploy):
     assert [t.version for t in await again.refresh_thresholds()] == [first.version]
     assert (await again.leader.recalibrate_due()).alerts == []
     assert len(await again.store.read_window("default")) == 300
+
+
+async def test_the_thresholds_table_shows_which_identity_a_threshold_was_certified_for(deploy):
+    from rich.console import Console
+
+    from racer_online.apps.cli.common import threshold_table
+
+    service = deploy(scopes(["m0", "m1", "m2"]))
+    threshold = await calibrate(service)
+    console = Console(width=200, record=True)
+    console.print(threshold_table("t", [threshold.model_dump()]))
+    assert threshold.scope_id[:8] in console.export_text()
