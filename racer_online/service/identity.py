@@ -3,10 +3,11 @@
 A window record is a decision's quantised scores and its labels, one per catalogue model:
 the scores come from the base router, the labels' positions from the ordered model list.
 Read under another model list or router, a record means something else, and a threshold
-certified on such records certifies nothing (docs/method.md, "Scope identity"). So the
-identity is fingerprinted, stored with the window (in the monitor's state) and with every
-threshold; a worker routes only on a threshold of its own identity, and a leader that finds
-another identity stored starts the scope anew (`WindowSync.check_identity`).
+certified on such records certifies nothing (docs/method.md, section 2, "A window belongs
+to one scope identity"). So the identity is fingerprinted, stored with the window (in the
+monitor's state) and with every threshold; a worker routes only on a threshold of its own
+identity, and a leader that finds another identity stored starts the scope anew
+(`WindowSync.check_identity`).
 
 Settings that only change how the same records are read (alpha, delta, the bound, the
 rule, the miss definition) do not void the window: a threshold computed under other ones
