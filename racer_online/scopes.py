@@ -55,6 +55,10 @@ class ScopeConfig(BaseModel):
     # Fully graded records (the `calibrate` format) the window starts from; valid only if
     # they are i.i.d. with the live traffic (docs/method.md). The drift monitor overrules.
     warm_start: Path | None = None
+    # The base router that scored the queries a client sends with their scores: part of the
+    # scope's identity (service/identity.py). Change it when that router changes, and the
+    # scope's window, scored by the old one, is voided instead of certifying new sets.
+    router_version: str | None = Field(default=None, min_length=1, max_length=200)
     # File order is the catalogue order, which breaks ties between equal scores or prices.
     models: dict[ModelName, ModelConfig] = Field(min_length=1, max_length=MAX_MODELS)
 

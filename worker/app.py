@@ -91,7 +91,8 @@ class Worker:
 
     async def route(self, records: Sequence[Record]) -> list[Outgoing]:
         parsed, out = self._parse(records, QueryMessage)
-        results = await self.service.route([query for _, query in parsed])
+        sent_at = [record.timestamp / 1000 for record, _ in parsed]  # a redelivery's search
+        results = await self.service.route([query for _, query in parsed], sent_at=sent_at)
         for (record, query), result in zip(parsed, results, strict=True):
             if isinstance(result, Rejected):
                 out.append(self.dead(record, result.kind, result.reason))

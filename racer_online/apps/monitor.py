@@ -33,7 +33,8 @@ SPARK_WIDTH = 60
 RECENT_ALERTS = 5
 MODEL_ROWS = 12
 STATUS_STYLE = {"certified": "bold green", "stale": "bold yellow", "fallback": "bold red"}
-ALERT_STYLE = {"drift": "bold red", "risk_violation": "bold red", "stale_calibration": "yellow"}
+ALERT_STYLE = {"drift": "bold red", "risk_violation": "bold red", "stale_calibration": "yellow",
+               "scope_changed": "bold magenta"}  # fmt: skip
 
 
 def sparkline(values: Sequence[float | None], *, width: int = SPARK_WIDTH) -> str:

@@ -23,7 +23,7 @@ async def reading_service(
     store = RedisStore.from_settings(settings, store_config(settings))
     try:
         service = RacerService(settings, store, router=router)
-        await service.refresh_thresholds()
+        await service.refresh_thresholds(as_stored=True)  # the identity column says whose
         yield service
     finally:
         await store.close()

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 Times = NDArray[np.datetime64]
 REPORT_NAME = "report.html"
 STATUS_COLOURS = {"certified": "#16a34a", "stale": "#d97706", "fallback": "#dc2626"}
-ALERT_COLOURS = {"drift": "#dc2626", "risk_violation": "#ea580c", "stale_calibration": "#9ca3af"}
+ALERT_COLOURS = {"drift": "#dc2626", "risk_violation": "#ea580c", "stale_calibration": "#9ca3af",
+                 "scope_changed": "#7c3aed"}  # fmt: skip
 
 
 def write_report(

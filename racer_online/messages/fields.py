@@ -47,7 +47,7 @@ QueryId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 UnixTime = Annotated[float, Field(ge=0.0)]
 Status = Literal["certified", "stale", "fallback"]
-AlertKind = Literal["drift", "risk_violation", "stale_calibration", "state_lost"]
+AlertKind = Literal["drift", "risk_violation", "stale_calibration", "state_lost", "scope_changed"]
 
 
 class MessageError(InvalidInputError):

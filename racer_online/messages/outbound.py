@@ -39,6 +39,9 @@ class DecisionMessage(Message):
     scores: dict[str, float]
     p_abstain: float | None = None
     decided_at: float = Field(default_factory=time.time)
+    # Decided again: the query came back after its first decision's record expired (the
+    # redelivery horizon, docs/reliability.md), so this decision may differ from the first.
+    redecided: bool = False
 
 
 class DecisionFields(TypedDict):
@@ -62,6 +65,7 @@ class DecisionFields(TypedDict):
     scores: dict[str, float]
     p_abstain: float | None
     decided_at: float
+    redecided: bool
 
 
 class ThresholdMessage(Message):
@@ -109,6 +113,9 @@ class ThresholdMessage(Message):
     # microseconds) the threshold was computed on; 0 before any. Thresholds order by
     # (incarnation, version): versions count from 1 again in a new incarnation.
     incarnation: int = 0
+    # The scope identity the window was recorded under (service/identity.py): its models in
+    # order and its base router. A worker routes only on a threshold of its own identity.
+    scope_id: str | None = None
     computed_at: float = Field(default_factory=time.time)
 
 

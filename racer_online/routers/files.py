@@ -139,6 +139,18 @@ def _save_arrays(file: BinaryIO, arrays: dict[str, NDArray[Any]]) -> None:
     np.savez_compressed(file, allow_pickle=False, **arrays)
 
 
+def router_fingerprint(path: Path | str) -> str:
+    """The SHA-256 of a saved router's two files: a retrained router scores every query
+    differently, so a window of records scored by another router is void (scope identity)."""
+    digest = hashlib.sha256()
+    for part in router_paths(path):
+        try:
+            digest.update(bytes.fromhex(_sha256(part)))
+        except OSError as error:
+            raise InvalidInputError(f"router {part}: cannot read: {error.strerror}") from None
+    return digest.hexdigest()
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -58,7 +58,8 @@ def next_threshold(
             "realised_high": realised.high,
         }
     return ThresholdMessage(
-        scope=scope.name, version=current.version + 1, lam=lam, status=status,
+        scope=scope.name, version=max(current.version, scope.seen_version) + 1, lam=lam,
+        status=status, scope_id=scope.identity.fingerprint,
         certified=status == "certified", n=choice.n, alpha=cfg.alpha, delta=cfg.delta,
         bound=cfg.bound, rule=cfg.rule, miss=cfg.miss,
         m_star=choice.m_star, reason=reason, computed_at=now, incarnation=scope.incarnation,

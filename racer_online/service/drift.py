@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 from racer_online import core
 from racer_online.core import drift, policy
 from racer_online.messages import AlertMessage
+from racer_online.service.identity import FINGERPRINT, MODELS, ROUTER
 from racer_online.service.scope import Monitor, ScopeState
 from racer_online.settings import Settings
 
@@ -21,6 +22,7 @@ COLD_START = 0.0  # a new scope's first segment: every decision is at or after i
 FLOATS = ("labelled", "free_rise", "free_jump", "free_fall", "window_from", "old_lam",
           "covariate", "covariate_p0", "covariate_p1")  # fmt: skip
 PAIRS = ("free_seen", "covariate_seen")  # the store's counters at the last look
+IDENTITY_FIELDS = (FINGERPRINT, MODELS, ROUTER)  # the window's scope identity
 
 
 def channels(settings: Settings) -> int:
@@ -45,7 +47,7 @@ def saved_state(mon: Monitor) -> dict[str, str]:
         if pair is not None:
             state[name] = f"{pair[0]},{pair[1]}"
     state["covariate_cut"] = "" if mon.covariate_cut is None else repr(mon.covariate_cut)
-    return state
+    return state | mon.identity
 
 
 def load_state(mon: Monitor, state: dict[str, str], *, alpha: float, aci: bool) -> None:
@@ -62,6 +64,7 @@ def load_state(mon: Monitor, state: dict[str, str], *, alpha: float, aci: bool) 
             setattr(mon, name, (int(n), int(events)))
     cut = state.get("covariate_cut")
     mon.covariate_cut = float(cut) if cut else None
+    mon.identity = {name: state[name] for name in IDENTITY_FIELDS if name in state}
 
 
 def records_to_confirm(mon: Monitor, settings: Settings) -> int:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from racer_online.errors import FencedError, StateLostError
 from racer_online.messages import AlertMessage, ThresholdMessage
-from racer_online.service import calibration, metrics
+from racer_online.service import calibration, identity, metrics
 from racer_online.service import drift as watch
 from racer_online.service.lease import LeaderLease
 from racer_online.service.scope import ScopeState
@@ -108,6 +108,7 @@ class Leader:
                 epoch = await self._hold(scope)
                 if epoch is None:
                     return None
+                await self.windows.check_identity(scope, now=self.clock(), epoch=epoch)
                 await self.windows.sync(scope, now=self.clock(), epoch=epoch)
                 return await self._recalibrate(scope, reason=reason, epoch=epoch)
             except FencedError as refused:
@@ -140,15 +141,18 @@ class Leader:
             del self._lost[scope.name]
             metrics.ALERTS.labels(scope.name, lost.kind).inc()
             updates.alerts.append(lost)
+        changed = await windows.check_identity(scope, now=now, epoch=epoch)
         await windows.sweep_expired_audits(scope.name, now=now, epoch=epoch)
         drift, trimmed = await windows.sync(scope, now=now, epoch=epoch)
         drift = drift or await windows.watch_free(scope, now=now, epoch=epoch)
         reason = self._reason(scope, drift=drift is not None, trimmed=trimmed, now=now)
+        if changed is not None:
+            reason = "scope_changed"  # routed on every model from now: say so at once
         if reason is not None:
             update = await self._recalibrate(scope, reason=reason, epoch=epoch)
             updates.thresholds.extend([update] if update is not None else [])
         stale = calibration.stale_alert(scope, self.settings, now=now, started_at=self.started_at)
-        for alert in (a for a in (drift, stale) if a is not None):
+        for alert in (a for a in (changed, drift, stale) if a is not None):
             await self.store.save_alert(scope.name, alert.to_bytes(), epoch=epoch)
             metrics.ALERTS.labels(alert.scope, alert.kind).inc()
             updates.alerts.append(alert)
@@ -157,6 +161,8 @@ class Leader:
         """Why the scope recalibrates at this tick, if it does."""
         if drift:
             return "drift"
+        if scope.recalibrate_now is not None:  # a stored threshold of other settings
+            return scope.recalibrate_now
         if scope.new_records and scope.monitor.segment_from is not None:
             return "segment"  # route on the segment's threshold as soon as it certifies
         if scope.new_records and scope.threshold.status != "certified":
@@ -189,14 +195,19 @@ class Leader:
                 update={"upper_bound_n": upper_n, "upper_bound_miss_rate": upper_misses / upper_n}
             )
         metrics.RECALIBRATION_SECONDS.labels(scope.name).observe(time.perf_counter() - started)
-        scope.new_records, scope.calibrated_at = 0, now
+        scope.new_records, scope.calibrated_at, scope.recalibrate_now = 0, now, None
         saved = await self.store.save_threshold(
             scope.name, update.version, update.to_bytes(), epoch=epoch
         )
         if not saved:
             stored = await self.store.load_threshold(scope.name)  # a newer version is there
             if stored is not None:
-                scope.apply(ThresholdMessage.parse(stored))
+                newer = ThresholdMessage.parse(stored)
+                if identity.refusal(newer, scope.config, scope.identity.fingerprint) is None:
+                    scope.apply(newer)
+                else:  # another identity's or settings': never routed on; try again after it
+                    scope.seen_version = max(scope.seen_version, newer.version)
+                    scope.calibrated_at = -math.inf
             return None
         scope.apply(update)
         if update.status == "certified" and scope.monitor.segment_from is None:

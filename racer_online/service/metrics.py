@@ -62,6 +62,16 @@ STATE_RESETS = Counter(
     ["scope"],
 )
 ALERTS = Counter("racer_alerts", "Alerts published.", ["scope", "kind"])
+REDECIDED = Counter(
+    "racer_redecided",
+    "Queries decided again: sent before the redelivery horizon, their first decision gone.",
+    ["scope"],
+)
+SCOPE_CHANGES = Counter(
+    "racer_scope_changes",
+    "Windows voided because the scope's models or base router changed (service/identity.py).",
+    ["scope", "changed"],
+)
 LEADER_EPOCH = Gauge(
     "racer_leader_epoch",
     "The lease epoch this worker leads the scope under; 0 when it does not lead it.",

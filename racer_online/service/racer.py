@@ -28,7 +28,7 @@ from racer_online.messages import (
 )
 from racer_online.messages.fields import Status
 from racer_online.routers.base import Router
-from racer_online.service import metrics
+from racer_online.service import identity, metrics
 from racer_online.service.decisions import Rejected, Routed, audit_draw, audit_rate
 from racer_online.service.leader import Leader
 from racer_online.service.scope import ScopeState
@@ -45,6 +45,9 @@ def store_config(settings: Settings) -> StoreConfig:
     return StoreConfig(
         catalogues={name: scope.model_names for name, scope in settings.scopes.items()},
         pending_ttl_s=settings.pending_ttl_s,
+        # One-hour slots, or the horizon's length when it is shorter, so that a record
+        # expires within two slots of its horizon (docs/reliability.md, redelivery).
+        slot_s=min(3600.0, settings.pending_ttl_s),
         window_size=settings.window_size,
         min_buckets=settings.pending_min_buckets,
         held_ttl_s=settings.held_feedback_ttl_s,
@@ -69,7 +72,11 @@ class RacerService:
         self.store = store
         self.router = router  # scores queries that carry text or an embedding
         self.clock = clock
-        self.scopes = {name: ScopeState(name, cfg) for name, cfg in settings.scopes.items()}
+        router_hash = identity.router_hash(settings.router_file)
+        self.scopes = {
+            name: ScopeState(name, cfg, identity.scope_identity(cfg, router_hash))
+            for name, cfg in settings.scopes.items()
+        }
         self.prices = {name: dict(zip(cfg.model_names, cfg.prices, strict=True))
                        for name, cfg in settings.scopes.items()}  # fmt: skip
         self.leader = Leader(settings, store, self.scopes, clock=clock)  # used on the leader
@@ -79,21 +86,27 @@ class RacerService:
 
     # -- routing -------------------------------------------------------------------------
 
-    async def route(self, queries: Sequence[QueryMessage]) -> list[Routed | Rejected]:
+    async def route(
+        self, queries: Sequence[QueryMessage], *, sent_at: Sequence[float] | None = None
+    ) -> list[Routed | Rejected]:
         """Decide every query of a batch and store the decisions; one store round trip for
         the whole batch. Raises `StoreUnavailableError` (nothing stored, nothing to publish:
-        the batch is retried), so that no decision is published that Redis does not hold."""
+        the batch is retried), so that no decision is published that Redis does not hold.
+        ``sent_at``: each query's record time (Kafka timestamp), for a redelivery's search."""
         started = time.perf_counter()
 
         async def decide_and_store() -> tuple[list[Routed | Rejected], list[Any], list[Any]]:
             await self._know_incarnations()
-            results, writes = self._decide_batch(queries)  # again after a reset: at lam = 1
+            # After a reset this decides again, at lam = 1.
+            results, writes = self._decide_batch(queries, sent_at)
             return results, writes, await self.store.route([w for _, w in writes])
 
         results, writes, stored = await self._despite_state_loss(decide_and_store)
         for (i, _), kept in zip(writes, stored, strict=True):
             if kept.first is not None:  # a redelivery: publish the first decision again
                 results[i] = self._rebuild(queries[i], kept.first)
+            elif kept.beyond:  # its first decision, if any, expired: say this one is anew
+                results[i] = self._redecided(cast(Routed, results[i]))
         metrics.count_decisions([r.fields for r in results if isinstance(r, Routed)], self.prices)
         metrics.ROUTE_SECONDS.observe(time.perf_counter() - started)
         return results
@@ -104,7 +117,7 @@ class RacerService:
         return self._decide_batch(queries)[0]
 
     def _decide_batch(
-        self, queries: Sequence[QueryMessage]
+        self, queries: Sequence[QueryMessage], sent_at: Sequence[float] | None = None
     ) -> tuple[list[Routed | Rejected], list[tuple[int, PendingWrite]]]:
         results: list[Routed | Rejected | None] = [self._reject(q) for q in queries]
         by_scope: dict[str, list[int]] = defaultdict(list)
@@ -113,7 +126,8 @@ class RacerService:
                 by_scope[query.scope].append(i)
         writes: list[tuple[int, PendingWrite]] = []
         for name, rows in by_scope.items():
-            decided = self._decide(self.scopes[name], [queries[i] for i in rows])
+            sent = [None] * len(rows) if sent_at is None else [sent_at[i] for i in rows]
+            decided = self._decide(self.scopes[name], [queries[i] for i in rows], sent)
             for i, (routed, write) in zip(rows, decided, strict=True):
                 results[i] = routed
                 writes.append((i, write))
@@ -141,7 +155,7 @@ class RacerService:
         return None
 
     def _decide(
-        self, scope: ScopeState, batch: Sequence[QueryMessage]
+        self, scope: ScopeState, batch: Sequence[QueryMessage], sent_at: Sequence[float | None]
     ) -> list[tuple[Routed, PendingWrite]]:
         scores, p_abstain, given = self._inputs(scope, batch)
         th = scope.threshold
@@ -159,11 +173,11 @@ class RacerService:
         # access, and this loop runs once per routed query.
         covariate = covariate_flags(th.covariate_cut, scores.max(axis=1).tolist())
         rows = zip(batch, decisions, scores.tolist(), optional_floats(given),
-                   pack_scores(scores, p_abstain), covariate, strict=True)  # fmt: skip
-        for q, d, row, p_given, packed, flags in rows:
+                   pack_scores(scores, p_abstain), covariate, sent_at, strict=True)  # fmt: skip
+        for q, d, row, p_given, packed, flags, sent in rows:
             audit = audit_draw(scope.name, q.query_id, key=self._audit_key) < rate
             write = PendingWrite(scope.name, q.query_id, packed, th.lam, audit, d.indices, now,
-                                 th.version, th.status, rate, flags, incarnation)  # fmt: skip
+                                 th.version, th.status, rate, flags, incarnation, sent)  # fmt: skip
             out.append((self._encode(scope, common, q, d, row, p_given, audit=audit), write))
         return out
 
@@ -202,6 +216,11 @@ class RacerService:
         return self._encode(scope, common, query, d, scores[0].tolist(), p_given, audit=first.audit)
 
     @staticmethod
+    def _redecided(routed: Routed) -> Routed:
+        metrics.REDECIDED.labels(routed.fields["scope"]).inc()
+        return Routed.encode({**routed.fields, "redecided": True})
+
+    @staticmethod
     def _batch_fields(scope: ScopeState, made: PendingRecord) -> DecisionFields:
         """The fields of every decision made with one certificate and audit rate (now, or
         stored with a first decision); the query's own fields are placeholders here."""
@@ -211,7 +230,7 @@ class RacerService:
             audit=False, audit_rate=made.audit_rate, lam=made.lam,
             threshold_version=made.version, threshold_status=cast(Status, made.status),
             alpha=th.alpha, delta=th.delta, bound=th.bound, scores={}, p_abstain=None,
-            decided_at=made.decided_at,
+            decided_at=made.decided_at, redecided=False,
         )  # fmt: skip
 
     @staticmethod
@@ -304,9 +323,10 @@ class RacerService:
 
     # -- thresholds ----------------------------------------------------------------------
 
-    async def refresh_thresholds(self) -> list[ThresholdMessage]:
-        """Apply thresholds that the leader stored since the last look (every worker). A
-        stored threshold belongs to the state Redis holds now; one older than the threshold
+    async def refresh_thresholds(self, *, as_stored: bool = False) -> list[ThresholdMessage]:
+        """Apply thresholds that the leader stored since the last look (every worker);
+        ``as_stored``: whatever their identity (the read-only tools show what Redis holds).
+        A stored threshold belongs to the state Redis holds now; one older than the threshold
         routed on (or none at all) means that state went back (a replica promoted without
         the last writes): the scope is reset as when its incarnation changes."""
         applied = []
@@ -323,10 +343,30 @@ class RacerService:
                 kept = stored.version if stored else 0
                 why = f"threshold v{held} is gone, Redis holds v{kept}"
                 self.leader.state_lost(scope.name, found, why=why)
-            if stored is not None and stored.version > scope.threshold.version:
+            if stored is None or stored.version <= scope.seen_version:
+                continue
+            refused = identity.refusal(stored, scope.config, scope.identity.fingerprint)
+            if refused is None or as_stored:
                 scope.apply(stored)
                 applied.append(stored)
+            else:
+                self._refuse(scope, stored, refused)
         return applied
+
+    @staticmethod
+    def _refuse(scope: ScopeState, stored: ThresholdMessage, why: str) -> None:
+        """Never route on a threshold certified for other records or settings: keep the one
+        in memory (lam = 1 at a start) until the leader's own certifies."""
+        scope.seen_version = stored.version
+        if stored.scope_id in (None, scope.identity.fingerprint):
+            scope.recalibrate_now = "settings"  # the same records: recalibrate them at once
+        else:
+            # Another identity's leader voided the records this worker's threshold was
+            # certified on: route on every model until the scope certifies again.
+            scope.apply(scope.fallback("scope_changed"))
+        log.warning("scope %s: not routing on stored threshold v%d (lam %.4f): %s; lam %.4f "
+                    "until a threshold of this scope's own certifies", scope.name,
+                    stored.version, stored.lam, why, scope.threshold.lam)  # fmt: skip
 
     def fresh_thresholds(self) -> dict[str, bool]:
         """Per scope: a certified threshold not older than ``threshold_max_age_s``."""

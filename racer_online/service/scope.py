@@ -11,6 +11,7 @@ from racer_online import core
 from racer_online.messages import ThresholdMessage
 from racer_online.scopes import ScopeConfig
 from racer_online.service import metrics
+from racer_online.service.identity import ScopeIdentity
 from racer_online.service.window import WindowCache
 
 
@@ -40,21 +41,38 @@ class Monitor:
     segment_from: float | None = None  # an alarm's time: the segment is decided after it
     segment_direction: str = "rise"
     old_lam: float = 1.0  # the threshold routed on when the alarm came
+    identity: dict[str, str] = field(default_factory=dict)  # the window's, as stored
 
 
 class ScopeState:
-    def __init__(self, name: str, config: ScopeConfig) -> None:
+    def __init__(self, name: str, config: ScopeConfig, identity: ScopeIdentity) -> None:
         self.name = name
         self.config = config
+        self.identity = identity
         self.models = config.model_names
         self.model_set = frozenset(self.models)
         self.prices = np.array(config.prices)
         self.incarnation = 0  # of the Redis state this memory comes from; 0: not looked yet
         self.threshold = self.fallback("start")
+        # The newest stored version seen, applied or not: a threshold of another identity
+        # or other settings is never routed on, and the leader's next one comes after it.
+        self.seen_version = 0
+        self.recalibrate_now: str | None = None  # a refused threshold: the leader's reason
         self.window = WindowCache(len(self.models))
         self.monitor = Monitor()
         self.new_records = 0
         self.calibrated_at = -np.inf  # by this process, as leader
+
+    def fallback(self, reason: str) -> ThresholdMessage:
+        """lam = 1 (every model) under this scope's identity and settings, version 0 of the
+        current incarnation, never stored: until a threshold certifies."""
+        cfg = self.config
+        return ThresholdMessage(
+            scope=self.name, version=0, lam=core.FALLBACK_LAM, status="fallback",
+            certified=False, n=0, alpha=cfg.alpha, delta=cfg.delta, bound=cfg.bound,
+            rule=cfg.rule, miss=cfg.miss, m_star=-1, reason=reason,
+            scope_id=self.identity.fingerprint, incarnation=self.incarnation,
+        )  # fmt: skip
 
     def levels(
         self, scores: NDArray[np.float64], p_abstain: NDArray[np.float64]
@@ -86,26 +104,18 @@ class ScopeState:
             )
         }
 
-    def fallback(self, reason: str) -> ThresholdMessage:
-        """Every model, version 0 of the current incarnation: until a threshold certifies."""
-        cfg = self.config
-        return ThresholdMessage(
-            scope=self.name, version=0, lam=core.FALLBACK_LAM, status="fallback",
-            certified=False, n=0, alpha=cfg.alpha, delta=cfg.delta, bound=cfg.bound,
-            rule=cfg.rule, miss=cfg.miss, m_star=-1, reason=reason,
-            incarnation=self.incarnation,
-        )  # fmt: skip
-
     def reset(self, incarnation: int) -> None:
         """Redis lost the scope's state: route at lam = 1 from now on, until a threshold of
         the state it holds now certifies, and let the leader read that state afresh."""
         self.incarnation = incarnation
+        self.seen_version = 0  # versions count from 1 again in a new incarnation
         self.apply(self.fallback("state_lost"))
         self.forget_window()
         self.new_records = 0
 
     def apply(self, threshold: ThresholdMessage) -> None:
         self.threshold = threshold
+        self.seen_version = max(self.seen_version, threshold.version)
         metrics.THRESHOLD.labels(self.name).set(threshold.lam)
         metrics.THRESHOLD_VERSION.labels(self.name).set(threshold.version)
         metrics.CERTIFIED.labels(self.name).set(int(threshold.status == "certified"))

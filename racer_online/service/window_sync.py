@@ -8,6 +8,7 @@ sweep, trim or monitor state is refused by the store and changes nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,15 +19,16 @@ from racer_online.errors import ConfigError
 from racer_online.messages import AlertMessage
 from racer_online.records import read_records
 from racer_online.service import drift as watch
-from racer_online.service import metrics
-from racer_online.service.scope import ScopeState
-from racer_online.service.window import pack_scores
+from racer_online.service import identity, metrics
+from racer_online.service.scope import Monitor, ScopeState
+from racer_online.service.window import WindowCache, pack_scores
 from racer_online.settings import Settings
 from racer_online.store import Store, StreamId, WindowEntry
 
 READ_CHUNK = 10_000
 SWEEP_CHUNK = 100  # audits per sweep call: each call blocks Redis as briefly as a route call
 BEFORE_ANY = StreamId(-1, -1)  # orders before every window record
+log = logging.getLogger(__name__)
 
 
 class WindowSync:
@@ -82,10 +84,50 @@ class WindowSync:
             cfg = scope.config
             state = await self.store.load_monitor(scope.name)
             watch.load_state(scope.monitor, state, alpha=cfg.alpha, aci=cfg.aci_gamma is not None)
-            if cfg.warm_start is not None and scope.monitor.window_from == 0.0:
-                scope.window.prepend(warm_start_entries(cfg.warm_start, scope, self.clock()))
-            elif not state and self.settings.monitor:  # a new scope: its start is a segment
-                scope.monitor.segment_from = watch.COLD_START
+            self._begin(scope, new=not state, warm=scope.monitor.window_from == 0.0)
+
+    def _begin(self, scope: ScopeState, *, new: bool, warm: bool) -> None:
+        """A scope's window starts from its warm start, else a new scope's is a segment."""
+        if scope.config.warm_start is not None and warm:
+            scope.window.prepend(warm_start_entries(scope.config.warm_start, scope, self.clock()))
+        elif new and self.settings.monitor:
+            scope.monitor.segment_from = watch.COLD_START
+
+    async def check_identity(
+        self, scope: ScopeState, *, now: float, epoch: int
+    ) -> AlertMessage | None:
+        """Start the scope anew when its window was recorded under another identity (models
+        or router, service/identity.py): its records, pending ones too, are dropped from the
+        store, the window and the monitor restart as a new scope's (a segment at lam = 1
+        auditing every decision, or the warm start), and an alert says what changed."""
+        await self.load_monitor(scope)
+        stored, mine = scope.monitor.identity, scope.identity
+        if stored.get(identity.FINGERPRINT) == mine.fingerprint:
+            return None
+        if not stored:  # a new scope, or one stored before identities: record it
+            scope.monitor.identity = mine.fields()
+            await self.store.save_monitor(scope.name, watch.saved_state(scope.monitor), epoch=epoch)
+            return None
+        change, what = identity.describe_change(stored, mine), identity.what_changed(stored, mine)
+        voided = len(scope.window)
+        await self.store.reset_scope(scope.name, epoch=epoch)
+        scope.window = WindowCache(len(scope.models))
+        scope.monitor = Monitor(loaded=True, identity=mine.fields(), window_from=now)
+        scope.new_records, scope.calibrated_at = 0, -np.inf
+        self._begin(scope, new=True, warm=True)
+        await self.store.save_monitor(scope.name, watch.saved_state(scope.monitor), epoch=epoch)
+        log.warning("scope %s changed: %s: its window of %d records is void; routing on every "
+                    "model until the decisions from now on certify", scope.name, change,
+                    voided)  # fmt: skip
+        for part in what:
+            metrics.SCOPE_CHANGES.labels(scope.name, part).inc()
+        return AlertMessage(
+            scope=scope.name, kind="scope_changed", at=now,
+            message=f"{change}: the window recorded under the old identity is void; routing "
+            "on every model until the decisions from now on certify",
+            evidence={"changed": what, "old": dict(stored), "new": mine.fields(),
+                      "voided_records": voided},
+        )  # fmt: skip
 
     async def _watch(
         self, scope: ScopeState, *, start: int, now: float, epoch: int

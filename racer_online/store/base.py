@@ -11,6 +11,7 @@ bound valid).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -45,12 +46,18 @@ class PendingWrite(NamedTuple):
     # The scope's incarnation the threshold comes from (0: unchecked, for tools and tests):
     # the store refuses the batch if Redis' state of the scope is another one.
     incarnation: int = 0
+    # When the query's record was written (its Kafka timestamp): a first decision of it can
+    # only be in a slot from then on, so a redelivery searches back to there.
+    sent_at: float | None = None
 
 
 class RouteResult(NamedTuple):
     created: bool
     entered: bool  # early feedback completed the record at once
     first: PendingRecord | None = None  # a redelivery: the record of the first decision
+    # Stored now, but the query was sent before the oldest live slot: a first decision, if
+    # one was made, has expired with its slot, and this one may differ (`redelivery_search`).
+    beyond: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,11 @@ class Store(Protocol):
         self, scope: str, *, now: float, epoch: int, limit: int = 100
     ) -> SweepResult: ...
 
+    async def reset_scope(self, scope: str, *, epoch: int) -> None:
+        """Drop every record of the scope (window, pending, audits, held labels, counters,
+        monitor state): its identity changed, they were made for another one."""
+        ...
+
     async def load_threshold(self, scope: str) -> bytes | None: ...
 
     async def current(self, scope: str) -> tuple[int, bytes | None]:
@@ -177,6 +189,22 @@ class Store(Protocol):
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+def redelivery_search(w: PendingWrite, cfg: StoreConfig, now: float) -> tuple[int, bool]:
+    """How many slots, from the decision's back, hold a first decision of this query if it
+    was made, and whether some of them have expired already (the redelivery horizon).
+
+    A slot's records live until one slot after the feedback horizon of its last decision
+    (``(slot + 2) * slot_s + pending_ttl_s``). A query without a send time searches its
+    slot and the one before, as a redelivery by Kafka comes within seconds; one slot of
+    margin before the send time allows for the producer's clock."""
+    slot = int(w.decided_at // cfg.slot_s)
+    if w.sent_at is None:
+        return 2, False
+    oldest_live = math.floor((now - cfg.pending_ttl_s) / cfg.slot_s - 2) + 1
+    first = int(w.sent_at // cfg.slot_s) - 1
+    return max(2, slot - max(first, oldest_live) + 1), first < oldest_live
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from racer_online.store.base import (
     StreamId,
     SweepResult,
     WindowEntry,
+    redelivery_search,
 )
 from racer_online.store.codec import label_masks, new_record, window_entry
 from racer_online.store.records import COUNTED, ENTERED, PendingRecord, mask_width, query_hash
@@ -150,7 +151,8 @@ class MemoryStore:
         for w in writes:
             n_models, hash_ = len(self.config.catalogues[w.scope]), query_hash(w.query_id)
             slot = self._slot(w.decided_at)
-            found = self._find(w.scope, hash_, slot, 2)
+            count, beyond = redelivery_search(w, self.config, self.clock())
+            found = self._find(w.scope, hash_, slot, count)
             if found is not None:
                 results.append(RouteResult(False, False, found[1]))
                 continue
@@ -167,7 +169,7 @@ class MemoryStore:
             if record.audit and not entered:
                 due = w.decided_at + self.config.pending_ttl_s
                 self._audits.setdefault(w.scope, {})[(slot, hash_)] = due
-            results.append(RouteResult(True, entered))
+            results.append(RouteResult(True, entered, beyond=beyond))
         return results
 
     async def sweep_expired_audits(
@@ -240,6 +242,17 @@ class MemoryStore:
         key = StreamId.parse(min_id)
         kept = [e for e in self._windows.get(scope, []) if StreamId.parse(e.id) >= key]
         self._windows[scope] = kept
+
+    async def reset_scope(self, scope: str, *, epoch: int) -> None:
+        """See reset_scope.lua."""
+        self._check()
+        self._fence(scope, epoch)
+        for key in [k for k in self._pending if k[0] == scope]:
+            del self._pending[key]
+        for held in [k for k in self._held if k[0] == scope]:
+            del self._held[held]
+        for kept in (self._windows, self._audits, self._upper, self._covariate, self._monitor):
+            kept.pop(scope, None)
 
     async def load_threshold(self, scope: str) -> bytes | None:
         self._check()

@@ -27,6 +27,7 @@ from racer_online.store.base import (
     StoreConfig,
     SweepResult,
     WindowEntry,
+    redelivery_search,
 )
 from racer_online.store.codec import candidate_keys, label_masks, new_record, window_entry
 from racer_online.store.connection import AsyncRedis, connect, redis_options
@@ -38,13 +39,14 @@ W = TypeVar("W", PendingWrite, LabelWrite)
 # A Lua call blocks Redis for 20-35 us of CPU per record (docs/benchmarks.md): at most 100
 # records per call keep every other client's wait within a few ms, whatever the batch size.
 MAX_SCRIPT_RECORDS = 100
-ROUTE_ITEM = struct.Struct("<Id")  # route.lua: after the query's hash, slot and horizon end
+# route.lua: after the query's hash, its slot, horizon end and slots to search back
+ROUTE_ITEM = struct.Struct("<IdI")
 OUTCOMES = {outcome.value[0]: outcome for outcome in FeedbackOutcome}  # feedback.lua's letters
 
 
 # The leader's write scripts: fence.lua comes first, so each takes the scope's epoch counter
 # as its last key and the writer's epoch as its last argument.
-FENCED_SCRIPTS = ("save_threshold.lua", "sweep.lua", "fenced_write.lua")
+FENCED_SCRIPTS = ("save_threshold.lua", "sweep.lua", "fenced_write.lua", "reset_scope.lua")
 
 
 # The scripts that act on a worker's memory of a scope check its incarnation first.
@@ -76,6 +78,7 @@ class RedisStore:
         self._save = client.register_script(_lua("save_threshold.lua"))
         self._sweep = client.register_script(_lua("sweep.lua"))
         self._fenced = client.register_script(_lua("fenced_write.lua"))
+        self._reset = client.register_script(_lua("reset_scope.lua"))
         self._lease = client.register_script(_lua("lease.lua"))
         self._release = client.register_script(_lua("release_lease.lua"))
         self._current = client.register_script(_lua("current.lua"))
@@ -175,9 +178,11 @@ class RedisStore:
             # One argument per record (redis-py encodes each in Python).
             record = new_record(w, len(self.config.catalogues[w.scope]))
             due = w.decided_at + self.config.pending_ttl_s
-            return [
-                query_hash(w.query_id) + ROUTE_ITEM.pack(self._slot(w.decided_at), due) + record
-            ]
+            count, beyond[id(w)] = redelivery_search(w, self.config, now)
+            item = ROUTE_ITEM.pack(self._slot(w.decided_at), due, count)
+            return [query_hash(w.query_id) + item + record]
+
+        now, beyond = self.clock(), dict[int, bool]()  # by write: its first may be gone
 
         results: list[Any] = [None] * len(writes)
         for rows, (codes, *firsts) in await self._per_scope(self._route, writes, args):
@@ -188,7 +193,7 @@ class RedisStore:
                     first = PendingRecord.unpack(bytes(next(stored_before)), n_models)
                     results[i] = RouteResult(False, False, first)
                 else:
-                    results[i] = RouteResult(True, code == "e")
+                    results[i] = RouteResult(True, code == "e", beyond=beyond[id(writes[i])])
         return results
 
     @classified
@@ -235,6 +240,15 @@ class RedisStore:
     @classified
     async def trim_window(self, scope: str, *, min_id: str, epoch: int) -> None:
         await self._fenced_write(scope, keys.window(scope), "XTRIM", "MINID", min_id, epoch=epoch)
+
+    @classified
+    async def reset_scope(self, scope: str, *, epoch: int) -> None:
+        held_slot = int(self.clock() // self.config.held_ttl_s)
+        await self._reset(
+            keys=[keys.window(scope), keys.audits(scope), keys.slots(scope),
+                  keys.upper_bound(scope), keys.monitor(scope), keys.epoch(scope)],
+            args=[keys.pending(scope), keys.held(scope), held_slot, epoch],
+        )  # fmt: skip
 
     @classified
     async def load_threshold(self, scope: str) -> bytes | None:

@@ -314,3 +314,18 @@ async def test_redis_down_routing_and_feedback_raise_and_publish_nothing(make):
     assert routed.decision.lam == update.lam
     graded = await service.record_feedback([feedback("while-down", m0=1, m1=0, m2=1)])
     assert graded == [FeedbackOutcome.ENTERED]
+
+
+async def test_a_query_decided_again_beyond_the_redelivery_horizon_is_marked(make):
+    service = make(pending_ttl_s=3600.0)
+    sent = service.clock.now
+    [first] = await service.route([query("q1")], sent_at=[sent])
+    assert first.decision.redecided is False
+    service.clock.now += 2 * 3600  # a replay within the horizon: the first decision again
+    [again] = await service.route([query("q1")], sent_at=[sent])
+    assert again.raw == first.raw
+    service.clock.now += 4 * 3600  # past it: the first record has expired with its slot
+    [anew] = await service.route([query("q1")], sent_at=[sent])
+    assert anew.decision.redecided is True and anew.decision.decided_at == service.clock.now
+    [fresh] = await service.route([query("q2")], sent_at=[service.clock.now - 1])
+    assert fresh.decision.redecided is False

@@ -426,3 +426,51 @@ async def test_a_memory_of_a_lost_state_is_refused_and_changes_nothing(make_stor
     assert again.epoch > epoch
     with pytest.raises(FencedError):
         await store.save_threshold(scope, 10_000, b"stale", epoch=epoch)
+
+
+# -- A scope whose identity changed, and redeliveries beyond the horizon --------------------
+
+
+async def test_a_reset_scope_drops_every_record_of_the_old_identity(make_store):
+    store, scope = make_store(), make_store.scope
+    epoch = await lead(store, scope)
+    await store.route([pending(scope, "q1"), pending(scope, "q2", audit=False),
+                       pending(scope, "q4")])  # q4: an audit awaiting its grading  # fmt: skip
+    await store.feedback([labels(scope, "q1", m0=1, m1=0, m2=1), labels(scope, "q2", m0=1),
+                          labels(scope, "q3", m0=1)])  # q3: held  # fmt: skip
+    await store.save_monitor(scope, {"identity": "old"}, epoch=epoch)
+    await store.save_threshold(scope, 4, b'{"v": 4}', epoch=epoch)
+    assert len(await store.read_window(scope)) == 1 and await store.upper_bound(scope) == (1, 0)
+    with pytest.raises(FencedError):
+        await store.reset_scope(scope, epoch=epoch + 1)
+    await store.reset_scope(scope, epoch=epoch)
+    assert await leader_sweep_now(store, scope, epoch) == SweepResult(0, 0, 0)  # q4 is gone
+    assert await store.read_window(scope) == [] and await store.upper_bound(scope) == (0, 0)
+    assert await store.load_monitor(scope) == {}
+    assert await store.load_threshold(scope) == b'{"v": 4}'  # it names its identity
+    [again] = await store.route([pending(scope, "q1", version=5)])
+    assert again.created  # no record of the old identity is found
+    [held] = await store.route([pending(scope, "q3")])
+    assert held.created and not held.entered  # the held labels went with it
+
+
+async def leader_sweep_now(store, scope, epoch):
+    return await store.sweep_expired_audits(scope, now=NOW + 61, epoch=epoch)
+
+
+async def test_a_replay_searches_back_to_its_send_time_then_marks_what_is_gone(make_store):
+    store, scope = make_store(ttl=86_400.0), make_store.scope
+    await store.route([pending(scope, "q1")])
+    later = NOW + 5 * 3600  # five slots on: the first decision is still held
+    store.clock.now = later
+    replayed = pending(scope, "q1", version=2)._replace(decided_at=later, sent_at=NOW)
+    [found] = await store.route([replayed])
+    assert not found.created and found.first.version == 1  # republished, not decided again
+    [lost] = await store.route([replayed._replace(query_id="q9")])  # sent then, never decided
+    assert lost.created and not lost.beyond
+    store.clock.now = later = NOW + 86_400 + 4 * 3600  # the first slot has expired
+    old = pending(scope, "q2")._replace(decided_at=later, sent_at=NOW)
+    fresh = pending(scope, "q3")._replace(decided_at=later, sent_at=later - 1)
+    gone, new = await store.route([old, fresh])
+    assert gone.created and gone.beyond  # sent before the oldest live slot
+    assert new.created and not new.beyond

@@ -22,6 +22,7 @@ from racer_online.core.scoring import check_choice
 from racer_online.datasets import Outcomes, load_outcomes
 from racer_online.errors import InvalidInputError
 from racer_online.records import Records
+from racer_online.service.identity import short
 
 app = typer.Typer(
     help="Risk-controlled set-valued LLM routing on a stream (RACER, online).",
@@ -114,13 +115,15 @@ def note(message: str) -> None:
 
 
 def threshold_table(title: str, rows: list[dict[str, Any]]) -> Table:
-    table = Table("scope", "v", "status", "lam", "n", "risk", "realised", "set", "reason", "at",
-                  title=title)  # fmt: skip
+    # "identity": the models and router the threshold was certified for (short fingerprint).
+    table = Table("scope", "v", "status", "lam", "n", "risk", "realised", "set", "reason",
+                  "identity", "at", title=title)  # fmt: skip
     for t in rows:
         at = time.strftime("%H:%M:%S", time.localtime(t["computed_at"])) if t["version"] else "-"
         table.add_row(t["scope"], str(t["version"]), t["status"], fmt(t["lam"]), str(t["n"]),
                       fmt(t["empirical_risk"]), fmt(t["realised_miss_rate"]),
-                      fmt(t["mean_set_size"]), t["reason"], at)  # fmt: skip
+                      fmt(t["mean_set_size"]), t["reason"], short(t.get("scope_id")),
+                      at)  # fmt: skip
     return table
 
 

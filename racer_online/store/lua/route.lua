@@ -1,8 +1,9 @@
 -- Store each routed decision of a batch once. ARGV after the head, one item per query: the
--- query id's hash (8 bytes), the decision's slot (u32) and the end of its feedback horizon
--- (f64, s), then the packed record (no labels yet). Returns one letter per query, n
+-- query id's hash (8 bytes), the decision's slot (u32), the end of its feedback horizon
+-- (f64, s) and how many slots back to look for a first decision (u32: 2 for a query
+-- just sent, back to its send time for a replay), then the packed record (no labels yet). Returns one letter per query, n
 -- (stored now), e (stored now and held labels completed it: it entered the window) or r
--- (stored before, in this slot or the one before: a redelivery), then the stored record of
+-- (stored before, in the slots searched: a redelivery), then the stored record of
 -- each r, in order: with the query, it rebuilds the first decision. An audited record not
 -- complete yet joins the audits, scored by the end of its horizon, for the leader's sweep.
 -- Calls that do not depend on the record (expiries, counts, held labels that are not
@@ -20,9 +21,10 @@ local function held_value(held_key, hash)
 end
 
 for a = first_item, #ARGV do
-  local hash, slot, due, rest = string.sub(ARGV[a], 1, 8), struct.unpack('<I4d', ARGV[a], 9)
+  local hash = string.sub(ARGV[a], 1, 8)
+  local slot, due, back, rest = struct.unpack('<I4dI4', ARGV[a], 9)
   local v = string.sub(ARGV[a], rest)
-  local _, first = find(hash, slot, 2)
+  local _, first = find(hash, slot, back)
   if first then
     codes[#codes + 1] = 'r'
     firsts[#firsts + 1] = first
