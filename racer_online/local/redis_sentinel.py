@@ -100,9 +100,14 @@ def sentinel_binary() -> list[str]:
 
 
 class LocalSentinel:
-    """``with LocalSentinel(tmp) as s: s.url`` -> ``redis+sentinel://...:p1,...:p3/mymaster/0``."""
+    """``with LocalSentinel(tmp) as s: s.url`` -> ``redis+sentinel://...:p1,...:p3/mymaster/0``.
 
-    def __init__(self, workdir: str | Path, *, down_after_ms: int = 1000) -> None:
+    ``sentinels`` (three, quorum 2) watch the primary and promote the replica when it dies."""
+
+    def __init__(
+        self, workdir: str | Path, *, down_after_ms: int = 1000, sentinels: int = 3
+    ) -> None:
+        """``sentinels=0``: only the primary and its replica (`primary_url` names it)."""
         workdir, binary = Path(workdir), redis_server_binary()
         self.down_after_ms = down_after_ms
         self.primary = RedisNode(workdir / "node-0", binary)
@@ -111,10 +116,11 @@ class LocalSentinel:
         self.sentinels = [
             SentinelNode(workdir / f"sentinel-{i}", sentinel_binary(), self.primary.port,
                          down_after_ms)
-            for i in range(3)
+            for i in range(sentinels)
         ]  # fmt: skip
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
         self.url = f"redis+sentinel://{hosts}/{SERVICE}/0"
+        self.primary_url = f"redis://127.0.0.1:{self.primary.port}/0"  # the first primary
 
     def start(self, timeout: float = 30.0) -> Self:
         try:

@@ -38,8 +38,8 @@ class RoleWatch:
             return
         if replica:
             log.warning(
-                "Redis at %s is a replica (read only): nothing is stored until it is a "
-                "primary again; reconnecting (a redis+sentinel:// URL follows a failover)",
+                "Redis at %s is a replica (read only): nothing is stored while it is; "
+                "reconnecting until it is a primary (a redis+sentinel:// URL follows a failover)",
                 address,
             )
         elif self.replica:
