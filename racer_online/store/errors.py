@@ -31,7 +31,10 @@ TRANSIENT = (
     RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError, ReadOnlyError,
     ClusterDownError, TryAgainError,
 )  # fmt: skip
-TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN")  # a long script, a restart, a sync
+# A long script, a restart, a replica's broken link to its primary, and a primary set to
+# refuse writes without enough replicas in sync (min-replicas-to-write) while they are away.
+TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS")
+PIPELINED = " of pipeline caused error: "
 FENCED_REPLY = "FENCED"  # fence.lua: a leader write under a superseded lease epoch
 
 
@@ -49,9 +52,10 @@ def classified(
         except TRANSIENT as exc:
             raise StoreUnavailableError(f"redis unavailable: {_one_line(exc)}") from exc
         except ResponseError as exc:
-            if str(exc).startswith(FENCED_REPLY):
+            reply = str(exc).split(PIPELINED, 1)[-1]  # redis-py prefixes a pipeline's errors
+            if reply.startswith(FENCED_REPLY):
                 raise FencedError(_one_line(exc)) from exc
-            if str(exc).startswith(TRANSIENT_REPLIES):
+            if reply.startswith(TRANSIENT_REPLIES):
                 raise StoreUnavailableError(f"redis busy: {_one_line(exc)}") from exc
             raise StoreFailedError(f"redis refused a command: {_one_line(exc)}") from exc
 
