@@ -226,7 +226,8 @@ async def test_a_primary_turned_replica_stops_storing_reconnects_and_resumes(
     log = deployed.log(0)
     figures = {
         "queries": n, "queries_while_replica": n2, "replica_s": round(back_at - demoted_at, 1),
-        "decided_while_replica": during, "route_retries": retried(deployed, "queries"),
+        "decided_while_replica": during, "decided_queries": len(decisions.by_query()),
+        "route_retries": retried(deployed, "queries"),
         "replica_lines": log.count("is a replica (read only)"),
         "primary_again_lines": log.count("is a primary again"),
         "seconds_primary_again_to_first_decision": round(resumed_at - back_at, 1),
