@@ -32,11 +32,13 @@ class RoleWatch:
 
     def __init__(self) -> None:
         self.replica: bool | None = None
+        self.demotions = 0  # connections opened before the last one are on a replica
 
     def found(self, address: str, *, replica: bool) -> None:
         if replica == self.replica:
             return
         if replica:
+            self.demotions += 1
             log.warning(
                 "Redis at %s is a replica (read only): nothing is stored while it is; "
                 "reconnecting until it is a primary (a redis+sentinel:// URL follows a failover)",
@@ -65,13 +67,23 @@ class PrimaryConnection(Connection):
 
     def __init__(self, *, role_watch: RoleWatch, **kwargs: Any) -> None:
         self.role_watch = role_watch
+        self.demotions_seen = role_watch.demotions
         super().__init__(**kwargs)
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    async def connect(self) -> None:
+        """The pool calls this on every checkout: a connection opened before the server was
+        found a replica (by another connection) is dropped too, not only the one that met
+        READONLY, so that no read or PING is served by the replica meanwhile."""
+        if self.is_connected and self.demotions_seen < self.role_watch.demotions:
+            await self.disconnect()
+        await super().connect()  # type: ignore[no-untyped-call]
+
     async def on_connect_check_health(self, check_health: bool = True) -> None:
+        self.demotions_seen = self.role_watch.demotions
         await super().on_connect_check_health(check_health)
         try:
             await self.send_command("HELLO", check_health=False)

@@ -63,15 +63,14 @@ def after_the_fault(tail: Tail, traffic: Traffic, since: float) -> dict[str, Any
     return {"decisions": decisions, "miss_rate": round(misses / max(1, len(decisions)), 3)}
 
 
-def uncertified(decisions: list[dict[str, Any]], redis_url: str, scope: str) -> int:
-    """Decisions routed on a certified threshold that the Redis now serving does not hold
-    (lost with the failover): not certified on the records Redis holds."""
+def uncertified(decisions: list[dict[str, Any]], redis_url: str, scope: str) -> tuple[int, int]:
+    """Of the decisions routed on a certified threshold (the second number), those whose
+    threshold the Redis now serving does not hold (lost with the failover): not certified
+    on the records Redis holds."""
     with redis.Redis.from_url(redis_url) as client:
         held = {json.loads(f[b"json"])["version"] for _, f in client.xrange(keys.history(scope))}
-    return sum(
-        d["threshold_status"] == "certified" and d["threshold_version"] not in held
-        for d in decisions
-    )
+    certified = [d for d in decisions if d["threshold_status"] == "certified"]
+    return sum(d["threshold_version"] not in held for d in certified), len(certified)
 
 
 def normal_clients(port: int, *, but: set[int]) -> set[int]:
@@ -142,8 +141,9 @@ async def test_sentinel_failover_mid_stream_loses_and_doubles_nothing(deployed, 
             await window.close()
         redelivered, differing = decisions_consistent(decisions)
         after = after_the_fault(decisions, traffic, killed_at)
-    off_threshold = uncertified(after["decisions"], f"redis://127.0.0.1:{new.port}/0",
-                                deployed.scope)  # fmt: skip
+    off_threshold, certified = uncertified(
+        after["decisions"], f"redis://127.0.0.1:{new.port}/0", deployed.scope
+    )
     log = deployed.log(0)
     figures = {
         "queries": n, "feedback_events": len(events) - n, "killed_mid_stream": mid_stream,
@@ -151,7 +151,7 @@ async def test_sentinel_failover_mid_stream_loses_and_doubles_nothing(deployed, 
         "window_records": check.entries, "lost": len(check.lost), "doubled": check.doubled,
         "wrong_labels": check.wrong_labels, "redelivered_decisions": redelivered,
         "redelivered_decisions_differing": differing,
-        "routed_on_uncertified_threshold": off_threshold,
+        "routed_on_uncertified_threshold": off_threshold, "certified_decisions": certified,
         "miss_rate_next_1000": after["miss_rate"], "next_decisions": len(after["decisions"]),
         "down_after_ms": replicated_redis.down_after_ms,
         "seconds_kill_to_promotion": round(promoted_at - killed_at, 1),
@@ -168,7 +168,7 @@ async def test_sentinel_failover_mid_stream_loses_and_doubles_nothing(deployed, 
     assert mid_stream, summary
     assert check.exact and check.entries == n, summary
     assert len(decisions.by_query()) == n and differing == 0, summary
-    assert off_threshold == 0, summary
+    assert off_threshold == 0 and certified > 0, summary
     assert f"the primary of 'mymaster' is at 127.0.0.1:{new.port} now" in log, summary
     assert worker.poll() is None and not crash_lines(log), summary
 
@@ -207,6 +207,8 @@ async def test_a_primary_turned_replica_stops_storing_reconnects_and_resumes(
                         what="batches waiting for a primary")  # fmt: skip
             await until(lambda: not normal_clients(a.port, but=own) & workers_before,
                         timeout=30, what="the worker's old connections dropped")  # fmt: skip
+            await until(lambda: deployed.ready(0).get("redis") is False, timeout=30,
+                        what="/ready to report Redis unavailable")  # fmt: skip
             during = sum(q in outage for q in decisions.by_query())
             failover(b.port, a.port)  # the same server is the primary again
             await until(lambda: role(a.port) == "master", timeout=30, what="the fail-back")
@@ -215,6 +217,8 @@ async def test_a_primary_turned_replica_stops_storing_reconnects_and_resumes(
                         what="the outage's queries decided")  # fmt: skip
             resumed_at = min(at for at, raw in decisions.got
                              if json.loads(raw)["query_id"] in outage)  # fmt: skip
+            await until(lambda: deployed.ready(0).get("redis") is True, timeout=30,
+                        what="/ready to report Redis back")  # fmt: skip
             await publisher.publish(traffic.events(range(n1 + n2, n)))
             await grown_or_stalled(window, n, timeout=90, stall=12)
             check = await window.check(range(n))
@@ -222,7 +226,9 @@ async def test_a_primary_turned_replica_stops_storing_reconnects_and_resumes(
             after = after_the_fault(decisions, traffic, demoted_at)
     finally:
         await window.close()
-    off_threshold = uncertified(after["decisions"], replicated_redis.primary_url, deployed.scope)
+    off_threshold, certified = uncertified(
+        after["decisions"], replicated_redis.primary_url, deployed.scope
+    )
     log = deployed.log(0)
     figures = {
         "queries": n, "queries_while_replica": n2, "replica_s": round(back_at - demoted_at, 1),
@@ -234,7 +240,7 @@ async def test_a_primary_turned_replica_stops_storing_reconnects_and_resumes(
         "window_records": check.entries, "lost": len(check.lost), "doubled": check.doubled,
         "wrong_labels": check.wrong_labels, "redelivered_decisions": redelivered,
         "redelivered_decisions_differing": differing,
-        "routed_on_uncertified_threshold": off_threshold,
+        "routed_on_uncertified_threshold": off_threshold, "certified_decisions": certified,
         "miss_rate_next_1000": after["miss_rate"], "next_decisions": len(after["decisions"]),
         "wall_s": round(time.monotonic() - started, 1),
     }  # fmt: skip
@@ -246,5 +252,5 @@ async def test_a_primary_turned_replica_stops_storing_reconnects_and_resumes(
     assert during == 0, summary
     assert figures["replica_lines"] == 1 and figures["primary_again_lines"] == 1, summary
     assert check.exact and check.entries == n, summary
-    assert differing == 0 and off_threshold == 0, summary
+    assert differing == 0 and off_threshold == 0 and certified > 0, summary
     assert worker.poll() is None and not crash_lines(log), summary
