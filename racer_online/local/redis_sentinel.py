@@ -25,17 +25,32 @@ from racer_online.local.services import EmbeddedServiceError, _Child, free_port
 SERVICE = "mymaster"
 
 
-class RedisNode(_Child):
-    """A data node (a primary, or a replica of one) with its data dir; no persistence by
-    default, as a failover test wants the replica's copy to be all there is."""
+class _LoopbackServer(_Child):
+    """A server speaking the Redis protocol on a free loopback port, in its own folder."""
 
-    def __init__(self, workdir: Path, binary: str, *, replica_of: int | None = None) -> None:
+    def __init__(self, workdir: Path, log_name: str) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        super().__init__(workdir, "redis.log")
-        self.port, self.binary, self.replica_of = free_port(), binary, replica_of
+        super().__init__(workdir, log_name)
+        self.port = free_port()
 
     def client(self, timeout: float = 2.0) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout)
+
+    def _answers(self) -> bool:
+        try:
+            with self.client(0.5) as c:
+                return bool(c.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+
+class RedisNode(_LoopbackServer):
+    """A data node (a primary, or a replica of one) with its data dir; no persistence, as a
+    failover test wants the replica's copy to be all there is."""
+
+    def __init__(self, workdir: Path, binary: str, *, replica_of: int | None = None) -> None:
+        super().__init__(workdir, "redis.log")
+        self.binary, self.replica_of = binary, replica_of
 
     def start(self, timeout: float = 10.0) -> Self:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
@@ -51,19 +66,11 @@ class RedisNode(_Child):
             self._proc.kill()
         self._reap()
 
-    def _answers(self) -> bool:
-        try:
-            with self.client(0.5) as c:
-                return bool(c.ping())
-        except (redis.RedisError, OSError):
-            return False
 
-
-class SentinelNode(_Child):
+class SentinelNode(_LoopbackServer):
     def __init__(self, workdir: Path, binary: list[str], primary: int, down_after_ms: int):
-        workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(workdir, "sentinel.log")
-        self.port, self.binary = free_port(), binary
+        self.binary = binary
         self.config = workdir / "sentinel.conf"  # a sentinel rewrites its own config
         self.config.write_text(
             f"port {self.port}\nbind 127.0.0.1\ndir {workdir}\n"
@@ -73,9 +80,6 @@ class SentinelNode(_Child):
             f"sentinel parallel-syncs {SERVICE} 1\n"
         )
 
-    def client(self, timeout: float = 2.0) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout)
-
     def start(self, timeout: float = 10.0) -> Self:
         self._spawn([*self.binary, str(self.config)], self._answers, timeout)
         return self
@@ -84,13 +88,6 @@ class SentinelNode(_Child):
         """This sentinel's view of the primary (redis-py's parse of SENTINEL MASTER)."""
         with self.client() as c:
             return cast(dict[str, Any], c.sentinel_master(SERVICE))
-
-    def _answers(self) -> bool:
-        try:
-            with self.client(0.5) as c:
-                return bool(c.ping())
-        except (redis.RedisError, OSError):
-            return False
 
 
 def sentinel_binary() -> list[str]:

@@ -73,6 +73,21 @@ def uncertified(decisions: list[dict[str, Any]], redis_url: str, scope: str) -> 
     return sum(d["threshold_version"] not in held for d in certified), len(certified)
 
 
+def outcome(
+    check: Any, decisions: Tail, after: dict[str, Any], redis_url: str, scope: str
+) -> dict[str, Any]:
+    """The figures both tests report on the window, the decisions and their thresholds."""
+    redelivered, differing = decisions_consistent(decisions)
+    off_threshold, certified = uncertified(after["decisions"], redis_url, scope)
+    return {
+        "decided_queries": len(decisions.by_query()), "window_records": check.entries,
+        "lost": len(check.lost), "doubled": check.doubled, "wrong_labels": check.wrong_labels,
+        "redelivered_decisions": redelivered, "redelivered_decisions_differing": differing,
+        "routed_on_uncertified_threshold": off_threshold, "certified_decisions": certified,
+        "miss_rate_next_1000": after["miss_rate"], "next_decisions": len(after["decisions"]),
+    }  # fmt: skip
+
+
 def normal_clients(port: int, *, but: set[int]) -> set[int]:
     """Ids of the ordinary (not replication) clients connected to the server at ``port``."""
     with redis.Redis("127.0.0.1", port, single_connection_client=True) as client:
@@ -139,20 +154,12 @@ async def test_sentinel_failover_mid_stream_loses_and_doubles_nothing(deployed, 
             check = await window.check(range(n))
         finally:
             await window.close()
-        redelivered, differing = decisions_consistent(decisions)
         after = after_the_fault(decisions, traffic, killed_at)
-    off_threshold, certified = uncertified(
-        after["decisions"], f"redis://127.0.0.1:{new.port}/0", deployed.scope
-    )
     log = deployed.log(0)
     figures = {
         "queries": n, "feedback_events": len(events) - n, "killed_mid_stream": mid_stream,
-        "window_when_killed": kill_after, "decided_queries": len(decisions.by_query()),
-        "window_records": check.entries, "lost": len(check.lost), "doubled": check.doubled,
-        "wrong_labels": check.wrong_labels, "redelivered_decisions": redelivered,
-        "redelivered_decisions_differing": differing,
-        "routed_on_uncertified_threshold": off_threshold, "certified_decisions": certified,
-        "miss_rate_next_1000": after["miss_rate"], "next_decisions": len(after["decisions"]),
+        "window_when_killed": kill_after,
+        **outcome(check, decisions, after, f"redis://127.0.0.1:{new.port}/0", deployed.scope),
         "down_after_ms": replicated_redis.down_after_ms,
         "seconds_kill_to_promotion": round(promoted_at - killed_at, 1),
         "seconds_kill_to_first_decision": round(resumed_at - killed_at, 1),
@@ -161,14 +168,13 @@ async def test_sentinel_failover_mid_stream_loses_and_doubles_nothing(deployed, 
         "wall_s": round(time.monotonic() - started, 1),
     }  # fmt: skip
     record("sentinel_failover", figures)
-    summary = (f"{len(check.lost)} lost, {check.doubled} doubled, {check.wrong_labels} wrong "
-               f"labels of {n}; {differing} redelivered decisions differing; {off_threshold} "
-               f"on an uncertified threshold; resumed {resumed_at - killed_at:.1f} s after "
-               "the kill")  # fmt: skip
+    summary = json.dumps(figures)
     assert mid_stream, summary
     assert check.exact and check.entries == n, summary
-    assert len(decisions.by_query()) == n and differing == 0, summary
-    assert off_threshold == 0 and certified > 0, summary
+    assert figures["decided_queries"] == n, summary
+    assert figures["redelivered_decisions_differing"] == 0, summary
+    assert figures["routed_on_uncertified_threshold"] == 0, summary
+    assert figures["certified_decisions"] > 0, summary
     assert f"the primary of 'mymaster' is at 127.0.0.1:{new.port} now" in log, summary
     assert worker.poll() is None and not crash_lines(log), summary
 
@@ -222,35 +228,25 @@ async def test_a_primary_turned_replica_stops_storing_reconnects_and_resumes(
             await publisher.publish(traffic.events(range(n1 + n2, n)))
             await grown_or_stalled(window, n, timeout=90, stall=12)
             check = await window.check(range(n))
-            redelivered, differing = decisions_consistent(decisions)
             after = after_the_fault(decisions, traffic, demoted_at)
     finally:
         await window.close()
-    off_threshold, certified = uncertified(
-        after["decisions"], replicated_redis.primary_url, deployed.scope
-    )
     log = deployed.log(0)
     figures = {
         "queries": n, "queries_while_replica": n2, "replica_s": round(back_at - demoted_at, 1),
-        "decided_while_replica": during, "decided_queries": len(decisions.by_query()),
-        "route_retries": retried(deployed, "queries"),
+        "decided_while_replica": during, "route_retries": retried(deployed, "queries"),
         "replica_lines": log.count("is a replica (read only)"),
         "primary_again_lines": log.count("is a primary again"),
         "seconds_primary_again_to_first_decision": round(resumed_at - back_at, 1),
-        "window_records": check.entries, "lost": len(check.lost), "doubled": check.doubled,
-        "wrong_labels": check.wrong_labels, "redelivered_decisions": redelivered,
-        "redelivered_decisions_differing": differing,
-        "routed_on_uncertified_threshold": off_threshold, "certified_decisions": certified,
-        "miss_rate_next_1000": after["miss_rate"], "next_decisions": len(after["decisions"]),
+        **outcome(check, decisions, after, replicated_redis.primary_url, deployed.scope),
         "wall_s": round(time.monotonic() - started, 1),
     }  # fmt: skip
     record("readonly_plain_url", figures)
-    summary = (f"{during} of {n2} queries decided while the server was a replica; "
-               f"{len(check.lost)} lost, {check.doubled} doubled of {n}; "
-               f"{figures['replica_lines']} replica lines, "
-               f"{figures['primary_again_lines']} primary-again lines")  # fmt: skip
+    summary = json.dumps(figures)
     assert during == 0, summary
     assert figures["replica_lines"] == 1 and figures["primary_again_lines"] == 1, summary
     assert check.exact and check.entries == n, summary
-    assert differing == 0 and off_threshold == 0 and certified > 0, summary
+    assert figures["redelivered_decisions_differing"] == 0, summary
+    assert figures["routed_on_uncertified_threshold"] == 0, summary
+    assert figures["certified_decisions"] > 0, summary
     assert worker.poll() is None and not crash_lines(log), summary
