@@ -24,9 +24,9 @@ T = TypeVar("T")
 
 # Errors that the same call outlives: the server is down, loading its data, out of memory
 # (maxmemory with noeviction), read-only, or a cluster is re-electing. Read-only: on one
-# server or Sentinel the connection drops itself on READONLY (store/primary.py) and this
-# arrives as a ConnectionError, the next call on a new connection (to the new primary, with
-# Sentinel); on a Cluster, a replica after a failover until the slot map moves on.
+# server or Sentinel the connection drops itself on READONLY (store/primary.py), so it
+# arrives as a ConnectionError and the next call opens a new connection (to the new primary,
+# with Sentinel); on a Cluster, a replica after a failover until the slot map moves on.
 TRANSIENT = (
     RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError, ReadOnlyError,
     ClusterDownError, TryAgainError,
