@@ -106,18 +106,24 @@ def connect_sync(url: str, **options: Any) -> redis.Redis | redis.RedisCluster:
     return (redis.RedisCluster if cluster else redis.Redis).from_url(plain, **options)
 
 
+def redis_retry(settings: Settings) -> Retry:
+    """redis-py's retry of one call, from the settings: its own default moved between
+    releases (7.x: 3 retries; 8.x: 10, of 10 ms to 1 s)."""
+    backoff = ExponentialWithJitterBackoff(
+        cap=settings.redis_retry_backoff_max_s, base=settings.redis_retry_backoff_s
+    )
+    return Retry(backoff, settings.redis_retries)
+
+
 def redis_options(settings: Settings) -> dict[str, Any]:
-    """``connect(settings.redis_url, **redis_options(settings))``."""
+    """``connect(settings.redis_url, **redis_options(settings))``: credentials and TLS."""
     kind, tls = url_kind(settings.redis_url)
     files = {
         "RACER_REDIS_CA_FILE": settings.redis_ca_file,
         "RACER_REDIS_CERT_FILE": settings.redis_cert_file,
         "RACER_REDIS_KEY_FILE": settings.redis_key_file,
     }
-    backoff = ExponentialWithJitterBackoff(
-        cap=settings.redis_retry_backoff_max_s, base=settings.redis_retry_backoff_s
-    )
-    options: dict[str, Any] = {"retry": Retry(backoff, settings.redis_retries)}
+    options: dict[str, Any] = {}
     if settings.redis_username is not None:
         options["username"] = settings.redis_username
     if settings.redis_password is not None:

@@ -10,6 +10,7 @@ from redis.asyncio.cluster import RedisCluster
 from racer_online.errors import ConfigError
 from racer_online.redis_urls import SentinelUrl, parse_sentinel_url
 from racer_online.settings import Settings
+from racer_online.store import RedisStore, StoreConfig
 from racer_online.store.connection import SentinelRedis, connect, connect_sync, redis_options
 from racer_online.store.primary import PrimaryConnection, PrimarySSLConnection, WatchedSentinelPool
 
@@ -108,7 +109,8 @@ def test_redis_py_retries_as_the_settings_say():
     """redis-py's own default moved (7.x: 3 retries, 8.x: 10 of 10 ms-1 s): ours is set."""
     settings = Settings(redis_retries=5, redis_retry_backoff_s=0.2, redis_retry_backoff_max_s=2,
                         _env_file=None)  # fmt: skip
-    retry = connect(settings.redis_url, **redis_options(settings)).get_retry()
+    config = StoreConfig({"s": ("m0", "m1")}, pending_ttl_s=60, window_size=100)
+    retry = RedisStore.from_settings(settings, config).client.get_retry()
     assert retry is not None and retry.get_retries() == 5
     backoff = retry._backoff
     assert (backoff._base, backoff._cap) == (0.2, 2)
