@@ -31,6 +31,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from racer_online.errors import ConfigError
+from racer_online.redis_urls import URL_SCHEMES, parse_sentinel_url, url_kind
 from racer_online.scopes import NAMES_ITSELF, ScopeConfig, every_error, load_scopes
 
 TopicName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]  # Kafka's own rule
@@ -114,13 +115,16 @@ _REDIS_DSN = TypeAdapter(RedisDsn)
 
 
 def _check_redis_url(value: Any) -> Any:
-    plain = value.replace("+cluster://", "://", 1) if isinstance(value, str) else value
     try:
-        _REDIS_DSN.validate_python(plain)  # validate, but keep the str that redis-py wants
+        kind, _ = url_kind(value) if isinstance(value, str) else ("server", False)
+        if kind == "sentinel":
+            parse_sentinel_url(value)
+        else:  # validate, but keep the str that redis-py wants
+            _REDIS_DSN.validate_python(value.replace("+cluster://", "://", 1))
     except ValidationError:
-        raise PydanticCustomError(
-            "redis_url", "must be a redis://, rediss://, redis+cluster:// or rediss+cluster:// URL"
-        ) from None
+        raise PydanticCustomError("redis_url", URL_SCHEMES) from None
+    except ValueError as error:
+        raise PydanticCustomError("redis_url", str(error)) from None
     return value
 
 
@@ -146,6 +150,15 @@ class Settings(BaseSettings):
     redis_key_file: Path | None = None
     # A hung Redis must not stall routing for redis-py's default 5 s per batch.
     redis_timeout_s: Seconds = 1.0
+    # redis-py's own retry of a command that met a dropped connection or a time-out, with
+    # exponential backoff and jitter (its defaults moved between 5.x, 7.x and 8.x); then
+    # the store reports an outage and the worker retries the batch (docs/reliability.md).
+    redis_retries: int = Field(default=3, ge=0)
+    redis_retry_backoff_s: Seconds = 0.05
+    redis_retry_backoff_max_s: Seconds = 1.0
+    # redis+sentinel:// only: the sentinels' own credentials, when they require any.
+    redis_sentinel_username: str | None = None
+    redis_sentinel_password: SecretStr | None = None
     topics: TopicsConfig = Field(default_factory=TopicsConfig)
     scopes_file: Path | None = None
     router_file: Path | None = None  # a trained text router, for queries that carry text
@@ -288,7 +301,8 @@ class Settings(BaseSettings):
 
     def _redis_problem(self) -> str | None:
         url = urlsplit(self.redis_url)
-        if url.scheme not in ("rediss", "rediss+cluster"):  # TLS files need a TLS scheme
+        kind, tls = url_kind(self.redis_url)
+        if not tls:  # TLS files need a TLS scheme
             for name in ("redis_ca_file", "redis_cert_file", "redis_key_file"):
                 if getattr(self, name) is not None:
                     return f"RACER_{name.upper()}: needs a rediss:// RACER_REDIS_URL (TLS)"
@@ -299,6 +313,10 @@ class Settings(BaseSettings):
             return "RACER_REDIS_PASSWORD: RACER_REDIS_URL holds a password too; keep only one"
         if self.redis_username is not None and url.username:
             return "RACER_REDIS_USERNAME: RACER_REDIS_URL holds a user name too"
+        if kind != "sentinel":
+            for name in ("redis_sentinel_username", "redis_sentinel_password"):
+                if getattr(self, name) is not None:
+                    return f"RACER_{name.upper()}: needs a redis+sentinel:// RACER_REDIS_URL"
         return None
 
     @property

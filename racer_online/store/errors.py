@@ -29,13 +29,18 @@ T = TypeVar("T")
 
 
 # Errors that the same call outlives: the server is down, loading its data, out of memory
-# (maxmemory with noeviction), read-only (a replica after a failover, until the client
-# reconnects to the new primary), or a cluster is re-electing.
+# (maxmemory with noeviction), read-only, or a cluster is re-electing. Read-only: on one
+# server or Sentinel the connection drops itself on READONLY (store/primary.py), so it
+# arrives as a ConnectionError and the next call opens a new connection (to the new primary,
+# with Sentinel); on a Cluster, a replica after a failover until the slot map moves on.
 TRANSIENT = (
     RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError, ReadOnlyError,
     ClusterDownError, TryAgainError,
 )  # fmt: skip
-TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN")  # a long script, a restart, a sync
+# A long script, a restart, a replica's broken link to its primary, and a primary set to
+# refuse writes without enough replicas in sync (min-replicas-to-write) while they are away.
+TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS")
+PIPELINED = " of pipeline caused error: "
 FENCED_REPLY = "FENCED"  # fence.lua: a leader write under a superseded lease epoch
 # incarnation.lua: the caller's memory of a scope comes from a state Redis no longer holds
 INCARNATION_REPLY = re.compile(r"INCARNATION (\d+) racer:\{(.*)\}:incarnation ")
@@ -56,12 +61,13 @@ def classified(
         except TRANSIENT as exc:
             raise StoreUnavailableError(f"redis unavailable: {_one_line(exc)}") from exc
         except ResponseError as exc:
-            lost = INCARNATION_REPLY.search(str(exc))  # also inside a pipeline's message
+            reply = str(exc).split(PIPELINED, 1)[-1]  # redis-py prefixes a pipeline's errors
+            lost = INCARNATION_REPLY.search(reply)
             if lost:
                 raise StateLostError(lost[2], int(lost[1]), _one_line(exc)) from exc
-            if str(exc).startswith(FENCED_REPLY):
+            if reply.startswith(FENCED_REPLY):
                 raise FencedError(_one_line(exc)) from exc
-            if str(exc).startswith(TRANSIENT_REPLIES):
+            if reply.startswith(TRANSIENT_REPLIES):
                 raise StoreUnavailableError(f"redis busy: {_one_line(exc)}") from exc
             raise StoreFailedError(f"redis refused a command: {_one_line(exc)}") from exc
 

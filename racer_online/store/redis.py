@@ -30,7 +30,7 @@ from racer_online.store.base import (
     redelivery_search,
 )
 from racer_online.store.codec import candidate_keys, label_masks, new_record, window_entry
-from racer_online.store.connection import AsyncRedis, connect, redis_options
+from racer_online.store.connection import AsyncRedis, connect, redis_options, redis_retry
 from racer_online.store.errors import classified
 from racer_online.store.records import PendingRecord, mask_width, query_hash
 
@@ -91,6 +91,7 @@ class RedisStore:
             config,
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
+            retry=redis_retry(settings),
             **redis_options(settings),
         )
 

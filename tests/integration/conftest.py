@@ -9,12 +9,14 @@ import json
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from racer_online.local.brokers import local_broker
+from racer_online.local.redis_sentinel import LocalSentinel
 from racer_online.local.services import EmbeddedRedis
 from racer_online.testing import LocalDeployment, stop_process, until
 
@@ -147,18 +149,39 @@ def fault_services(request, tmp_path, monkeypatch, broker_kind):
         services.stop()
 
 
-@pytest.fixture
-async def fault_deployment(fault_services, tmp_path):
-    """Like `deployment`, on `fault_services`; the drift monitor is off so that no window
-    record is ever trimmed (the tests count every record)."""
-    import uuid
-
-    made = Deployment(
-        fault_services.broker, fault_services.redis.url, tmp_path,
-        f"fault-{uuid.uuid4().hex[:12]}",
-    )  # fmt: skip
+async def counting_deployment(broker, redis_url: str, tmp_path: Path) -> Deployment:
+    """A `Deployment` with the drift monitor off, so that no window record is ever trimmed
+    (the fault tests count every record)."""
+    made = Deployment(broker, redis_url, tmp_path, f"fault-{uuid.uuid4().hex[:12]}")
     made.env |= {"RACER_MONITOR": "false"}
     await made.create_topics()
+    return made
+
+
+@pytest.fixture
+async def fault_deployment(fault_services, tmp_path):
+    """Like `deployment`, on `fault_services` (`counting_deployment`)."""
+    made = await counting_deployment(fault_services.broker, fault_services.redis.url, tmp_path)
+    yield made
+    made.stop()
+
+
+@pytest.fixture
+def replicated_redis(request, tmp_path):
+    """A primary, its replica and three sentinels of this test's own (`LocalSentinel`);
+    ``@pytest.mark.parametrize("replicated_redis", [0], indirect=True)``: no sentinels."""
+    with LocalSentinel(tmp_path / "replicated", sentinels=getattr(request, "param", 3)) as made:
+        yield made
+
+
+@pytest.fixture
+async def failover_deployment(fault_services, replicated_redis, tmp_path):
+    """`counting_deployment` on `fault_services`' broker and `replicated_redis`: by its
+    ``redis+sentinel://`` URL, or without sentinels by the primary's ``redis://`` URL."""
+    redis = replicated_redis
+    made = await counting_deployment(
+        fault_services.broker, redis.url if redis.sentinels else redis.primary_url, tmp_path
+    )
     yield made
     made.stop()
 

@@ -103,11 +103,27 @@ async def test_a_read_only_replica_is_unavailable_not_broken(own_redis):
     with redis.Redis.from_url(own_redis.url) as client:
         client.replicaof("127.0.0.1", 1)  # demoted, as an old primary is after a failover
     try:
-        with pytest.raises(StoreUnavailableError, match="read only replica"):
+        with pytest.raises(StoreUnavailableError, match="is a replica"):
             await store.route([write("q1")])
     finally:
         with redis.Redis.from_url(own_redis.url) as client:
             client.replicaof("NO", "ONE")
+        await store.close()
+
+
+async def test_a_primary_without_the_replicas_it_requires_is_unavailable_not_broken(own_redis):
+    """min-replicas-to-write (writes only while a replica is in sync, so that a failover
+    loses less): its NOREPLICAS refusal is an outage, not a failure that stops the worker."""
+    store = tiny_store(own_redis.url)
+    with redis.Redis.from_url(own_redis.url) as client:
+        client.config_set("min-replicas-to-write", 1)  # and it has none
+    try:
+        with pytest.raises(StoreUnavailableError, match="NOREPLICAS"):
+            await store.route([write("q1")])
+        with redis.Redis.from_url(own_redis.url) as client:
+            client.config_set("min-replicas-to-write", 0)
+        assert (await store.route([write("q1")]))[0].created
+    finally:
         await store.close()
 
 

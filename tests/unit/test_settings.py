@@ -176,7 +176,7 @@ def test_nested_env_keeps_the_other_defaults(monkeypatch: pytest.MonkeyPatch) ->
         (
             "RACER_REDIS_URL",
             "http://cache:6379",
-            "RACER_REDIS_URL: must be a redis://, rediss://, redis+cluster:// or rediss+cluster://",
+            "RACER_REDIS_URL: must be a redis://, rediss://, redis+cluster://, rediss+cluster://,",
         ),
         ("RACER_LOG_LEVEL", "chatty", "RACER_LOG_LEVEL: Input should be 'DEBUG', 'INFO'"),
         ("RACER_WEB_ENABLED", "maybe", "RACER_WEB_ENABLED: Input should be a valid boolean"),
