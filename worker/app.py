@@ -22,7 +22,13 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from racer_online.errors import ConfigError, RacerError, StoreUnavailableError
 from racer_online.kafka import clients, offsets
 from racer_online.kafka.batches import BatchConsumer, BatchProducer, Outgoing, Record
-from racer_online.messages import DeadLetter, FeedbackMessage, MessageError, QueryMessage
+from racer_online.messages import (
+    DeadLetter,
+    FeedbackMessage,
+    MessageError,
+    QueryMessage,
+    decision_key,
+)
 from racer_online.routers.files import load_router
 from racer_online.service import RacerService, Rejected, metrics, store_config
 from racer_online.settings import Settings
@@ -91,7 +97,7 @@ class Worker:
             if isinstance(result, Rejected):
                 out.append(self.dead(record, result.kind, result.reason))
             else:
-                out.append((self.names.decisions, query.query_id.encode(), result.raw))
+                out.append((self.names.decisions, decision_key(query), result.raw))
         return out
 
     async def record_feedback(self, records: Sequence[Record]) -> list[Outgoing]:
@@ -177,11 +183,14 @@ class Worker:
                      u.scope, u.version, u.lam, u.status, u.n, u.reason)  # fmt: skip
         for a in updates.alerts:
             log.warning("scope %s: %s alert: %s", a.scope, a.kind, a.message)
-        names = self.names
-        await self.producer.send_and_wait(
-            [(names.thresholds, u.scope.encode(), u.to_bytes()) for u in updates.thresholds]
-            + [(names.alerts, a.scope.encode(), a.to_bytes()) for a in updates.alerts]
-        )
+        # What Redis holds and the topics miss (this tick's, or an earlier failed send's);
+        # a broker that does not answer within a tick leaves the send to the producer.
+        try:
+            await self.service.leader.outbox.publish(
+                self.producer.enqueue, wait_s=self.settings.leader_tick_s
+            )
+        except StoreUnavailableError as exc:
+            log.warning("thresholds and alerts wait for Redis to be published: %s", exc)
 
     async def _release_leases(self, *_: Any, **__: Any) -> None:
         """Leadership moved or the worker stops: the next leader need not wait for the

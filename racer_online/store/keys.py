@@ -80,3 +80,9 @@ def lease(scope: str) -> str:
 def epoch(scope: str) -> str:
     """Counter, no TTL: the scope's lease epoch, the fencing token of every leader write."""
     return f"{PREFIX}:{{{scope}}}:epoch"
+
+
+def outbox(scope: str) -> str:
+    """Hash: what the topics have acknowledged of what Redis holds: ``threshold`` the last
+    version published, ``alert`` the id of the last alert published (service/outbox.py)."""
+    return f"{PREFIX}:{{{scope}}}:outbox"

@@ -271,6 +271,30 @@ class RedisStore:
         return [fields[b"json"] for _, fields in reversed(rows)]
 
     @classified
+    async def alerts_after(
+        self, scope: str, after: str, *, count: int = 100
+    ) -> list[tuple[str, bytes]]:
+        rows: Any = await self.client.xrange(keys.alerts(scope), f"({after}", "+", count=count)
+        return [(i.decode(), fields[b"json"]) for i, fields in rows]
+
+    @classified
+    async def load_outbox(self, scope: str) -> dict[str, str]:
+        got: Any = await self.client.hgetall(keys.outbox(scope))
+        return {k.decode(): v.decode() for k, v in got.items()}
+
+    @classified
+    async def save_outbox(self, scope: str, marks: Mapping[str, str], *, epoch: int) -> None:
+        pairs = [x for field, value in marks.items() for x in (field, value)]
+        await self._fenced_write(scope, keys.outbox(scope), "HSET", *pairs, epoch=epoch)
+
+    @classified
+    async def start_outbox(self, scope: str, *, epoch: int) -> None:
+        # Alerts stored before the outbox existed were published as they were stored.
+        newest: Any = await self.client.xrevrange(keys.alerts(scope), "+", "-", count=1)
+        mark = newest[0][0].decode() if newest else "0-0"
+        await self._fenced_write(scope, keys.outbox(scope), "HSETNX", "alert", mark, epoch=epoch)
+
+    @classified
     async def load_monitor(self, scope: str) -> dict[str, str]:
         got: Any = await self.client.hgetall(keys.monitor(scope))
         return {k.decode(): v.decode() for k, v in got.items()}

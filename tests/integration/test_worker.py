@@ -85,10 +85,11 @@ async def test_queries_in_decisions_out_bad_messages_to_the_dlq(deployment, reco
     placed, n_partitions = await deployment.collect("decisions", 200, placed=True)
     decisions = [d for _, _, d in placed]
     assert sorted(d["query_id"] for d in decisions) == sorted(q["query_id"] for q in good)
-    # Keyed by query id, in the partition the Java client's default partitioner picks.
+    # Keyed by scope and query id, in the partition the Java client's default partitioner
+    # picks.
     every = list(range(n_partitions))
     assert n_partitions > 1 and all(
-        key == d["query_id"].encode() and partition == DefaultPartitioner()(key, every, every)
+        key == f"{d['scope']}/{d['query_id']}".encode() and partition == DefaultPartitioner()(key, every, every)
         for partition, key, d in placed
     )
     first = decisions[0]
