@@ -89,7 +89,8 @@ async def test_queries_in_decisions_out_bad_messages_to_the_dlq(deployment, reco
     # picks.
     every = list(range(n_partitions))
     assert n_partitions > 1 and all(
-        key == f"{d['scope']}/{d['query_id']}".encode() and partition == DefaultPartitioner()(key, every, every)
+        key == f"{d['scope']}/{d['query_id']}".encode()
+        and partition == DefaultPartitioner()(key, every, every)
         for partition, key, d in placed
     )
     first = decisions[0]
