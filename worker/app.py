@@ -147,6 +147,9 @@ class Worker:
     # -- the tasks and timers -----------------------------------------------------------------
 
     async def consume(self) -> None:
+        if "audit_key" not in self.settings.model_fields_set:
+            log.warning("RACER_AUDIT_KEY is not set: audits are drawn under a random key of this "
+                        "process; give every worker the same one (docs/operations.md)")  # fmt: skip
         names = self.names
         await _declare(*(self.topic(t) for t in (names.queries, names.feedback,
                                                  names.decisions, names.dlq)))  # fmt: skip

@@ -34,11 +34,12 @@ class BatchProducer(Service):
         self.producer = clients.producer(
             s,
             client_id=f"{s.app_id}-producer",
-            # Idempotence (it implies acks=all): the broker drops a batch the producer
-            # retries after a lost answer, and a batch is retried until it lands instead of
-            # expiring, so no retry doubles a decision and no failed send makes the batch
-            # consumer publish its decisions again (docs/reliability.md, "The producer").
-            enable_idempotence=True,
+            acks="all",
+            # Idempotence: the broker drops a batch the producer retries after a lost
+            # answer, and a batch is retried until it lands instead of expiring, so no retry
+            # doubles a decision and no failed send makes the batch consumer publish its
+            # decisions again (docs/reliability.md, "The producer").
+            enable_idempotence=s.producer_idempotence,
             request_timeout_ms=int(s.producer_request_timeout_s * 1000),
             # One batch per partition is in flight at a time, and the next one fills
             # meanwhile: 16 KiB (the default) holds only about 17 decisions.

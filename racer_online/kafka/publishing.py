@@ -150,7 +150,9 @@ async def produce(
     settings: Settings, topic: str, messages: Sequence[QueryMessage | FeedbackMessage]
 ) -> int:
     """Send every message keyed by query id; return how many were acknowledged."""
-    producer = clients.producer(settings, linger_ms=5, enable_idempotence=True)
+    producer = clients.producer(
+        settings, linger_ms=5, acks="all", enable_idempotence=settings.producer_idempotence
+    )
     try:
         await producer.start()
     except KafkaError as exc:
