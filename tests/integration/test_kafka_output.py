@@ -34,6 +34,7 @@ from racer_online.messages import AlertMessage, ThresholdMessage
 from racer_online.store import keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.apache]
+PAUSE_S = 12
 
 
 async def stored_thresholds(redis_url: str, scope: str) -> dict[int, float]:
@@ -77,30 +78,38 @@ async def test_a_producer_retry_doubles_no_decision(deployed, fault_services):  
     deployed.env |= {"RACER_PRODUCER_REQUEST_TIMEOUT_S": "3"}
     seen: dict[str, Any] = {}
 
-    async def pause_a_follower(window: Window, decisions: Tail, sending: Any) -> dict[str, Any]:
+    async def pause_a_node(window: Window, decisions: Tail, sending: Any) -> dict[str, Any]:
         topic = deployed.topics["decisions"]
         leaders = kafka.metadata([topic]).leaders(topic)
         led = Counter(leaders.values())
         victim = min((1, 2, 3), key=lambda node: led.get(node, 0))  # a follower, mostly
         seen["tail"], seen["before"] = decisions, len(decisions.got)
-        paused_at = time.monotonic()
         kafka.node(victim).pause()  # SIGSTOP: it holds its connections, answers nothing
+        paused_at = time.monotonic()
         try:
-            since = await window.length()
-            stalled = await until(lambda: _more(window, since + 100), timeout=120,
-                                  what="progress with a node paused")  # fmt: skip
+            # The fault's length: past the controller's fencing of the node (9 s), so that
+            # sends wait for it through several 3 s request timeouts.
+            await asyncio.sleep(PAUSE_S)
         finally:
             kafka.node(victim).resume()
-        in_sync = await until(kafka.in_sync, timeout=120, what="the replicas back in sync")
+        resumed_at = time.monotonic()
+        since = await window.length()
+        await until(lambda: _more(window, since + 100), timeout=120, what="progress")
+        progress = time.monotonic() - resumed_at
+        await until(kafka.in_sync, timeout=120, what="the replicas back in sync")
+        in_sync = time.monotonic() - resumed_at
         return {"paused_node": victim, "decisions_partitions_it_led": led.get(victim, 0),
-                "seconds_to_100_more_records": round(stalled, 1),
-                "seconds_from_pause_to_in_sync": round(time.monotonic() - paused_at, 1),
+                "seconds_paused": round(resumed_at - paused_at, 1),
+                "seconds_from_resume_to_100_more_records": round(progress, 1),
                 "seconds_from_resume_to_in_sync": round(in_sync, 1)}  # fmt: skip
 
-    n = 3000
+    n = 3000  # about 6,900 events at 100/s: the stream goes on through the pause
     figures = await stream_with(
-        deployed, fault_services.redis.url, pause_a_follower, n=n, seed=31, rate=200
+        deployed, fault_services.redis.url, pause_a_node, n=n, seed=31, rate=100
     )
+    retries = [line for line in deployed.log(0).splitlines()
+               if "Got error produce response" in line]  # fmt: skip
+    figures["producer_retries_logged"] = len(retries)
     traffic = make_traffic(deployed.scope, n, seed=31)
     tail: Tail = seen["tail"]
     decisions = [json.loads(raw) for _, raw in tail.got]
@@ -108,6 +117,7 @@ async def test_a_producer_retry_doubles_no_decision(deployed, fault_services):  
     figures |= routing_figures(decisions, traffic, stored, after=seen["before"])
     record("kafka_producer_retry", figures)
     summary = json.dumps(figures)
+    assert figures["fault_mid_stream"] and figures["producer_retries_logged"], summary
     assert figures["redelivered_decisions"] == 0, summary  # no second copy of any decision
     assert figures["lost"] == figures["doubled"] == figures["wrong_labels"] == 0, summary
     assert figures["window_records"] == figures["decided_queries"] == n, summary
