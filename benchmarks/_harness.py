@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from racer_online.local.brokers import LocalBroker, local_broker
 from racer_online.local.services import EmbeddedRedis
+from racer_online.messages import decision_key
 from racer_online.scopes import load_scopes
 from racer_online.testing import (
     LocalDeployment,
@@ -514,7 +515,7 @@ async def paced_send(
                 ids, queries, labels = traffic.batch(1000)
             key = ids.pop(0).encode()
             payload, label = queries.pop(0), labels.pop(0)
-            probe.sent_at[key] = time.time()
+            probe.sent_at[decision_key(traffic.scope, key.decode())] = time.time()
             unacked.append(await prod.send(topics["queries"], payload, key=key))
             if feedback_delay is not None:
                 pending_feedback.append((now + feedback_delay, key.decode(), label))

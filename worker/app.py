@@ -97,7 +97,9 @@ class Worker:
             if isinstance(result, Rejected):
                 out.append(self.dead(record, result.kind, result.reason))
             else:
-                out.append((self.names.decisions, decision_key(query), result.raw))
+                out.append(
+                    (self.names.decisions, decision_key(query.scope, query.query_id), result.raw)
+                )
         return out
 
     async def record_feedback(self, records: Sequence[Record]) -> list[Outgoing]:

@@ -8,9 +8,7 @@ keyed by their scope (one partition keeps a scope's order).
 
 from __future__ import annotations
 
-from racer_online.messages.inbound import QueryMessage
 
-
-def decision_key(query: QueryMessage) -> bytes:
-    """The key of the decision on ``query``: its scope and query id."""
-    return f"{query.scope}/{query.query_id}".encode()
+def decision_key(scope: str, query_id: str) -> bytes:
+    """The key of the decision on a query: its scope and query id."""
+    return f"{scope}/{query_id}".encode()
