@@ -189,10 +189,11 @@ class Worker:
         for a in updates.alerts:
             log.warning("scope %s: %s alert: %s", a.scope, a.kind, a.message)
         # What Redis holds and the topics miss (this tick's, or an earlier failed send's);
-        # a broker that does not answer within a tick leaves the send to the producer.
+        # a broker that does not answer within half a tick leaves the send to the producer
+        # (the next ticks find it in flight), so that the tick keeps its pace.
         try:
             await self.service.leader.outbox.publish(
-                self.producer.enqueue, wait_s=self.settings.leader_tick_s
+                self.producer.enqueue, wait_s=self.settings.leader_tick_s / 2
             )
         except StoreUnavailableError as exc:
             log.warning("thresholds and alerts wait for Redis to be published: %s", exc)
