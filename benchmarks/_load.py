@@ -15,6 +15,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from benchmarks._machine import cpu_seconds
+from racer_online.messages import decision_key
 from racer_online.scopes import load_scopes
 
 PARTITIONS = 4  # the settings' default
@@ -242,7 +243,7 @@ async def paced_send(
                 ids, queries, labels = traffic.batch(1000)
             key = ids.pop(0).encode()
             payload, label = queries.pop(0), labels.pop(0)
-            probe.sent_at[key] = time.time()
+            probe.sent_at[decision_key(traffic.scope, key.decode())] = time.time()
             unacked.append(await prod.send(topics["queries"], payload, key=key))
             if feedback_delay is not None:
                 pending_feedback.append((now + feedback_delay, key.decode(), label))

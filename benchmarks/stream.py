@@ -47,6 +47,7 @@ from benchmarks.stream_raw import (
     raw_run,
 )
 from benchmarks.stream_report import broker_fact, show, side_by_side, table_rows
+from racer_online.messages import decision_key
 from racer_online.store import keys
 from racer_online.store.codec import candidate_keys
 from racer_online.store.records import PendingRecord
@@ -80,7 +81,7 @@ async def worker_run(
             decisions,
             n,
             timeout=600,
-            wanted={q.encode() for q in ids},
+            wanted={decision_key(dep.scope, q) for q in ids},
             cpu_of=[dep.worker_pid, svc.redis_pid],
             alive=dep.alive,
         )
@@ -145,8 +146,8 @@ async def two_workers_run(svc: Services, args: argparse.Namespace) -> dict[str, 
         dep.start_worker()
         both = asyncio.create_task(group_stable(dep.bootstrap, f"racer-{dep.scope}.route", 2))
         alive = lambda: first.poll() is None and dep.alive()  # noqa: E731
-        got = await collect(decisions, n, timeout=600, wanted={q.encode() for q in ids},
-                            alive=alive)  # fmt: skip
+        wanted = {decision_key(dep.scope, q) for q in ids}
+        got = await collect(decisions, n, timeout=600, wanted=wanted, alive=alive)
         stable_ms = await both
     finally:
         await decisions.stop()

@@ -204,6 +204,13 @@ class Settings(BaseSettings):
     # only paces an idle consumer's polls. The embedded broker holds a fetch for about half
     # of it even when records are there, so its environment sets 0.01 (embedded.py).
     fetch_max_wait_s: Seconds = 0.5
+    # Idempotent producers: a retried send is never doubled (docs/reliability.md). Off only
+    # for a broker without InitProducerId: the embedded Tansu (local/services.py).
+    producer_idempotence: bool = True
+    # How long a send waits for the broker's acknowledgement (acks=all: every in-sync
+    # replica) before the producer retries it (aiokafka's default); idempotence makes the
+    # retry safe.
+    producer_request_timeout_s: Seconds = 40.0
 
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)

@@ -40,6 +40,9 @@ FAST_GROUP_ENV = {
 # Each local deployment's consumer groups are new: they read their topics from the start,
 # the explicit choice a production deployment makes once (docs/operations.md).
 NEW_GROUP_ENV = {"RACER_OFFSET_RESET": "earliest"}
+# The audit key of local deployments (tests, the demo): every worker on a Redis shares one,
+# or the later ones refuse to start (store/startup_checks.py). Not a secret: local only.
+LOCAL_AUDIT_KEY = "racer-online-local"
 
 
 async def until(
@@ -157,7 +160,8 @@ class LocalDeployment:
         self.topics = {name: f"{scope}.{name}" for name in TOPIC_NAMES} if scope else {}
         self.scopes_file = directory / "scopes.toml"
         self.env: dict[str, str] = (
-            dict(os.environ)
+            {"RACER_AUDIT_KEY": LOCAL_AUDIT_KEY}  # unless the environment names one
+            | dict(os.environ)
             | {"RACER_KAFKA_BROKER": broker_url, "RACER_REDIS_URL": redis_url}
             | FAST_GROUP_ENV
             | NEW_GROUP_ENV

@@ -23,7 +23,13 @@ from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from racer_online.errors import ConfigError, RacerError, StoreUnavailableError
 from racer_online.kafka import clients, offsets
 from racer_online.kafka.batches import BatchConsumer, BatchProducer, Outgoing, Record
-from racer_online.messages import DeadLetter, FeedbackMessage, MessageError, QueryMessage
+from racer_online.messages import (
+    DeadLetter,
+    FeedbackMessage,
+    MessageError,
+    QueryMessage,
+    decision_key,
+)
 from racer_online.routers.files import load_router
 from racer_online.service import RacerService, Rejected, Routed, metrics, store_config
 from racer_online.settings import Settings
@@ -101,7 +107,7 @@ class Worker:
         return out
 
     def decision(self, query: QueryMessage, routed: Routed) -> Outgoing:
-        return (self.names.decisions, query.query_id.encode(), routed.raw)
+        return (self.names.decisions, decision_key(query.scope, query.query_id), routed.raw)
 
     async def decide_requests(self, queries: Sequence[QueryMessage]) -> list[Routed | Rejected]:
         """The decision API's batches: stored as a fetch's are, then published on the
@@ -166,6 +172,9 @@ class Worker:
     # -- the tasks and timers -----------------------------------------------------------------
 
     async def consume(self) -> None:
+        if "audit_key" not in self.settings.model_fields_set:
+            log.warning("RACER_AUDIT_KEY is not set: audits are drawn under a random key of this "
+                        "process; give every worker the same one (docs/operations.md)")  # fmt: skip
         names = self.names
         await _declare(*(self.topic(t) for t in (names.queries, names.feedback,
                                                  names.decisions, names.dlq)))  # fmt: skip
@@ -202,11 +211,15 @@ class Worker:
                      u.scope, u.version, u.lam, u.status, u.n, u.reason)  # fmt: skip
         for a in updates.alerts:
             log.warning("scope %s: %s alert: %s", a.scope, a.kind, a.message)
-        names = self.names
-        await self.producer.send_and_wait(
-            [(names.thresholds, u.scope.encode(), u.to_bytes()) for u in updates.thresholds]
-            + [(names.alerts, a.scope.encode(), a.to_bytes()) for a in updates.alerts]
-        )
+        # What Redis holds and the topics miss (this tick's, or an earlier failed send's);
+        # a broker that does not answer within half a tick leaves the send to the producer
+        # (the next ticks find it in flight), so that the tick keeps its pace.
+        try:
+            await self.service.leader.outbox.publish(
+                self.producer.enqueue, wait_s=self.settings.leader_tick_s / 2
+            )
+        except StoreUnavailableError as exc:
+            log.warning("thresholds and alerts wait for Redis to be published: %s", exc)
 
     async def _release_leases(self, *_: Any, **__: Any) -> None:
         """Leadership moved or the worker stops: the next leader need not wait for the

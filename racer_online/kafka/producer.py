@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 from mode import Service
 
@@ -17,6 +19,8 @@ from racer_online.settings import Settings
 
 Outgoing: TypeAlias = tuple[str, bytes | None, bytes]  # topic, key, value
 MAX_BATCH_BYTES = 256 << 10  # per partition and request
+START_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
+log = logging.getLogger(__name__)
 
 
 class BatchProducer(Service):
@@ -30,16 +34,39 @@ class BatchProducer(Service):
         self.producer: AIOKafkaProducer | None = None
 
     async def on_start(self) -> None:
+        for delay in (*START_RETRY_DELAYS_S, None):
+            producer = self._new_producer()
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                # An idempotent producer's start asks the broker for a producer id; a broker
+                # whose controller has not handed it a block of ids yet (a fresh or busy
+                # cluster) answers UNKNOWN_SERVER_ERROR. aiokafka gives up at once: retry.
+                await producer.stop()  # closes what start() opened
+                if delay is None:
+                    raise
+                log.warning("the producer did not start, retried in %g s: %r", delay, exc)
+                await asyncio.sleep(delay)
+            else:
+                self.producer = producer
+                return
+
+    def _new_producer(self) -> AIOKafkaProducer:
         s = self.settings
-        self.producer = clients.producer(
+        return clients.producer(
             s,
             client_id=f"{s.app_id}-producer",
             acks="all",
+            # Idempotence: the broker drops a batch the producer retries after a lost
+            # answer, and a batch is retried until it lands instead of expiring, so no retry
+            # doubles a decision and no failed send makes the batch consumer publish its
+            # decisions again (docs/reliability.md, "The producer and the outbox").
+            enable_idempotence=s.producer_idempotence,
+            request_timeout_ms=int(s.producer_request_timeout_s * 1000),
             # One batch per partition is in flight at a time, and the next one fills
             # meanwhile: 16 KiB (the default) holds only about 17 decisions.
             max_batch_size=MAX_BATCH_BYTES,
         )
-        await self.producer.start()
 
     async def on_stop(self) -> None:
         if self.producer is not None:

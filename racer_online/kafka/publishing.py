@@ -151,7 +151,9 @@ async def produce(
 ) -> int:
     """Send every message keyed by query id; return how many were acknowledged."""
     await clients.check_reachable(settings)
-    producer = clients.producer(settings, linger_ms=5, acks="all")
+    producer = clients.producer(
+        settings, linger_ms=5, acks="all", enable_idempotence=settings.producer_idempotence
+    )
     try:
         await producer.start()
     except KafkaError as exc:

@@ -19,13 +19,13 @@ from typing import Any, Self, cast
 
 import redis
 
+from racer_online.local.processes import EmbeddedServiceError, ServerProcess, free_port
 from racer_online.local.redis_cluster import redis_server_binary
-from racer_online.local.services import EmbeddedServiceError, _Child, free_port
 
 SERVICE = "mymaster"
 
 
-class _LoopbackServer(_Child):
+class _LoopbackServer(ServerProcess):
     """A server speaking the Redis protocol on a free loopback port, in its own folder."""
 
     def __init__(self, workdir: Path, log_name: str) -> None:

@@ -14,8 +14,9 @@ from racer_online.local.processes import (
 log = logging.getLogger(__name__)
 
 # Tansu answers a fetch only after about half its max wait, even when records are there
-# (docs/benchmarks.md): clients of the embedded broker ask for a short one.
-EMBEDDED_BROKER_ENV = {"RACER_FETCH_MAX_WAIT_S": "0.01"}
+# (docs/benchmarks.md): clients of the embedded broker ask for a short one. It does not
+# implement InitProducerId either, so its producers are not idempotent.
+EMBEDDED_BROKER_ENV = {"RACER_FETCH_MAX_WAIT_S": "0.01", "RACER_PRODUCER_IDEMPOTENCE": "false"}
 
 
 class EmbeddedBroker(ServerProcess):

@@ -41,6 +41,7 @@ from racer_online.messages.inbound import (
     FeedbackMessage,
     QueryMessage,
 )
+from racer_online.messages.keys import decision_key
 from racer_online.messages.outbound import (
     AlertMessage,
     DeadLetter,
@@ -82,5 +83,6 @@ __all__ = [
     "Status",
     "ThresholdMessage",
     "UnixTime",
+    "decision_key",
     "reason_of",
 ]

@@ -7,7 +7,8 @@ holds the scope's lease; every store write of the tick carries the lease's epoch
 leader that was replaced while it stalled or was cut off from Kafka writes nothing. While
 it keeps the same epoch it keeps each scope's window in memory and reads only what entered
 since its last look; a new epoch means another leader may have written, so it re-reads.
-Every new threshold is stored with a version so that the other workers pick it up.
+Every new threshold is stored with a version so that the other workers pick it up; the
+outbox (`service.outbox`) publishes what the store holds.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from racer_online.messages import AlertMessage, ThresholdMessage
 from racer_online.service import calibration, identity, metrics
 from racer_online.service import drift as watch
 from racer_online.service.lease import LeaderLease
+from racer_online.service.outbox import Outbox
 from racer_online.service.scope import ScopeState
 from racer_online.service.state_loss import survive
 from racer_online.service.window_sync import WindowSync
@@ -32,7 +34,7 @@ from racer_online.store import Store
 
 @dataclass(frozen=True)
 class Updates:
-    """What a leader tick stored, to publish."""
+    """What a leader tick stored (its outbox publishes it)."""
 
     thresholds: list[ThresholdMessage]
     alerts: list[AlertMessage]
@@ -55,6 +57,7 @@ class Leader:
         self.started_at = clock()
         self.lease = LeaderLease(store, ttl_s=settings.leader_lease_s, holder=holder)
         self.windows = WindowSync(settings, store, clock=clock)
+        self.outbox = Outbox(settings, store, self.lease)  # publishes what the leader stored
         # One tick at a time: the calibration thread reads the scope's window and monitor.
         self._ticking = asyncio.Lock()
         self._lost: dict[str, AlertMessage] = {}  # state_lost alerts to raise when leading
@@ -131,6 +134,12 @@ class Leader:
             return None
         if held.new and scope.monitor.loaded:
             scope.forget_window()  # another leader may have written since: re-read it all
+        if held.new:
+            try:
+                await self.outbox.open(scope.name, epoch=held.epoch)
+            except FencedError as refused:
+                self.lease.fenced(scope.name, refused)
+                return None
         return held.epoch
 
     async def _tick(self, scope: ScopeState, *, now: float, epoch: int, updates: Updates) -> None:

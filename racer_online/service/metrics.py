@@ -82,6 +82,14 @@ LEADER_FENCED = Counter(
     "Leader writes the store refused: another worker held a newer lease epoch.",
     ["scope"],
 )
+OUTBOX_UNSENT = Gauge(
+    "racer_outbox_unsent",
+    "Thresholds and alerts Redis holds that the topics have not acknowledged (service/outbox.py).",
+    ["scope"],
+)
+OUTBOX_SEND_FAILURES = Counter(
+    "racer_outbox_send_failures", "Sends of thresholds and alerts that failed (sent again)."
+)
 CONSUMER_LAG = Gauge(
     "racer_consumer_lag",
     "Records between the group's committed offset and the end of each assigned partition.",

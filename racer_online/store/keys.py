@@ -2,6 +2,7 @@
 
 Each key of a scope carries the scope as a hash tag (``racer:{scope}:...``) so that all of
 a scope's keys share one Redis Cluster slot and one Lua script may touch several of them.
+The keys of the whole deployment take no argument.
 """
 
 PREFIX = "racer"
@@ -86,3 +87,15 @@ def incarnation(scope: str) -> str:
     """String, no TTL: the Redis time (microseconds) at which the scope's state began
     (store/lua/incarnation.lua); it changes only when Redis lost that state."""
     return f"{PREFIX}:{{{scope}}}:incarnation"
+
+
+def outbox(scope: str) -> str:
+    """Hash: what the topics have acknowledged of what Redis holds: ``threshold`` the last
+    version published, ``alert`` the id of the last alert published (service/outbox.py)."""
+    return f"{PREFIX}:{{{scope}}}:outbox"
+
+
+def audit_key_fingerprint() -> str:
+    """String, no TTL: an HMAC under the deployment's audit key (never the key itself); the
+    first worker with a key writes it, every later one compares (startup_checks.py)."""
+    return f"{PREFIX}:audit-key-fingerprint"

@@ -47,6 +47,8 @@ class MemoryStore:
         self._upper: dict[str, tuple[int, int]] = {}
         self._covariate: dict[str, tuple[int, int]] = {}
         self._monitor: dict[str, dict[str, str]] = {}
+        self._alerts_stored: dict[str, int] = {}  # scope -> alerts ever stored: their ids
+        self._outbox: dict[str, dict[str, str]] = {}
         self._audits: dict[str, dict[tuple[int, bytes], float]] = {}  # -> horizon end
         self._expired: dict[str, tuple[int, int]] = {}  # scope -> (expired, lost) audits
         self._last_id = (0, 0)
@@ -294,10 +296,37 @@ class MemoryStore:
         kept = self._alerts.setdefault(scope, [])
         kept.append(alert)
         del kept[: max(0, len(kept) - self.config.history_size)]
+        self._alerts_stored[scope] = self._alerts_stored.get(scope, 0) + 1
 
     async def alerts(self, scope: str, *, count: int = 1000) -> list[bytes]:
         self._check()
         return self._alerts.get(scope, [])[-count:]
+
+    async def alerts_after(
+        self, scope: str, after: str, *, count: int = 100
+    ) -> list[tuple[str, bytes]]:
+        """Ids as Redis would order them: ``0-<n>``, the n-th alert the scope stored."""
+        self._check()
+        kept = self._alerts.get(scope, [])
+        first = self._alerts_stored.get(scope, 0) - len(kept) + 1  # the id of kept[0]
+        ids = [StreamId(0, first + i) for i in range(len(kept))]
+        newer = [(str(i), a) for i, a in zip(ids, kept, strict=True) if i > StreamId.parse(after)]
+        return newer[:count]
+
+    async def load_outbox(self, scope: str) -> dict[str, str]:
+        self._check()
+        return dict(self._outbox.get(scope, {}))
+
+    async def save_outbox(self, scope: str, marks: Mapping[str, str], *, epoch: int) -> None:
+        self._check()
+        self._fence(scope, epoch)
+        self._outbox.setdefault(scope, {}).update(marks)
+
+    async def start_outbox(self, scope: str, *, epoch: int) -> None:
+        self._check()
+        self._fence(scope, epoch)
+        newest = StreamId(0, self._alerts_stored.get(scope, 0))
+        self._outbox.setdefault(scope, {}).setdefault("alert", str(newest))
 
     async def load_monitor(self, scope: str) -> dict[str, str]:
         self._check()

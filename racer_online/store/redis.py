@@ -301,15 +301,45 @@ class RedisStore:
         return [fields[b"json"] for _, fields in reversed(rows)]
 
     @classified
+    async def alerts_after(
+        self, scope: str, after: str, *, count: int = 100
+    ) -> list[tuple[str, bytes]]:
+        rows: Any = await self.client.xrange(keys.alerts(scope), f"({after}", "+", count=count)
+        return [(i.decode(), fields[b"json"]) for i, fields in rows]
+
+    @classified
+    async def load_outbox(self, scope: str) -> dict[str, str]:
+        return await self._text_hash(keys.outbox(scope))
+
+    @classified
+    async def save_outbox(self, scope: str, marks: Mapping[str, str], *, epoch: int) -> None:
+        await self._fenced_hset(scope, keys.outbox(scope), marks, epoch=epoch)
+
+    @classified
+    async def start_outbox(self, scope: str, *, epoch: int) -> None:
+        # Alerts stored before the outbox existed were published as they were stored.
+        newest: Any = await self.client.xrevrange(keys.alerts(scope), "+", "-", count=1)
+        mark = newest[0][0].decode() if newest else "0-0"
+        await self._fenced_write(scope, keys.outbox(scope), "HSETNX", "alert", mark, epoch=epoch)
+
+    @classified
     async def load_monitor(self, scope: str) -> dict[str, str]:
-        got: Any = await self.client.hgetall(keys.monitor(scope))
-        return {k.decode(): v.decode() for k, v in got.items()}
+        return await self._text_hash(keys.monitor(scope))
 
     @classified
     async def save_monitor(self, scope: str, state: Mapping[str, str], *, epoch: int) -> None:
         if state:
-            pairs = [x for field, value in state.items() for x in (field, value)]
-            await self._fenced_write(scope, keys.monitor(scope), "HSET", *pairs, epoch=epoch)
+            await self._fenced_hset(scope, keys.monitor(scope), state, epoch=epoch)
+
+    async def _text_hash(self, key: str) -> dict[str, str]:
+        got: Any = await self.client.hgetall(key)
+        return {k.decode(): v.decode() for k, v in got.items()}
+
+    async def _fenced_hset(
+        self, scope: str, key: str, fields: Mapping[str, str], *, epoch: int
+    ) -> None:
+        pairs = [x for field, value in fields.items() for x in (field, value)]
+        await self._fenced_write(scope, key, "HSET", *pairs, epoch=epoch)
 
     @classified
     async def hold_lease(

@@ -1,8 +1,11 @@
 """What a worker checks of its Redis before it starts: nothing may evict pending records,
-and records of an older pending layout are named (they are ignored, and expire)."""
+records of an older pending layout are named (they are ignored, and expire), and every
+worker on the Redis draws audits under the same key."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from typing import Any
 
@@ -10,6 +13,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from racer_online.errors import ConfigError
+from racer_online.settings import Settings
 from racer_online.store import keys
 from racer_online.store.errors import classified
 from racer_online.store.redis import RedisStore
@@ -62,3 +66,40 @@ async def scopes_on_the_old_layout(store: RedisStore) -> list[str]:
     scopes = list(store.config.catalogues)
     found = [await store.client.exists(keys.legacy_audits(s)) for s in scopes]
     return [scope for scope, n in zip(scopes, found, strict=True) if n]
+
+
+# What the fingerprint signs: a fixed text, so that it identifies the key and reveals nothing.
+FINGERPRINT_OF = b"racer-online audit key fingerprint v1"
+
+
+def audit_key_fingerprint(key: str) -> str:
+    return hmac.new(key.encode(), FINGERPRINT_OF, hashlib.sha256).hexdigest()
+
+
+@classified
+async def refuse_another_audit_key(store: RedisStore, settings: Settings) -> None:
+    """Raise `ConfigError` unless this worker draws audits as the others on its Redis do.
+
+    A redelivered query may be decided again on another replica (its first decision gone
+    past the horizon), and replicas with different keys draw its audit differently. So the
+    first worker with ``RACER_AUDIT_KEY`` stores a fingerprint of it (an HMAC under the key,
+    SET NX: never the key itself), and a worker whose key does not match it refuses to start.
+    A worker without the setting holds a random key, which can match no stored fingerprint:
+    it refuses too, once one is stored; before, it starts (a single local worker), stores
+    nothing and logs that its key is random (worker/app.py)."""
+    name = keys.audit_key_fingerprint()
+    if "audit_key" not in settings.model_fields_set:
+        if await store.client.exists(name):
+            raise ConfigError(
+                "RACER_AUDIT_KEY is not set, but the workers sharing this Redis draw audits "
+                f"under a key (its fingerprint is {name}): set RACER_AUDIT_KEY to theirs"
+            )
+        return
+    mine = audit_key_fingerprint(settings.audit_key.get_secret_value())
+    await store.client.set(name, mine, nx=True)
+    stored: Any = await store.client.get(name)
+    if stored is not None and stored.decode() != mine:
+        raise ConfigError(
+            f"RACER_AUDIT_KEY differs from the key of the workers sharing this Redis (its "
+            f"fingerprint is {name}): give every worker the same secret"
+        )

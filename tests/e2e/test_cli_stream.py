@@ -66,7 +66,8 @@ def test_dev_services_worker_publish_feedback_thresholds(tmp_path, broker_kind):
     try:
         # Tansu holds fetches: its clients are told to ask for a short wait; Kafka's not.
         names = ["RACER_KAFKA_BROKER", "RACER_REDIS_URL"]
-        names += ["RACER_FETCH_MAX_WAIT_S"] if broker_kind == "tansu" else []
+        tansu = ["RACER_FETCH_MAX_WAIT_S", "RACER_PRODUCER_IDEMPOTENCE"]
+        names += tansu if broker_kind == "tansu" else []
         lines = [services.stdout.readline().strip() for _ in names]
         assert [line.split("=", 1)[0] for line in lines] == names
         env |= dict(line.split("=", 1) for line in lines) | {

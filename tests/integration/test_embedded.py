@@ -137,6 +137,7 @@ def test_embedded_services_leave_no_process_behind() -> None:
             "RACER_KAFKA_BROKER": services.broker.url,
             "RACER_REDIS_URL": services.redis.url,
             "RACER_FETCH_MAX_WAIT_S": "0.01",
+            "RACER_PRODUCER_IDEMPOTENCE": "false",
         }
         assert services.kafka_broker.startswith("kafka://127.0.0.1:")
         assert kafka_answers("127.0.0.1", services.broker.port)

@@ -18,6 +18,7 @@ from racer_online.service.window import quantise
 from racer_online.store import keys
 from racer_online.store.connection import connect
 from racer_online.testing import (
+    LOCAL_AUDIT_KEY,
     listening_addresses,
     metric_samples,
     metric_total,
@@ -85,10 +86,12 @@ async def test_queries_in_decisions_out_bad_messages_to_the_dlq(deployment, reco
     placed, n_partitions = await deployment.collect("decisions", 200, placed=True)
     decisions = [d for _, _, d in placed]
     assert sorted(d["query_id"] for d in decisions) == sorted(q["query_id"] for q in good)
-    # Keyed by query id, in the partition the Java client's default partitioner picks.
+    # Keyed by scope and query id, in the partition the Java client's default partitioner
+    # picks.
     every = list(range(n_partitions))
     assert n_partitions > 1 and all(
-        key == d["query_id"].encode() and partition == DefaultPartitioner()(key, every, every)
+        key == f"{d['scope']}/{d['query_id']}".encode()
+        and partition == DefaultPartitioner()(key, every, every)
         for partition, key, d in placed
     )
     first = decisions[0]
@@ -221,10 +224,37 @@ def test_a_broker_that_does_not_answer_stops_the_worker_in_one_line(redis_url):
     nobody = f"kafka://127.0.0.1:{free_port()}"  # a port nothing listens on
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RACER_")}
     env = clean | {"RACER_KAFKA_BROKER": nobody, "RACER_REDIS_URL": redis_url,
-                   "RACER_WEB_PORT": str(free_port())}  # fmt: skip
+                   "RACER_WEB_PORT": str(free_port()),
+                   "RACER_AUDIT_KEY": LOCAL_AUDIT_KEY}  # fmt: skip
     result = subprocess.run([sys.executable, "-m", "racer_online", "worker"], env=env,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"racer-online: error: the broker at {nobody} does not answer (RACER_KAFKA_BROKER)"
     ]
+
+
+async def test_workers_on_one_redis_share_the_audit_key_or_refuse_to_start(deployment):
+    """Same key: both start. Another key, or none, once a key's fingerprint is stored: the
+    worker refuses in one line, before it reaches the broker."""
+    deployment.write_scopes(("a", "b"))
+    for index in range(2):
+        deployment.start_worker()  # the deployment's key
+        await deployment.wait_answering(index)
+    stored = await connect(deployment.redis_url).get(keys.audit_key_fingerprint())
+    assert stored is not None and LOCAL_AUDIT_KEY.encode() not in stored  # never the key
+    env = deployment.env | {"RACER_WEB_PORT": str(free_port())}
+    refusals = {
+        "another key": env | {"RACER_AUDIT_KEY": "not-the-deployment's"},
+        "no key": {k: v for k, v in env.items() if k != "RACER_AUDIT_KEY"},
+    }
+    for case, worker_env in refusals.items():
+        result = subprocess.run(
+            [sys.executable, "-m", "racer_online", "worker"],
+            env=worker_env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, (case, result.stderr)
+        assert lines[0].startswith("racer-online: error: RACER_AUDIT_KEY "), (case, lines)
+        assert "fingerprint" in lines[0] and "not-the" not in lines[0], (case, lines)
+    assert all(w.poll() is None for w in deployment.workers)  # the two started keep running

@@ -178,7 +178,7 @@ async def test_redis_keys_share_one_cluster_slot(redis_url, redis_ns):
                  redis_keys.history(redis_ns), redis_keys.audits(redis_ns),
                  redis_keys.counters(redis_ns), redis_keys.slots(redis_ns),
                  redis_keys.held(redis_ns, 1), redis_keys.lease(redis_ns),
-                 redis_keys.epoch(redis_ns)]  # fmt: skip
+                 redis_keys.epoch(redis_ns), redis_keys.outbox(redis_ns)]  # fmt: skip
     finally:
         await client.aclose()
     assert all(f"{{{redis_ns}}}" in name for name in names)
@@ -223,6 +223,28 @@ async def test_alerts_and_monitor_state(make_store):
     await store.save_monitor(scope, {"alpha_t": "0.1", "last_id": "5-0"}, epoch=epoch)
     await store.save_monitor(scope, {"alpha_t": "0.12"}, epoch=epoch)
     assert await store.load_monitor(scope) == {"alpha_t": "0.12", "last_id": "5-0"}
+
+
+async def test_the_outbox_lists_alerts_after_the_mark_and_keeps_its_marks(make_store):
+    store, scope = make_store(), make_store.scope
+    epoch = await lead(store, scope)
+    await store.save_alert(scope, b"published before the outbox", epoch=epoch)
+    await store.start_outbox(scope, epoch=epoch)  # starts after the newest alert
+    await store.save_alert(scope, b"a", epoch=epoch)
+    await store.save_alert(scope, b"b", epoch=epoch)
+    mark = (await store.load_outbox(scope))["alert"]
+    after = await store.alerts_after(scope, mark)
+    assert [raw for _, raw in after] == [b"a", b"b"]
+    assert await store.alerts_after(scope, mark, count=1) == after[:1]
+    await store.save_outbox(scope, {"alert": after[0][0], "threshold": "3"}, epoch=epoch)
+    await store.start_outbox(scope, epoch=epoch)  # a mark once set stays
+    assert await store.load_outbox(scope) == {"alert": after[0][0], "threshold": "3"}
+    assert await store.alerts_after(scope, after[0][0]) == after[1:]
+    assert await store.alerts_after(scope, after[1][0]) == []
+    await lapse(store, scope)
+    await lead(store, scope, "another")
+    with pytest.raises(FencedError, match="superseded"):
+        await store.save_outbox(scope, {"threshold": "9"}, epoch=epoch)
 
 
 async def test_a_batch_longer_than_one_script_call_keeps_its_order(make_store):

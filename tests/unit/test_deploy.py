@@ -240,6 +240,18 @@ def test_compose_workers_bind_beyond_loopback_with_a_token_from_a_secret(
         check_web_exposure(settings_from(without, monkeypatch))
 
 
+def test_compose_workers_share_an_audit_key_from_the_uncommitted_env_file(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Required (``:?``: compose refuses to start without it), with no default written in
+    the file, from ``.env``, which git ignores."""
+    env = env_of(compose["services"]["worker"])
+    assert re.fullmatch(r"\$\{RACER_AUDIT_KEY:\?[^}]+\}", env["RACER_AUDIT_KEY"])
+    assert "audit_key" in settings_from(env, monkeypatch).model_fields_set
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert ".env" in ignored
+
+
 def run_topic_creation(compose: dict[str, Any], tmp_path: Path) -> list[list[str]]:
     """Run kafka-init's script with a stub kafka-topics.sh that records its arguments."""
     init = compose["services"]["kafka-init"]
@@ -510,11 +522,15 @@ def test_deployment_env_comes_from_the_configmap_and_secret(
     assert not {n for n in env_map["data"] if "PASSWORD" in n or "TOKEN" in n}
     assert set(secret["stringData"]) == {
         "RACER_KAFKA_SECURITY__USERNAME", "RACER_KAFKA_SECURITY__PASSWORD", "RACER_REDIS_PASSWORD",
-        "RACER_WEB_TOKEN",
+        "RACER_WEB_TOKEN", "RACER_AUDIT_KEY",
     }  # fmt: skip
     tokenless = {k: v for k, v in env.items() if k != "RACER_WEB_TOKEN"}
     with pytest.raises(ConfigError, match="without a token"):  # a Secret without it: refused
         check_web_exposure(settings_from(tokenless, monkeypatch))
+    # Every replica reads the same audit key, from the Secret.
+    assert "audit_key" in settings.model_fields_set
+    assert settings.audit_key.get_secret_value() == "CHANGE-ME"
+    assert "RACER_AUDIT_KEY" not in env_map["data"]
 
 
 def test_secrets_are_placeholders_only(manifests: list[dict[str, Any]]) -> None:
@@ -563,13 +579,15 @@ def test_service_hpa_and_pdb_select_the_workers(
 
 
 def all_keys(scope: str, query_id: str) -> list[str]:
-    """Every key racer_online.store.keys builds for a scope."""
+    """Every key racer_online.store.keys builds for a scope (not the deployment's own keys,
+    which take no argument)."""
     built = []
     for name in dir(keys):
         build = getattr(keys, name)
         if callable(build) and not name.startswith("_") and build.__module__ == keys.__name__:
             arity = build.__code__.co_argcount
-            built.append(build(scope) if arity == 1 else build(scope, query_id))
+            if arity:
+                built.append(build(scope) if arity == 1 else build(scope, query_id))
     return built
 
 

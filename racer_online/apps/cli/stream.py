@@ -25,7 +25,7 @@ def worker() -> None:
 
     settings = Settings.load()  # a bad setting or scopes file fails here, as one line
     check_web_port(settings)  # a taken web port fails here, as one line
-    asyncio.run(check_redis(settings))  # an evicting Redis fails here, as one line
+    asyncio.run(check_redis(settings))  # an evicting Redis, another audit key: one line
     check_broker(settings)  # and a broker that does not answer
     run(settings)
 
@@ -34,11 +34,16 @@ async def check_redis(settings: Settings) -> None:
     from racer_online.service import store_config
     from racer_online.store import keys
     from racer_online.store.redis import RedisStore
-    from racer_online.store.startup_checks import refuse_evicting_redis, scopes_on_the_old_layout
+    from racer_online.store.startup_checks import (
+        refuse_another_audit_key,
+        refuse_evicting_redis,
+        scopes_on_the_old_layout,
+    )
 
     store = RedisStore.from_settings(settings, store_config(settings))
     try:
         await refuse_evicting_redis(store)
+        await refuse_another_audit_key(store, settings)
         for scope in await scopes_on_the_old_layout(store):
             note(f"racer-online: warning: scope {scope!r} has pending records of the old "
                  f"layout: they are ignored and expire within RACER_PENDING_TTL_S; then "
