@@ -25,6 +25,7 @@ from racer_online.kafka.batches import BatchConsumer, BatchProducer, Outgoing, R
 from racer_online.messages import DeadLetter, FeedbackMessage, MessageError, QueryMessage
 from racer_online.routers.files import load_router
 from racer_online.service import RacerService, Rejected, metrics, store_config
+from racer_online.service.outages import OutageLog
 from racer_online.settings import Settings
 from racer_online.store import RedisStore
 from worker import web
@@ -65,6 +66,8 @@ class Worker:
                           self.producer, retry_on=TRANSIENT),
         ]  # fmt: skip
         self._leading = False  # Faust's leader at the last tick
+        self._thresholds_outage = OutageLog(log, "keeping the thresholds in memory")
+        self._recalibration_outage = OutageLog(log, "recalibration waits for Redis")
         self.app.task(self.consume)
         self.app.timer(settings.threshold_poll_s)(self.refresh_thresholds)
         # Every worker ticks; the Faust leader recalibrates, the others give back any lease.
@@ -154,7 +157,9 @@ class Worker:
         try:
             await self.service.refresh_thresholds()
         except StoreUnavailableError as exc:
-            log.warning("keeping the thresholds in memory: %s", exc)
+            self._thresholds_outage.failed(exc)
+        else:
+            self._thresholds_outage.succeeded()
 
     async def recalibrate(self) -> None:
         """Faust's leader recalibrates each scope whose lease it holds (`service.lease`):
@@ -170,8 +175,9 @@ class Worker:
         try:
             updates = await self.service.leader.recalibrate_due()
         except StoreUnavailableError as exc:
-            log.warning("recalibration waits for Redis: %s", exc)
+            self._recalibration_outage.failed(exc)
             return
+        self._recalibration_outage.succeeded()
         for u in updates.thresholds:
             log.info("scope %s: threshold v%d lam=%.4f %s (n=%d, %s)",
                      u.scope, u.version, u.lam, u.status, u.n, u.reason)  # fmt: skip

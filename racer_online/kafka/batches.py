@@ -41,6 +41,7 @@ from racer_online.errors import RacerError
 from racer_online.kafka import clients, offsets
 from racer_online.kafka.producer import BatchProducer, Outgoing
 from racer_online.service import metrics
+from racer_online.service.outages import OutageLog
 from racer_online.settings import Settings
 
 __all__ = ["BatchConsumer", "BatchProducer", "Outgoing", "Record"]
@@ -101,6 +102,7 @@ class BatchConsumer(Service):
         self.generation = 0
         self._commit_lock = asyncio.Lock()  # a revocation waits for a commit under way
         self._failed_commits = 0  # in a row
+        self._outage = OutageLog(log, f"{self.label}: batches retried, partitions paused")
         rebalance_s = (settings.broker_rebalance_timeout_s or settings.broker_session_timeout_s
                        or DEFAULT_SESSION_TIMEOUT_S)  # fmt: skip
         # The revocation's wait must end well before the group gives up on this member.
@@ -225,13 +227,16 @@ class BatchConsumer(Service):
         attempt = 0
         while generation == self.generation:
             try:
-                return await self.handle(records)
+                out = await self.handle(records)
             except self.retry_on as exc:
                 delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
                 metrics.BATCH_RETRIES.labels(self.topic, type(exc).__name__).inc()
-                log.warning("%s: batch retried in %.1f s: %s", self.label, delay, exc)
+                self._outage.failed(exc)  # logged once, and once more when it ends
                 await asyncio.sleep(delay)
                 attempt += 1
+            else:
+                self._outage.succeeded()
+                return out
         return None
 
     async def _commit(self, positions: dict[TopicPartition, int], generation: int) -> None:

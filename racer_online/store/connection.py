@@ -44,6 +44,16 @@ def connect_sync(url: str, **options: Any) -> redis.Redis | redis.RedisCluster:
     return (redis.RedisCluster if cluster else redis.Redis).from_url(plain, **options)
 
 
+def shown_url(url: str) -> str:
+    """``url`` fit for a log line or an error: its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}***@{host}").geturl()
+
+
 def redis_options(settings: Settings) -> dict[str, Any]:
     """``connect(settings.redis_url, **redis_options(settings))``."""
     url = urlsplit(settings.redis_url)
