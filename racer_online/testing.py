@@ -33,7 +33,8 @@ from racer_online.local.services import (
 
 T = TypeVar("T")
 die_with_parent = _die_with_parent  # the pre-exec hook of every child process, written once
-TOPIC_NAMES = ("queries", "decisions", "feedback", "thresholds", "alerts", "dlq")
+TOPIC_NAMES = ("queries", "decisions", "feedback", "thresholds", "alerts", "dlq",
+               "queries_retry", "feedback_retry")  # fmt: skip
 # A worker that joins, leaves or dies is noticed within about two seconds instead of the
 # client defaults' 10 to 300: tests and benchmarks start and kill workers on purpose.
 FAST_GROUP_ENV = {

@@ -14,6 +14,8 @@ the app: topic creation, leader election, timers and the web views.
 
 What keeps that true when things go wrong (docs/reliability.md, "The consumer"):
 
+- a record that cannot be decided yet never holds its batch: the handlers park it on a
+  retry topic (kafka/retries.py), and this class reads that topic like any other;
 - a handler error listed in ``retry_on`` (Redis unavailable) retries the batch with backoff;
   meanwhile the full in-flight window pauses the partitions and the consumer keeps polling,
   so it stays in its group instead of being dropped after ``max.poll.interval``;
@@ -86,12 +88,15 @@ class BatchConsumer(Service):
         *,
         max_in_flight: int = 1,
         retry_on: tuple[type[Exception], ...] = (),
+        offset_reset: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.settings, self.topic, self.group_id, self.handle = settings, topic, group_id, handle
         self.producer = producer
         self.max_in_flight, self.retry_on = max_in_flight, retry_on
+        # Where the group starts without committed offsets; None: RACER_OFFSET_RESET.
+        self.offset_reset = offset_reset or settings.offset_reset
         self.consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Future[None] | None = None
         # Oldest first, each with the generation it was fetched in; only the current
@@ -195,7 +200,7 @@ class BatchConsumer(Service):
         except NoOffsetForPartitionError:
             # Place the partitions without a committed offset, or stop the worker.
             await offsets.start_uncommitted(self.consumer, self.topic, self.group_id,
-                                            policy=self.settings.offset_reset)  # fmt: skip
+                                            policy=self.offset_reset)  # fmt: skip
             return {}
         return fetched
 
