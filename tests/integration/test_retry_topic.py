@@ -56,8 +56,10 @@ async def test_a_valid_query_after_an_unknown_scope_one_is_decided_while_it_wait
     assert {d["query_id"] for d in decisions} == {q["query_id"] for q in valid}
     # Meanwhile the unknown one waits on the retry topic, its input offset committed.
     [parked] = await deployment.collect("queries_retry", 1, timeout=30)
-    assert (parked["error_class"], parked["reason"]) == ("unknown_scope",
-                                                          "unknown scope 'no-such-scope'")
+    assert (parked["error_class"], parked["reason"]) == (
+        "unknown_scope",
+        "unknown scope 'no-such-scope'",
+    )
     await until(lambda: deployment.all_committed("queries", route_group(deployment)),
                 timeout=30, what="every input record committed")  # fmt: skip
     assert await deployment.collect("dlq", 1, timeout=1) == []
