@@ -21,8 +21,10 @@ def record(value: bytes | None, *, topic: str = "racer.queries", offset: int = 7
 def test_a_parked_record_comes_back_as_it_was_with_the_clock_of_its_first_sight():
     original = record(b'{"query_id": "q-1", "scope": "new"}')
     seen = retries.Seen(original, first_seen=100.0)
-    topic, key, value = retries.park("racer.queries.retry", seen, "unknown_scope",
-                                     "unknown scope 'new'", delay_s=5, clock=lambda: 130.0)  # fmt: skip
+    topic, key, value = retries.park(
+        "racer.queries.retry", seen, "unknown_scope", "unknown scope 'new'",
+        delay_s=5, clock=lambda: 130.0,
+    )  # fmt: skip
     assert (topic, key) == ("racer.queries.retry", b"q-1")
     back, parked = retries.unpark(record(value, topic="racer.queries.retry", offset=0))
     assert back.first_seen == 100.0 and parked.due == 135.0  # not the producer's timestamp
