@@ -50,7 +50,7 @@ NOT_YET = frozenset({"unknown_scope", "no_scores"})
 
 class Worker:
     """One worker: the Faust app, the service it calls, the batch consumers of the two input
-    topics and the leader's recalibration timer."""
+    topics and of their retry topics, and the leader's recalibration timer."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
