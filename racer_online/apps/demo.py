@@ -1,4 +1,4 @@
-"""The demo: the whole system on the shipped data, on embedded (or configured) services.
+"""The demo: the whole system on the shipped data, on services of its own (or those given).
 
 Starts its own broker and Redis unless given ``--broker`` and ``--redis`` (never the exported
 ``RACER_KAFKA_BROKER`` and ``RACER_REDIS_URL``), trains the text router (or reuses it), runs
@@ -39,8 +39,6 @@ def services(broker: str | None = None, redis: str | None = None) -> Iterator[di
     the demo's own: an exported RACER_KAFKA_BROKER / RACER_REDIS_URL is never used, since
     the demo reads its topics from the start and writes scope ``default`` (a user's staging
     cluster would lose both)."""
-    if (broker is None) != (redis is None):
-        raise ConfigError("racer-online demo: give both --broker and --redis, or neither")
     if broker is not None and redis is not None:
         yield {"RACER_KAFKA_BROKER": broker, "RACER_REDIS_URL": redis}
         return
@@ -104,6 +102,8 @@ def run_demo(
     from racer_online.apps.report import write_report
     from racer_online.offline.datasets import load_outcomes, scopes_toml
 
+    if (broker is None) != (redis is None):
+        raise ConfigError("give both --broker and --redis (your services), or neither")
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes = load_outcomes(data, correct_at=correct_at, prices_file=prices)
     router = router_file(out_dir, data=data, correct_at=correct_at)
