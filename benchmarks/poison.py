@@ -9,6 +9,8 @@ ahead. The figure is the valid queries' publish-to-decision p99 (one clock: the 
 poisoned against clean; the target is at most 1.5 times (docs/benchmarks.md).
 
     python -m benchmarks.poison [--rate 1000] [--seconds 20] [--reps 2] [--broker apache]
+    python -m benchmarks.poison --seconds 80 --reps 1 \
+        --worker-env RACER_UNKNOWN_SCOPE_GRACE_S=60 --worker-env RACER_RETRY_DELAY_S=1
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ async def paced_with_poison(
 
 
 async def segment(svc: Services, args: argparse.Namespace, poison_every: int | None) -> dict:
-    dep = Deployment(svc, label="poison" if poison_every else "clean")
+    env = dict(kv.split("=", 1) for kv in args.worker_env)
+    dep = Deployment(svc, label="poison" if poison_every else "clean", env=env)
     await dep.create_topics()
     dep.start_worker()
     try:
@@ -114,7 +117,8 @@ async def segment(svc: Services, args: argparse.Namespace, poison_every: int | N
 async def run(args: argparse.Namespace) -> None:
     with services(args.broker) as svc:
         print(f"broker {args.broker}, {args.rate:,.0f} q/s, {args.seconds:g} s measured after "
-              f"{args.warmup:g} s, 1 poison query per 100; {cpu_pressure()}")  # fmt: skip
+              f"{args.warmup:g} s, 1 poison query per 100, {' '.join(args.worker_env)}; "
+              f"{cpu_pressure()}")  # fmt: skip
         print("| rep | clean p50 ms | clean p99 ms | poisoned p50 ms | poisoned p99 ms | "
               "p99 ratio | poison sent | valid undecided |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|")
@@ -138,6 +142,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="before measuring")
     parser.add_argument("--reps", type=int, default=2, help="clean + poisoned pairs")
     parser.add_argument("--broker", default="apache", help="apache (Java 17) or tansu")
+    parser.add_argument(
+        "--worker-env", action="append", default=[], metavar="KEY=VALUE",
+        help="the worker's environment, e.g. RACER_UNKNOWN_SCOPE_GRACE_S=60 for a segment "
+             "longer than the grace: every parked query then waits its whole grace inside it",
+    )  # fmt: skip
     asyncio.run(run(parser.parse_args()))
 
 
