@@ -48,6 +48,8 @@ class TopicsConfig(BaseModel):
     thresholds: TopicName = "racer.thresholds"
     alerts: TopicName = "racer.alerts"
     dlq: TopicName = "racer.dlq"
+    queries_retry: TopicName = "racer.queries.retry"  # parked records (kafka/retries.py)
+    feedback_retry: TopicName = "racer.feedback.retry"
     partitions: int = Field(default=4, ge=1)
     # Of the topics the worker creates, Faust's own leader-election topic among them:
     # Faust would make them 1, so a replicated cluster lost them with a single broker.
@@ -235,10 +237,16 @@ class Settings(BaseSettings):
     # (`racer-online offsets reset`, racer_online/kafka/offsets.py).
     offset_reset: Literal["none", "earliest", "latest"] = "none"
     commit_failures_max: int = Field(default=5, ge=1)  # failed commits in a row: stop
-    # A query or feedback event of a scope this worker does not know is held (its batch
-    # retried) until it is this old, then dead-lettered: during a rolling deploy the scope
-    # may be known to the upgraded workers only.
+    # A query or feedback event that cannot be decided yet (a scope this worker does not
+    # know, text and no router) is parked on the retry topic and tried again every
+    # retry_delay_s until it has waited this long since a worker first read it (the
+    # worker's clock, never the producer's timestamp), then dead-lettered: during a rolling
+    # deploy the scope may be known to the upgraded workers only (kafka/retries.py).
     unknown_scope_grace_s: float = Field(default=300.0, ge=0, allow_inf_nan=False)
+    retry_delay_s: Seconds = 5.0
+    # A scope with dead letters and not one message decided or recorded over this long
+    # raises an "all_dead_lettered" alert (a heuristic trigger, not part of the guarantee).
+    dead_scope_alert_s: Seconds = 60.0
     # None keeps Faust's defaults; tests and the demo use 2 / 0.5 / 2 (FAST_GROUP_ENV in
     # racer_online/testing.py; docs/architecture.md, "Services").
     broker_session_timeout_s: Seconds | None = None

@@ -28,7 +28,8 @@ from racer_online.local.processes import die_with_parent, free_port, stop_proces
 from racer_online.local.tansu import EMBEDDED_BROKER_ENV
 
 T = TypeVar("T")
-TOPIC_NAMES = ("queries", "decisions", "feedback", "thresholds", "alerts", "dlq")
+TOPIC_NAMES = ("queries", "decisions", "feedback", "thresholds", "alerts", "dlq",
+               "queries_retry", "feedback_retry")  # fmt: skip
 # A worker that joins, leaves or dies is noticed within about two seconds instead of the
 # client defaults' 10 to 300: tests and benchmarks start and kill workers on purpose.
 FAST_GROUP_ENV = {

@@ -21,9 +21,11 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
 from racer_online.errors import ConfigError, RacerError, StoreUnavailableError
-from racer_online.kafka import clients, offsets
+from racer_online.kafka import clients, offsets, retries
 from racer_online.kafka.batches import BatchConsumer, BatchProducer, Outgoing, Record
+from racer_online.kafka.retries import Seen
 from racer_online.messages import (
+    AlertMessage,
     DeadLetter,
     FeedbackMessage,
     MessageError,
@@ -32,6 +34,8 @@ from racer_online.messages import (
 )
 from racer_online.routers.files import load_router
 from racer_online.service import RacerService, Rejected, Routed, metrics, store_config
+from racer_online.service.dead_scopes import DeadScopes
+from racer_online.service.outages import OutageLog
 from racer_online.settings import Settings
 from racer_online.store import RedisStore
 from worker import api, web
@@ -40,21 +44,21 @@ from worker.security import check_web_exposure, kafka_options, web_options
 log = logging.getLogger(__name__)
 
 
-class ScopeNotYetKnownError(RacerError):
-    """A message names a scope this worker does not know, and is younger than
-    ``unknown_scope_grace_s``: an upgraded worker may know it (a rolling deploy)."""
-
-
-TRANSIENT = (StoreUnavailableError, ScopeNotYetKnownError)  # the batch is retried
+TRANSIENT = (StoreUnavailableError,)  # the batch is retried, its partitions paused
+# Rejections that a worker upgraded meanwhile may not make: parked, tried again until the
+# grace is over (kafka/retries.py). Any other rejection is final: a dead letter at once.
+NOT_YET = frozenset({"unknown_scope", "no_scores"})
 
 
 class Worker:
     """One worker: the Faust app, the service it calls, the batch consumers of the two input
-    topics and the leader's recalibration timer."""
+    topics and of their retry topics, and the leader's recalibration timer."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.names = names = settings.topics
+        self.retry_topics = {names.queries: names.queries_retry,
+                             names.feedback: names.feedback_retry}  # fmt: skip
         self.app = _faust_app(settings)
         router = load_router(settings.router_file) if settings.router_file else None
         store = RedisStore.from_settings(settings, store_config(settings))
@@ -62,6 +66,7 @@ class Worker:
         self.producer = BatchProducer(settings)
         self.app.add_dependency(self.producer)  # so it starts before the timers
         groups = offsets.input_groups(settings)
+        retry_groups = offsets.retry_groups(settings)
         self.consumers = [
             # Two routed batches commute (Redis keeps a query's first decision and every copy
             # publishes it), so one is computed while the other waits for Redis. Feedback
@@ -70,12 +75,23 @@ class Worker:
                           max_in_flight=2, retry_on=TRANSIENT),
             BatchConsumer(settings, names.feedback, groups[names.feedback], self.record_feedback,
                           self.producer, retry_on=TRANSIENT),
+            # The parked records, read with their delay (kafka/retries.py).
+            BatchConsumer(settings, names.queries_retry, retry_groups[names.queries_retry],
+                          self.route_parked, self.producer, retry_on=TRANSIENT,
+                          offset_reset="earliest"),
+            BatchConsumer(settings, names.feedback_retry, retry_groups[names.feedback_retry],
+                          self.record_parked_feedback, self.producer, retry_on=TRANSIENT,
+                          offset_reset="earliest"),
         ]  # fmt: skip
+        self.dead_scopes = DeadScopes()
         self._leading = False  # Faust's leader at the last tick
+        self._thresholds_outage = OutageLog(log, "keeping the thresholds in memory")
+        self._recalibration_outage = OutageLog(log, "recalibration waits for Redis")
         self.app.task(self.consume)
         self.app.timer(settings.threshold_poll_s)(self.refresh_thresholds)
         # Every worker ticks; the Faust leader recalibrates, the others give back any lease.
         self.app.timer(settings.leader_tick_s)(self.recalibrate)
+        self.app.timer(settings.dead_scope_alert_s)(self.alert_dead_scopes)
         self.app.on_before_shutdown.connect(self._release_leases)
         web.register(self.app, settings, self.service, self.consumers)
         self.api = api.DecisionAPI(self.decide_requests, self.publish_feedback,
@@ -96,13 +112,28 @@ class Worker:
     # -- the handlers: records in, messages to send out ------------------------------------
 
     async def route(self, records: Sequence[Record]) -> list[Outgoing]:
-        parsed, out = self._parse(records, QueryMessage)
-        sent_at = [record.timestamp / 1000 for record, _ in parsed]  # a redelivery's search
+        return await self._route(retries.fresh(records))
+
+    async def route_parked(self, records: Sequence[Record]) -> list[Outgoing]:
+        seen, out = await self._unpark(records)
+        return out + await self._route(seen)
+
+    async def record_feedback(self, records: Sequence[Record]) -> list[Outgoing]:
+        return await self._record_feedback(retries.fresh(records))
+
+    async def record_parked_feedback(self, records: Sequence[Record]) -> list[Outgoing]:
+        seen, out = await self._unpark(records)
+        return out + await self._record_feedback(seen)
+
+    async def _route(self, seen: Sequence[Seen]) -> list[Outgoing]:
+        parsed, out = self._parse(seen, QueryMessage)
+        sent_at = [item.record.timestamp / 1000 for item, _ in parsed]  # a redelivery's search
         results = await self.service.route([query for _, query in parsed], sent_at=sent_at)
-        for (record, query), result in zip(parsed, results, strict=True):
+        for (item, query), result in zip(parsed, results, strict=True):
             if isinstance(result, Rejected):
-                out.append(self.dead(record, result.kind, result.reason))
+                out.append(self._rejected(item, query.scope, result))
             else:
+                self.dead_scopes.passed(query.scope)
                 out.append(self.decision(query, result))
         return out
 
@@ -125,13 +156,38 @@ class Worker:
             [(self.names.feedback, e.query_id.encode(), e.to_bytes()) for e in events]
         )
 
-    async def record_feedback(self, records: Sequence[Record]) -> list[Outgoing]:
-        parsed, out = self._parse(records, FeedbackMessage)
+    async def _record_feedback(self, seen: Sequence[Seen]) -> list[Outgoing]:
+        parsed, out = self._parse(seen, FeedbackMessage)
         outcomes = await self.service.record_feedback([m for _, m in parsed])
-        for (record, _), outcome in zip(parsed, outcomes, strict=True):
+        for (item, event), outcome in zip(parsed, outcomes, strict=True):
             if isinstance(outcome, Rejected):
-                out.append(self.dead(record, outcome.kind, outcome.reason))
+                out.append(self._rejected(item, event.scope, outcome))
+            else:
+                self.dead_scopes.passed(event.scope)
         return out
+
+    def _rejected(self, item: Seen, scope: str, rejected: Rejected) -> Outgoing:
+        """A dead letter, or, for a rejection a worker may not make later, the record parked
+        until the grace since it was first seen (the worker's clock) is over."""
+        waited_s = time.time() - item.first_seen
+        if rejected.kind in NOT_YET and waited_s < self.settings.unknown_scope_grace_s:
+            retry = self.retry_topics[item.record.topic]
+            metrics.PARKED.labels(item.record.topic, rejected.kind).inc()
+            return retries.park(retry, item, rejected.kind, rejected.reason,
+                                delay_s=self.settings.retry_delay_s)  # fmt: skip
+        self.dead_scopes.dead(scope, rejected.kind)
+        return self.dead(item.record, rejected.kind, rejected.reason)
+
+    async def _unpark(self, records: Sequence[Record]) -> tuple[list[Seen], list[Outgoing]]:
+        """The original records of parked ones, once due; a dead letter for any other."""
+        unparked, letters = [], []
+        for record in records:
+            try:
+                unparked.append(retries.unpark(record))
+            except MessageError as exc:
+                letters.append(self.dead(record, "NotParked", exc.reason))
+        await retries.until_due([p for _, p in unparked], limit_s=self.settings.retry_delay_s)
+        return [seen for seen, _ in unparked], letters
 
     def dead(self, record: Record, error_class: str, reason: str) -> Outgoing:
         letter = DeadLetter.from_error(
@@ -141,33 +197,19 @@ class Worker:
         metrics.DLQ.labels(record.topic, error_class).inc()
         return (self.names.dlq, None, letter.to_bytes())
 
-    def _parse(self, records: Sequence[Record], model: Any) -> tuple[list[Any], list[Outgoing]]:
-        """(record, message) for the valid records; a dead letter for each of the others.
-        Raises `ScopeNotYetKnownError` for a message of an unknown scope within its grace."""
+    def _parse(self, seen: Sequence[Seen], model: Any) -> tuple[list[Any], list[Outgoing]]:
+        """(seen, message) for the valid records; a dead letter for each of the others."""
         parsed, letters = [], []
-        for record in records:
+        for item in seen:
+            record = item.record
             if record.value is None:  # a tombstone: nothing to parse
                 letters.append(self.dead(record, "EmptyValue", "the record has no value"))
                 continue
             try:
-                parsed.append((record, model.parse(record.value)))
+                parsed.append((item, model.parse(record.value)))
             except MessageError as exc:
                 letters.append(self.dead(record, exc.reason.split(":", 1)[0], exc.reason))
-        self._hold_unknown_scopes(parsed)
         return parsed, letters
-
-    def _hold_unknown_scopes(self, parsed: list[tuple[Record, Any]]) -> None:
-        """An unknown scope is a dead letter only once its message is older than the grace:
-        before, the batch waits (retried, its partitions paused) for a worker that knows it
-        to take the partition, or for this one to be replaced."""
-        grace_ms = self.settings.unknown_scope_grace_s * 1000
-        now_ms = time.time() * 1000
-        for record, message in parsed:
-            if message.scope not in self.service.scopes and now_ms - record.timestamp < grace_ms:
-                raise ScopeNotYetKnownError(
-                    f"scope {message.scope!r} unknown here, held until its message is "
-                    f"{self.settings.unknown_scope_grace_s:g} s old (RACER_UNKNOWN_SCOPE_GRACE_S)"
-                )
 
     # -- the tasks and timers -----------------------------------------------------------------
 
@@ -176,8 +218,9 @@ class Worker:
             log.warning("RACER_AUDIT_KEY is not set: audits are drawn under a random key of this "
                         "process; give every worker the same one (docs/operations.md)")  # fmt: skip
         names = self.names
-        await _declare(*(self.topic(t) for t in (names.queries, names.feedback,
-                                                 names.decisions, names.dlq)))  # fmt: skip
+        await _declare(*(self.topic(t) for t in (
+            names.queries, names.feedback, names.decisions, names.dlq, names.alerts,
+            names.queries_retry, names.feedback_retry)))  # fmt: skip
         await asyncio.gather(*(self.app.add_runtime_dependency(c) for c in self.consumers))
         # A started worker's objects live as long as it does: keep every full collection
         # from walking them again (a fifth of the routing CPU, docs/benchmarks.md).
@@ -188,7 +231,9 @@ class Worker:
         try:
             await self.service.refresh_thresholds()
         except StoreUnavailableError as exc:
-            log.warning("keeping the thresholds in memory: %s", exc)
+            self._thresholds_outage.failed(exc)
+        else:
+            self._thresholds_outage.succeeded()
 
     async def recalibrate(self) -> None:
         """Faust's leader recalibrates each scope whose lease it holds (`service.lease`):
@@ -204,8 +249,9 @@ class Worker:
         try:
             updates = await self.service.leader.recalibrate_due()
         except StoreUnavailableError as exc:
-            log.warning("recalibration waits for Redis: %s", exc)
+            self._recalibration_outage.failed(exc)
             return
+        self._recalibration_outage.succeeded()
         for u in updates.thresholds:
             log.info("scope %s: threshold v%d lam=%.4f %s (n=%d, %s)",
                      u.scope, u.version, u.lam, u.status, u.n, u.reason)  # fmt: skip
@@ -220,6 +266,23 @@ class Worker:
             )
         except StoreUnavailableError as exc:
             log.warning("thresholds and alerts wait for Redis to be published: %s", exc)
+
+    async def alert_dead_scopes(self) -> None:
+        """Every worker: a scope whose messages here were all dead-lettered since the last
+        tick raises an alert (a heuristic trigger for an operator)."""
+        alerts = []
+        for dead in self.dead_scopes.take():
+            alert = AlertMessage(
+                scope=dead.scope, kind="all_dead_lettered",
+                message=f"all {dead.dead_letters} messages of scope {dead.scope!r} in the last "
+                        f"{self.settings.dead_scope_alert_s:g} s went to the dead-letter topic",
+                evidence={"dead_letters": dead.dead_letters, "reasons": dead.reasons},
+            )  # fmt: skip
+            log.warning("scope %s: %s alert: %s", alert.scope, alert.kind, alert.message)
+            metrics.ALERTS.labels(alert.scope, alert.kind).inc()
+            alerts.append((self.names.alerts, alert.scope.encode(), alert.to_bytes()))
+        if alerts:
+            await self.producer.send_and_wait(alerts)
 
     async def _release_leases(self, *_: Any, **__: Any) -> None:
         """Leadership moved or the worker stops: the next leader need not wait for the

@@ -1,9 +1,9 @@
-"""The demo: the whole system on the shipped data, on embedded (or configured) services.
+"""The demo: the whole system on the shipped data, on services of its own (or those given).
 
-Starts the broker and Redis unless ``RACER_KAFKA_BROKER`` and ``RACER_REDIS_URL`` are set,
-trains the text router (or reuses it), runs one worker, replays the data through a drift
-schedule while the live monitor shows the threshold move, then prints the per-phase table
-and writes the report.
+Starts its own broker and Redis unless given ``--broker`` and ``--redis`` (never the exported
+``RACER_KAFKA_BROKER`` and ``RACER_REDIS_URL``), trains the text router (or reuses it), runs
+one worker, replays the data through a drift schedule while the live monitor shows the
+threshold move, then prints the per-phase table and writes the report.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 from racer_online.apps import replay
 from racer_online.datasets import Outcomes
-from racer_online.errors import RacerError
+from racer_online.errors import ConfigError, RacerError
 from racer_online.local.services import embedded_services
 from racer_online.settings import Settings
 from racer_online.testing import FAST_GROUP_ENV, LocalDeployment
@@ -29,17 +30,24 @@ from racer_online.testing import FAST_GROUP_ENV, LocalDeployment
 # embedded broker's group timers are short, as in the tests (docs/architecture.md), so that
 # the worker joins its group in seconds.
 DEMO_ENV = dict(FAST_GROUP_ENV)
+EXPORTED = ("RACER_KAFKA_BROKER", "RACER_REDIS_URL")  # what the demo ignores unless given
 
 
 @contextlib.contextmanager
-def services() -> Iterator[dict[str, str]]:
-    """The configured services when both are set, else embedded ones."""
-    settings = Settings.load()
-    given = settings.model_fields_set  # what the environment set, not the defaults
-    if {"kafka_broker", "redis_url"} <= given:
-        yield {"RACER_KAFKA_BROKER": settings.kafka_broker, "RACER_REDIS_URL": settings.redis_url}
+def services(broker: str | None = None, redis: str | None = None) -> Iterator[dict[str, str]]:
+    """The services given (``--broker`` and ``--redis``, both), else a broker and a Redis of
+    the demo's own: an exported RACER_KAFKA_BROKER / RACER_REDIS_URL is never used, since
+    the demo reads its topics from the start and writes scope ``default`` (a user's staging
+    cluster would lose both)."""
+    if broker is not None and redis is not None:
+        yield {"RACER_KAFKA_BROKER": broker, "RACER_REDIS_URL": redis}
         return
-    with embedded_services(settings.redis_url if "redis_url" in given else None) as started:
+    exported = [name for name in EXPORTED if os.environ.get(name)]
+    if exported:
+        print(f"racer-online: ignoring the exported {' and '.join(exported)}: the demo runs on "
+             "a broker and a Redis of its own (--broker URL --redis URL to use yours)",
+              file=sys.stderr)  # fmt: skip
+    with embedded_services(from_environment=False) as started:
         yield started.env()
 
 
@@ -85,6 +93,7 @@ def router_file(
 def run_demo(
     out_dir: Path, *, live: bool, per_phase: int | None = None, rate: float = 30.0,
     data: Path | None = None, correct_at: float | None = None, prices: Path | None = None,
+    broker: str | None = None, redis: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Everything end to end; returns the replay's JSON object and writes the report.
 
@@ -93,6 +102,8 @@ def run_demo(
     from racer_online.apps.report import write_report
     from racer_online.datasets import load_outcomes, scopes_toml
 
+    if (broker is None) != (redis is None):
+        raise ConfigError("give both --broker and --redis (your services), or neither")
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes = load_outcomes(data, correct_at=correct_at, prices_file=prices)
     router = router_file(out_dir, data=data, correct_at=correct_at)
@@ -101,7 +112,7 @@ def run_demo(
         scopes = out_dir / "scopes.toml"
         scopes.write_text(scopes_toml(outcomes))
         scoped = {"RACER_SCOPES_FILE": str(scopes.resolve())}
-    with services() as addresses:
+    with services(broker, redis) as addresses:
         # The worker runs in out_dir: every path it is given is absolute.
         env = addresses | DEMO_ENV | scoped | {
             "RACER_ROUTER_FILE": str(router.resolve()),

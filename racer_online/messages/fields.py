@@ -47,7 +47,14 @@ QueryId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 UnixTime = Annotated[float, Field(ge=0.0)]
 Status = Literal["certified", "stale", "fallback"]
-AlertKind = Literal["drift", "risk_violation", "stale_calibration", "state_lost", "scope_changed"]
+AlertKind = Literal[
+    "drift",
+    "risk_violation",
+    "stale_calibration",
+    "state_lost",
+    "scope_changed",
+    "all_dead_lettered",
+]
 
 
 class MessageError(InvalidInputError):

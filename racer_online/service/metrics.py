@@ -110,6 +110,10 @@ BATCH_RETRIES = Counter(
     "racer_batch_retries", "Batches retried after a transient error (the partitions wait).",
     ["topic", "reason"],
 )  # fmt: skip
+PARKED = Counter(
+    "racer_parked", "Records parked on a retry topic: not decidable yet (kafka/retries.py).",
+    ["topic", "reason"],
+)  # fmt: skip
 ASSIGNED_PARTITION = Gauge(
     "racer_assigned_partition",
     "1 for each input partition this worker consumes (its consumer group's assignment).",

@@ -13,6 +13,7 @@ Cluster, whose other nodes the client discovers; ``redis+sentinel://`` and
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -113,6 +114,16 @@ def redis_retry(settings: Settings) -> Retry:
         cap=settings.redis_retry_backoff_max_s, base=settings.redis_retry_backoff_s
     )
     return Retry(backoff, settings.redis_retries)
+
+
+def shown_url(url: str) -> str:
+    """``url`` fit for a log line or an error: its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}***@{host}").geturl()
 
 
 def redis_options(settings: Settings) -> dict[str, Any]:

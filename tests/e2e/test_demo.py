@@ -60,3 +60,62 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path):
     while any(ProcessStat.alive(pid) for pid in started) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [pid for pid in started if ProcessStat.alive(pid)], "processes left behind"
+
+
+async def users_topics_and_groups(bootstrap: str) -> tuple[dict[str, int], list[str]]:
+    """Every topic's end offsets in all, and the consumer groups, of the user's broker."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await admin.start()
+    await consumer.start()
+    try:
+        topics = sorted(t for t in await consumer.topics() if not t.startswith("__"))
+        ends = {}
+        for topic in topics:
+            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            ends[topic] = sum((await consumer.end_offsets(tps)).values())
+        return ends, sorted(g[0] for g in await admin.list_consumer_groups())
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def test_the_demo_leaves_the_exported_broker_and_redis_untouched(tmp_path, broker):
+    from aiokafka import AIOKafkaProducer
+
+    from racer_online.local.services import EmbeddedRedis
+    from racer_online.store import keys
+    from racer_online.store.connection import connect_sync
+
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:  # the user's queries, on the topic the demo routes from
+        for i in range(20):
+            await producer.send_and_wait("racer.queries", b'{"query_id": "mine-%d"}' % i)
+    finally:
+        await producer.stop()
+    (tmp_path / "redis").mkdir()
+    with EmbeddedRedis(data_dir=tmp_path / "redis", from_environment=False) as users_redis:
+        with connect_sync(users_redis.url) as client:  # the user's scope `default`
+            client.set(keys.threshold("default"), b"the user's threshold")
+            client.xadd(keys.window("default"), {"r": b"the user's record"})
+            before = {key: client.dump(key) for key in client.scan_iter()}
+        topics_before = await users_topics_and_groups(broker.bootstrap)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RACER_")} | {
+            "RACER_KAFKA_BROKER": broker.url, "RACER_REDIS_URL": users_redis.url,
+        }  # fmt: skip
+        demo = subprocess.run(
+            [sys.executable, "-m", "racer_online", "demo", "--json", "--per-phase", "30",
+             "--out", str(tmp_path / "demo")],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert demo.returncode == 0, demo.stderr
+        assert ("racer-online: ignoring the exported RACER_KAFKA_BROKER and RACER_REDIS_URL"
+                in demo.stderr.splitlines()[0]), demo.stderr  # fmt: skip
+        with connect_sync(users_redis.url) as client:
+            after = {key: client.dump(key) for key in client.scan_iter()}
+    assert after == before
+    assert await users_topics_and_groups(broker.bootstrap) == topics_before

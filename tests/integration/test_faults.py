@@ -374,7 +374,7 @@ async def grown_or_stalled(window: Window, target: int, *, timeout: float, stall
 
 def retried(deployed: Any, topic: str, worker: int = 0) -> int:
     """Batches of ``topic`` the worker retried (its log): it waits for Redis."""
-    return deployed.log(worker).count(f"BatchConsumer({deployed.topics[topic]}): batch retried")
+    return deployed.log(worker).count(f"BatchConsumer({deployed.topics[topic]}): batches retried")
 
 
 async def test_redis_restart_mid_stream_holds_the_stream_and_loses_nothing(
@@ -451,6 +451,10 @@ async def test_redis_restart_mid_stream_holds_the_stream_and_loses_nothing(
     exact = check.exact and check.entries == n
     assert exact, summary
     assert worker.poll() is None and not crash_lines(log), summary
+    # Logged once as the outage starts and once as it ends, not once per attempt.
+    for what in ("keeping the thresholds in memory", f"BatchConsumer({deployed.topics['queries']})"
+                 ": batches retried, partitions paused"):  # fmt: skip
+        assert log.count(f"{what}: redis") == 1 and log.count(f"{what}: over after") == 1, what
 
 
 async def test_broker_paused_worker_reconnects_and_catches_up(deployed, fault_services):

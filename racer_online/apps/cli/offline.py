@@ -223,13 +223,17 @@ def demo(
     correct_at: CorrectAtOpt = None,
     prices: PricesOpt = None,
     as_json: JsonOpt = False,
-) -> None:
+    broker: Annotated[str | None, typer.Option(
+        "--broker", help="Your Kafka (with --redis); else the demo starts its own.")] = None,
+    redis: Annotated[str | None, typer.Option(
+        "--redis", help="Your Redis (with --broker); else the demo starts its own.")] = None,
+) -> None:  # fmt: skip
     """The whole system on an outcomes dataset: services, router, worker, replay, report."""
     from racer_online.apps.demo import run_demo
 
     result = run_demo(
         out_dir, live=not as_json, per_phase=per_phase, data=data, correct_at=correct_at,
-        prices=prices,
+        prices=prices, broker=broker, redis=redis,
     )  # fmt: skip
     show_replay(result, as_json)
     if not as_json:

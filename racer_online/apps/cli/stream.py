@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from racer_online.apps.cli.common import app, note, plural
-from racer_online.errors import InvalidInputError, StoreUnavailableError
+from racer_online.errors import ConfigError, InvalidInputError, StoreUnavailableError
 from racer_online.settings import Settings
 
 if TYPE_CHECKING:
     from racer_online.kafka.publishing import Located
+
+REDIS_START_TIMEOUT_S = 10.0  # as for the broker: a worker that cannot reach it does not start
 
 
 @app.command()
@@ -25,7 +27,7 @@ def worker() -> None:
 
     settings = Settings.load()  # a bad setting or scopes file fails here, as one line
     check_web_port(settings)  # a taken web port fails here, as one line
-    asyncio.run(check_redis(settings))  # an evicting Redis, another audit key: one line
+    asyncio.run(check_redis(settings))  # unreachable, evicting, another audit key: one line
     check_broker(settings)  # and a broker that does not answer
     run(settings)
 
@@ -33,6 +35,7 @@ def worker() -> None:
 async def check_redis(settings: Settings) -> None:
     from racer_online.service import store_config
     from racer_online.store import keys
+    from racer_online.store.connection import shown_url
     from racer_online.store.redis import RedisStore
     from racer_online.store.startup_checks import (
         refuse_another_audit_key,
@@ -42,16 +45,32 @@ async def check_redis(settings: Settings) -> None:
 
     store = RedisStore.from_settings(settings, store_config(settings))
     try:
-        await refuse_evicting_redis(store)
+        await asyncio.wait_for(refuse_evicting_redis(store), REDIS_START_TIMEOUT_S)
         await refuse_another_audit_key(store, settings)
         for scope in await scopes_on_the_old_layout(store):
             note(f"racer-online: warning: scope {scope!r} has pending records of the old "
                  f"layout: they are ignored and expire within RACER_PENDING_TTL_S; then "
                  f"delete {keys.legacy_audits(scope)}")  # fmt: skip
-    except StoreUnavailableError as exc:  # the worker rides out an outage: start anyway
-        note(f"racer-online: warning: cannot check Redis now ({exc})")
+    except (StoreUnavailableError, TimeoutError) as exc:
+        # A worker that cannot reach Redis at start would join the group and take partitions
+        # from a healthy worker only to pause them: it stops here instead. An outage once
+        # it runs is ridden out (docs/reliability.md).
+        raise ConfigError(
+            f"cannot reach Redis at {shown_url(settings.redis_url)} (RACER_REDIS_URL) within "
+            f"{REDIS_START_TIMEOUT_S:g} s: {_reason(exc)}"
+        ) from None
     finally:
         await store.close()
+
+
+def _reason(exc: BaseException) -> str:
+    from redis.exceptions import AuthenticationError
+
+    cause = exc.__cause__ or exc  # redis-py's own error says what was refused
+    said = " ".join(str(cause).split()) or type(cause).__name__
+    if isinstance(cause, AuthenticationError):  # NOAUTH, a wrong password or user
+        return f"authentication refused (RACER_REDIS_USERNAME, RACER_REDIS_PASSWORD): {said}"
+    return said
 
 
 ForceOpt = Annotated[
