@@ -46,7 +46,7 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path):
     while time.monotonic() < deadline:  # broker, Redis and the worker are all up
         started = descendants(demo.pid)
         log = tmp_path / "worker-0.log"
-        if len(started) >= 3 and log.exists() and b"Ready" in log.read_bytes():
+        if len(started) >= 3 and log.exists() and b"assigned partitions" in log.read_bytes():
             break
         assert demo.poll() is None, demo.stderr.read()
         time.sleep(0.5)
