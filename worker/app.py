@@ -247,12 +247,7 @@ def check_broker(settings: Settings) -> None:
 
 def run(settings: Settings) -> None:
     """Run a worker until it is stopped (SIGTERM, Ctrl-C)."""
-    # redirect_stdouts=False: print() stays print(), not a WARNING log line.
-    runner = faust.Worker(
-        Worker(settings).app, loglevel=settings.log_level.lower(), redirect_stdouts=False
-    )
-    for own in ("racer_online", "worker"):  # records reach the root's handlers all the same
-        logging.getLogger(own).setLevel(settings.own_log_level)
+    runner = _Runner(Worker(settings).app, settings)
     try:
         runner.execute_from_commandline()
     except SystemExit:
@@ -261,6 +256,27 @@ def run(settings: Settings) -> None:
         if isinstance(runner.crash_reason, RacerError):
             raise runner.crash_reason from None
         raise
+
+
+class _Runner(faust.Worker):
+    """Faust's worker at racer-online's log levels: Faust's, mode's and the Kafka client's
+    lines at ``RACER_LOG_LEVEL`` (WARNING: their INFO lines are off), the worker's own at
+    `Settings.own_log_level`. The handlers take the more verbose of the two."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        levels = (
+            logging.getLevelName(settings.log_level),
+            logging.getLevelName(settings.own_log_level),
+        )
+        # redirect_stdouts=False: print() stays print(), not a WARNING log line.
+        super().__init__(app, loglevel=min(levels), redirect_stdouts=False)
+        self.racer_settings = settings
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        logger.setLevel(self.racer_settings.log_level)  # every library's logger inherits it
+        for own in ("racer_online", "worker"):
+            logging.getLogger(own).setLevel(self.racer_settings.own_log_level)
 
 
 def _check_bindable(host: str, port: int) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -51,6 +52,7 @@ def worker(env: dict[str, str], out_dir: Path) -> Iterator[LocalDeployment]:
         broker_url=env["RACER_KAFKA_BROKER"], bootstrap="", redis_url=env["RACER_REDIS_URL"],
         directory=out_dir, scope=None, embedded_broker=False, env=env,
     )  # fmt: skip
+    faust_data = out_dir / f"{env['RACER_APP_ID']}-data"  # Faust's folder, of this run only
     try:
         deployment.start_worker()
         try:
@@ -60,6 +62,7 @@ def worker(env: dict[str, str], out_dir: Path) -> Iterator[LocalDeployment]:
         yield deployment
     finally:
         deployment.stop(grace=20)
+        shutil.rmtree(faust_data, ignore_errors=True)
 
 
 def router_file(

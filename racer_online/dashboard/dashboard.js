@@ -226,7 +226,10 @@
       series: [{ label: "mean set size", values: at("mean_set_size"), color: "size",
         points: { color: "size", size: 5 } }],
     });
-    drawChart(byId("chart-abstain"), {
+    // Abstention is drawn only where it happened: a panel of zeros says nothing.
+    const abstained = ths.some((t) => t.abstain_rate > 0);
+    byId("chart-abstain").hidden = !abstained;
+    if (abstained) drawChart(byId("chart-abstain"), {
       ...base, height: 170, y: [0, Math.min(1, upperOf(ths.map((t) => t.abstain_rate), 0.05))],
       yText: axisPct,
       series: [{ label: "abstention", values: at("abstain_rate"), color: "abstain",
@@ -266,12 +269,17 @@
         isNum(rate) ? `[${pct(last.realised_low)}, ${pct(last.realised_high)}] · n ${last.realised_n}`
           : "no audited outcome yet", level),
       card("mean set size", fixed(last.mean_set_size, 2), `mean price ${fixed(last.mean_price, 3)}`),
-      card("abstention", pct(last.abstain_rate), `empirical risk ${pct(last.empirical_risk)}`),
-      card("window", String(last.n), `m* = ${last.m_star}`),
-      card("last update", ageText(nowSeconds() - last.computed_at),
-        clockText(last.computed_at, { date: true })),
+      ...(state.thresholds.some((t) => t.abstain_rate > 0)
+        ? [card("abstention", pct(last.abstain_rate), `empirical risk ${pct(last.empirical_risk)}`)]
+        : []),
+      card("window", String(last.n), `m* = ${last.m_star} · empirical risk ${pct(last.empirical_risk)}`),
+      // A static page is read later: a time, never "3 s ago".
+      config.mode === "static"
+        ? card("last update", clockText(last.computed_at, { date: true }), "at the report's end")
+        : card("last update", ageText(nowSeconds() - last.computed_at),
+          clockText(last.computed_at, { date: true })),
     );
-    box.lastChild.querySelector(".value").id = "age";
+    if (config.mode !== "static") box.lastChild.querySelector(".value").id = "age";
   }
 
   function renderAlerts() {

@@ -60,3 +60,25 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path):
     while any(ProcessStat.alive(pid) for pid in started) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [pid for pid in started if ProcessStat.alive(pid)], "processes left behind"
+
+
+def test_off_a_terminal_the_demo_prints_clean_plain_text_and_tidies_up(tmp_path):
+    """Into a pipe: no live view, no progress bar, no cut label; the table flags a phase over
+    alpha and explains its columns; the log it names exists; no Faust folder is left."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RACER_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "racer_online", "demo", "--per-phase", "60", "--out", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "…" not in done.stdout and "…" not in done.stderr
+    assert "\r" not in done.stderr and "replaying" not in done.stderr  # no progress bar
+    assert done.stdout.startswith("Replay: alpha = 0.1, delta = 0.1")
+    assert "coverage: share of queries whose set holds a correct model" in done.stdout
+    phases = done.stdout.split("\n")[2:]
+    flagged = [line for line in phases if "> alpha" in line]
+    assert all(line.split()[0] for line in flagged)  # on the racer rows, named by phase
+    named = done.stderr.strip().splitlines()[-1]
+    assert named == f"report in {tmp_path / 'report'}, worker log in {tmp_path / 'worker-0.log'}"
+    assert (tmp_path / "worker-0.log").exists() and (tmp_path / "report" / "report.html").exists()
+    assert not list(tmp_path.glob("racer-demo-*-data"))
