@@ -120,7 +120,7 @@ def run_demo(
         started = time.time()
         with worker(env, out_dir), _ctrl_c_cancels_tasks():
             result = asyncio.run(_replay(settings, outcomes, the_plan, rate=rate, live=live))
-        write_report(settings, out_dir / "report", since=started)
+        write_report(settings, out_dir / "report", since=started, phases=result["phase_starts"])
     return result
 
 

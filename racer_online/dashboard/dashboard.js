@@ -91,6 +91,17 @@
         ctx.fillText(rule.label, left + width - 2 * k, y - 4 * k);
       }
       ctx.textAlign = "left";
+      // Where a replay's phases began (a report of the demo): a thin grey line, named on top.
+      for (const phase of config.phases ?? []) {
+        const x = Math.round(u.valToPos(phase.at, "x", true));
+        if (x < left || x > left + width) continue;
+        ctx.strokeStyle = ctx.fillStyle = color("muted");
+        ctx.lineWidth = 1 * k;
+        ctx.setLineDash([3 * k, 3 * k]);
+        ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
+        ctx.fillText(phase.name, x + 3 * k, top + 11 * k);
+      }
+      ctx.setLineDash([]);
       for (const alert of spec.alerts) {
         const x = Math.round(u.valToPos(alert.at, "x", true));
         if (x < left || x > left + width) continue;
@@ -154,6 +165,7 @@
     figure.dataset.rules = String((spec.rules ?? []).filter((r) => isNum(r.value)).length);
     figure.dataset.driftMarkers = String(spec.alerts.filter((a) => a.kind === "drift").length);
     figure.dataset.alertMarkers = String(spec.alerts.length);
+    figure.dataset.phaseMarkers = String((config.phases ?? []).length);
   }
 
   // -- the page -------------------------------------------------------------------------------
@@ -270,12 +282,13 @@
           : "no audited outcome yet", level),
       card("mean set size", fixed(last.mean_set_size, 2), `mean price ${fixed(last.mean_price, 3)}`),
       ...(state.thresholds.some((t) => t.abstain_rate > 0)
-        ? [card("abstention", pct(last.abstain_rate), `empirical risk ${pct(last.empirical_risk)}`)]
+        ? [card("abstention", pct(last.abstain_rate), "share of empty sets on the window")]
         : []),
       card("window", String(last.n), `m* = ${last.m_star} · empirical risk ${pct(last.empirical_risk)}`),
       // A static page is read later: a time, never "3 s ago".
       config.mode === "static"
-        ? card("last update", clockText(last.computed_at, { date: true }), "at the report's end")
+        ? card("last update", clockText(last.computed_at),
+          `${clockText(last.computed_at, { date: true }).split(" ")[0]} · the report's last`)
         : card("last update", ageText(nowSeconds() - last.computed_at),
           clockText(last.computed_at, { date: true })),
     );

@@ -258,10 +258,18 @@ async def test_report_page_draws_every_scope_offline(tmp_path):
             "alerts": [alert],
         },
     }
-    [page, *_] = save_report(histories, tmp_path / "report", generated_at=1_800_000_100.0)
+    phases = [
+        {"name": "knowledge QA", "at": 1_800_000_005.0},
+        {"name": "hard", "at": 1_800_000_060.0},
+    ]
+    [page, *_] = save_report(
+        histories, tmp_path / "report", generated_at=1_800_000_100.0, phases=phases
+    )
     async with Chromium() as browser:
         await browser.open(page.as_uri())
         await until(lambda: _count(browser, 12), timeout=30, what="the first scope's chart")
+        boundaries = "document.getElementById('chart-lam').dataset.phaseMarkers"
+        assert await browser.evaluate(boundaries) == "2"  # where the replay's phases began
         text = await browser.evaluate("document.body.innerText")
         assert " ago" not in text  # a static page is read later: times, never ages
         assert await browser.evaluate("document.getElementById('chart-abstain').hidden")
