@@ -69,6 +69,7 @@ class Worker:
         # Started with the app, not as a task once Faust's own group has joined: routing does
         # not wait for two group joins in a row (a new group's first join waits on the broker).
         self.app.add_dependency(_StartedWithTheApp(self.consume))
+        self.app.task(self.freeze)
         self.app.timer(settings.threshold_poll_s)(self.refresh_thresholds)
         # Every worker ticks; the Faust leader recalibrates, the others give back any lease.
         self.app.timer(settings.leader_tick_s)(self.recalibrate)
@@ -148,8 +149,11 @@ class Worker:
         await _declare(*(self.topic(t) for t in (names.queries, names.feedback,
                                                  names.decisions, names.dlq)))  # fmt: skip
         await asyncio.gather(*(self.app.add_runtime_dependency(c) for c in self.consumers))
-        # A started worker's objects live as long as it does: keep every full collection
-        # from walking them again (a fifth of the routing CPU, docs/benchmarks.md).
+
+    async def freeze(self) -> None:
+        """Once the app has started (a task): a started worker's objects live as long as it
+        does, so keep every full collection from walking them again (a fifth of the routing
+        CPU, docs/benchmarks.md)."""
         gc.collect()
         gc.freeze()
 
