@@ -8,7 +8,9 @@ import argparse
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from subprocess import Popen
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.console import Console
@@ -18,6 +20,7 @@ from benchmarks._floors import start_faust_floor, start_passthrough
 from benchmarks._harness import Services, services
 from benchmarks._load import (
     PARTITIONS,
+    Collected,
     LatencyProbe,
     Traffic,
     collect,
@@ -44,24 +47,35 @@ async def raw_topics(bootstrap: str) -> dict[str, str]:
     return topics
 
 
-async def raw_run(svc: Services, n: int) -> dict[str, float]:
-    """(1) a raw aiokafka pass-through process on N pre-published queries."""
+async def _copied(
+    svc: Services, n: int, label: str, start: Callable[[Services, str, str], Popen[bytes]]
+) -> Collected:
+    """What a copying process (``start``) moved of N pre-published queries to its output."""
     bootstrap = svc.broker.bootstrap
     topics = await raw_topics(bootstrap)
-    ids, queries, _ = Traffic("raw", seed=1).batch(n)
+    ids, queries, _ = Traffic(label, seed=1).batch(n)
     await publish(bootstrap, topics["queries"], ids, queries)
     out = await tail_consumer(bootstrap, topics["out"], from_start=True)
-    proc = start_passthrough(svc, topics["queries"], topics["out"])
+    proc = start(svc, topics["queries"], topics["out"])
     try:
         alive = lambda: proc.poll() is None  # noqa: E731
-        got = await collect(out, n, timeout=600, cpu_of=[proc.pid], alive=alive)
+        return await collect(out, n, timeout=600, cpu_of=[proc.pid], alive=alive)
     finally:
         proc.terminate()
         proc.wait(30)
         await out.stop()
-    if got.count < n or got.first_ts_ms is None or got.last_ts_ms is None:
+
+
+def _complete(got: Collected, n: int) -> bool:
+    return got.count >= n and got.first_ts_ms is not None and got.last_ts_ms is not None
+
+
+async def raw_run(svc: Services, n: int) -> dict[str, float]:
+    """(1) a raw aiokafka pass-through process on N pre-published queries."""
+    got = await _copied(svc, n, "raw", start_passthrough)
+    if not _complete(got, n):
         raise RuntimeError(f"raw pass-through moved {got.count}/{n}")
-    span = (got.last_ts_ms - got.first_ts_ms) / 1000
+    span = (got.last_ts_ms - got.first_ts_ms) / 1000  # type: ignore[operator]
     return {"raw_msgs": n / span, "raw_cpu_us": 1e6 * got.cpu_used()[0] / n}
 
 
@@ -87,21 +101,10 @@ async def raw_latency(svc: Services, args: argparse.Namespace) -> dict[str, floa
 
 async def floor_run(svc: Services, n: int) -> dict[str, float]:
     """The Faust floor (see ``faust_floor_app``) on N pre-published queries."""
-    bootstrap = svc.broker.bootstrap
-    topics = await raw_topics(bootstrap)
-    ids, queries, _ = Traffic("floor", seed=1).batch(n)
-    await publish(bootstrap, topics["queries"], ids, queries)
-    out = await tail_consumer(bootstrap, topics["out"], from_start=True)
-    proc = start_faust_floor(svc, topics["queries"], topics["out"])
-    try:
-        got = await collect(out, n, timeout=600, cpu_of=[proc.pid])
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        await out.stop()
-    if got.count < n or got.first_ts_ms is None or got.last_ts_ms is None:
+    got = await _copied(svc, n, "floor", start_faust_floor)
+    if not _complete(got, n):
         return {}
-    span = (got.last_ts_ms - got.first_ts_ms) / 1000
+    span = (got.last_ts_ms - got.first_ts_ms) / 1000  # type: ignore[operator]
     return {"floor_msgs": n / span, "floor_cpu_us": 1e6 * got.cpu_used()[0] / n}
 
 

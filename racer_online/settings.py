@@ -252,7 +252,10 @@ class Settings(BaseSettings):
     broker_session_timeout_s: Seconds | None = None
     broker_heartbeat_interval_s: Seconds | None = None
     broker_rebalance_timeout_s: Seconds | None = None
-    log_level: LogLevel = "INFO"
+    # Faust's and the Kafka client's log level: their INFO lines (some hundred at a start)
+    # are off by default. The worker's own lines (start, thresholds, alerts) are INFO unless
+    # this is ERROR or CRITICAL (`own_log_level`).
+    log_level: LogLevel = "WARNING"
 
     @classmethod
     def load(cls, **overrides: Any) -> Self:
@@ -273,6 +276,12 @@ class Settings(BaseSettings):
         except ValueError as error:
             raise PydanticCustomError("kafka_broker", str(error)) from None
         return value
+
+    @property
+    def own_log_level(self) -> str:
+        """The level of racer-online's own loggers: DEBUG or INFO, or this setting's when it
+        is ERROR or CRITICAL."""
+        return self.log_level if self.log_level in ("DEBUG", "ERROR", "CRITICAL") else "INFO"
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -13,10 +13,11 @@ import gc
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import faust
+import mode
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
@@ -87,7 +88,10 @@ class Worker:
         self._leading = False  # Faust's leader at the last tick
         self._thresholds_outage = OutageLog(log, "keeping the thresholds in memory")
         self._recalibration_outage = OutageLog(log, "recalibration waits for Redis")
-        self.app.task(self.consume)
+        # Started with the app, not as a task once Faust's own group has joined: routing does
+        # not wait for two group joins in a row (a new group's first join waits on the broker).
+        self.app.add_dependency(_StartedWithTheApp(self.consume))
+        self.app.task(self.freeze)
         self.app.timer(settings.threshold_poll_s)(self.refresh_thresholds)
         # Every worker ticks; the Faust leader recalibrates, the others give back any lease.
         self.app.timer(settings.leader_tick_s)(self.recalibrate)
@@ -222,8 +226,11 @@ class Worker:
             names.queries, names.feedback, names.decisions, names.dlq, names.alerts,
             names.queries_retry, names.feedback_retry)))  # fmt: skip
         await asyncio.gather(*(self.app.add_runtime_dependency(c) for c in self.consumers))
-        # A started worker's objects live as long as it does: keep every full collection
-        # from walking them again (a fifth of the routing CPU, docs/benchmarks.md).
+
+    async def freeze(self) -> None:
+        """Once the app has started (a task): a started worker's objects live as long as it
+        does, so keep every full collection from walking them again (a fifth of the routing
+        CPU, docs/benchmarks.md)."""
         gc.collect()
         gc.freeze()
 
@@ -293,9 +300,27 @@ class Worker:
             log.warning("the leader's leases lapse on their own: %s", exc)
 
 
+class _StartedWithTheApp(mode.Service):
+    """Runs a coroutine function as the app starts its dependencies: the batch consumers
+    route before Faust's own group has joined (which only elects the leader)."""
+
+    def __init__(self, start: Callable[[], Awaitable[None]]) -> None:
+        super().__init__()
+        self._start = start
+
+    async def on_start(self) -> None:
+        await self._start()
+
+
+# Faust's own group only elects the leader: its members have nothing to hand over, and a new
+# group's first join waits half the session timeout on the embedded broker, so it gets the
+# batch consumers' (aiokafka's) 10 s instead of Faust's 60 s unless a setting says otherwise.
+FAUST_SESSION_TIMEOUT_S = 10.0
+
+
 def _faust_app(settings: Settings) -> faust.App:
     timings: dict[str, Any] = {
-        "broker_session_timeout": settings.broker_session_timeout_s,
+        "broker_session_timeout": settings.broker_session_timeout_s or FAUST_SESSION_TIMEOUT_S,
         "broker_heartbeat_interval": settings.broker_heartbeat_interval_s,
         "broker_rebalance_timeout": settings.broker_rebalance_timeout_s,
     }
@@ -329,10 +354,7 @@ def check_broker(settings: Settings) -> None:
 
 def run(settings: Settings) -> None:
     """Run a worker until it is stopped (SIGTERM, Ctrl-C)."""
-    # redirect_stdouts=False: print() stays print(), not a WARNING log line.
-    runner = faust.Worker(
-        Worker(settings).app, loglevel=settings.log_level.lower(), redirect_stdouts=False
-    )
+    runner = _Runner(Worker(settings).app, settings)
     try:
         runner.execute_from_commandline()
     except SystemExit:
@@ -341,6 +363,27 @@ def run(settings: Settings) -> None:
         if isinstance(runner.crash_reason, RacerError):
             raise runner.crash_reason from None
         raise
+
+
+class _Runner(faust.Worker):
+    """Faust's worker at racer-online's log levels: Faust's, mode's and the Kafka client's
+    lines at ``RACER_LOG_LEVEL`` (WARNING: their INFO lines are off), the worker's own at
+    `Settings.own_log_level`. The handlers take the more verbose of the two."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        levels = (
+            logging.getLevelName(settings.log_level),
+            logging.getLevelName(settings.own_log_level),
+        )
+        # redirect_stdouts=False: print() stays print(), not a WARNING log line.
+        super().__init__(app, loglevel=min(levels), redirect_stdouts=False)
+        self.racer_settings = settings
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        logger.setLevel(self.racer_settings.log_level)  # every library's logger inherits it
+        for own in ("racer_online", "worker"):
+            logging.getLogger(own).setLevel(self.racer_settings.own_log_level)
 
 
 def _check_bindable(host: str, port: int) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -59,6 +60,7 @@ def worker(env: dict[str, str], out_dir: Path) -> Iterator[LocalDeployment]:
         broker_url=env["RACER_KAFKA_BROKER"], bootstrap="", redis_url=env["RACER_REDIS_URL"],
         directory=out_dir, scope=None, embedded_broker=False, env=env,
     )  # fmt: skip
+    faust_data = out_dir / f"{env['RACER_APP_ID']}-data"  # Faust's folder, of this run only
     try:
         deployment.start_worker()
         try:
@@ -68,6 +70,7 @@ def worker(env: dict[str, str], out_dir: Path) -> Iterator[LocalDeployment]:
         yield deployment
     finally:
         deployment.stop(grace=20)
+        shutil.rmtree(faust_data, ignore_errors=True)
 
 
 def router_file(
@@ -128,7 +131,7 @@ def run_demo(
         started = time.time()
         with worker(env, out_dir), _ctrl_c_cancels_tasks():
             result = asyncio.run(_replay(settings, outcomes, the_plan, rate=rate, live=live))
-        write_report(settings, out_dir / "report", since=started)
+        write_report(settings, out_dir / "report", since=started, phases=result["phase_starts"])
     return result
 
 

@@ -149,7 +149,10 @@ def _rows(
         ("α", f"{alpha}   δ {last.delta:g}"),
         ("realised", _realised(last)),
         ("set size", _value(last.mean_set_size, "{:.2f}")),
-        ("abstention", _value(last.abstain_rate, "{:.1%}")),
+        *(  # only where it happened: a row of zeros says nothing
+            [("abstention", _value(last.abstain_rate, "{:.1%}"))]
+            if any((t.abstain_rate or 0) > 0 for t in thresholds) else []
+        ),
         ("window", f"n {last.n}   m* {last.m_star}   empirical risk "
                    f"{_value(last.empirical_risk, '{:.1%}')}"),
         ("updated", _age(now - last.computed_at, last.reason, max_age_s)),

@@ -95,6 +95,7 @@ async def replay(
         "phases": [asdict(f) for f in online],
         "baselines": {name: [asdict(f) for f in figs] for name, figs in others.items()},
         "run": run.id,  # query ids are replay-<run>-<position>
+        "phase_starts": run.phase_starts,
         "thresholds": sorted({(d.threshold_version, d.lam) for d in decisions}),
     }
 
@@ -117,6 +118,7 @@ class _Run:
         self.decided: dict[int, DecisionMessage] = {}
         self.rng = np.random.default_rng(seed)
         self.grading: set[asyncio.Task[None]] = set()
+        self.phase_starts: list[dict[str, Any]] = []  # when each phase's first query was sent
         self.delay_mean_s = 0.0
         self.producer = clients.producer(settings, linger_ms=5)
         self.consumer = clients.consumer(
@@ -150,6 +152,9 @@ class _Run:
         for i, row in enumerate(self.plan.rows):
             query = QueryMessage(query_id=self.ids[i], scope=self.scope,
                                  text=self.outcomes.questions[row])  # fmt: skip
+            phase = self.plan.phases[int(self.plan.phase[i])].name
+            if not self.phase_starts or self.phase_starts[-1]["name"] != phase:
+                self.phase_starts.append({"name": phase, "at": time.time()})  # for the charts
             await self.producer.send(topic, query.to_bytes(), key=self.ids[i].encode())
             ahead = (i + 1) / rate - (time.monotonic() - started)
             if ahead > 0:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,8 +40,10 @@ def write_report(
     *,
     scopes: Sequence[str] | None = None,
     since: float = 0.0,
+    phases: Sequence[Mapping[str, Any]] = (),
 ) -> list[Path]:
-    """Read each scope's history from Redis and write the report; return the files written."""
+    """Read each scope's history from Redis and write the report; return the files written.
+    ``phases`` (name, at) mark where a replay's phases began, on the charts."""
     from racer_online.apps.reading import load_history
 
     names = list(scopes) if scopes else list(settings.scopes)
@@ -49,7 +51,9 @@ def write_report(
     if unknown:
         raise InvalidInputError(f"unknown scope {unknown[0]!r}")
     histories = asyncio.run(load_history(settings, names, since=since))
-    return save_report(histories, Path(out_dir), generated_at=time.time(), since=since)
+    return save_report(
+        histories, Path(out_dir), generated_at=time.time(), since=since, phases=phases
+    )
 
 
 def save_report(
@@ -58,6 +62,7 @@ def save_report(
     *,
     generated_at: float,
     since: float = 0.0,
+    phases: Sequence[Mapping[str, Any]] = (),
 ) -> list[Path]:
     """``report.html`` (every scope, data inline) and one ``<scope>.png`` per scope."""
     try:
@@ -65,7 +70,9 @@ def save_report(
     except OSError as exc:
         raise InvalidInputError(f"cannot create {out_dir}: {exc.strerror}") from None
     page = out_dir / REPORT_NAME
-    page.write_text(static_page(histories, generated_at=generated_at, since=since), "utf-8")
+    page.write_text(
+        static_page(histories, generated_at=generated_at, since=since, phases=phases), "utf-8"
+    )
     written = [page]
     for name, history in histories.items():
         image = out_dir / f"{name}.png"

@@ -37,9 +37,14 @@ def live_page(scopes: Sequence[str], *, refresh_s: float = LIVE_REFRESH_S) -> st
 
 
 def static_page(
-    histories: Mapping[str, ScopeHistory], *, generated_at: float, since: float = 0.0
+    histories: Mapping[str, ScopeHistory],
+    *,
+    generated_at: float,
+    since: float = 0.0,
+    phases: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """A report page holding every scope's history; it fetches nothing."""
+    """A report page holding every scope's history; it fetches nothing. ``phases`` (name,
+    at: when a replay's phase began) are drawn as boundaries on the charts."""
     made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(generated_at))
     window = (
         f" · history since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}"
@@ -52,6 +57,7 @@ def static_page(
         "history": {name: history_json(history) for name, history in histories.items()},
         "generated_at": generated_at,
         "since": since,
+        "phases": [{"name": str(p["name"]), "at": float(p["at"])} for p in phases],
         "footer": f"racer-online report · generated {made}{window}",
     }
     return _page(config, title=f"RACER threshold drift report {made}", connect_src="'none'")

@@ -91,6 +91,17 @@
         ctx.fillText(rule.label, left + width - 2 * k, y - 4 * k);
       }
       ctx.textAlign = "left";
+      // Where a replay's phases began (a report of the demo): a thin grey line, named on top.
+      for (const phase of config.phases ?? []) {
+        const x = Math.round(u.valToPos(phase.at, "x", true));
+        if (x < left || x > left + width) continue;
+        ctx.strokeStyle = ctx.fillStyle = color("muted");
+        ctx.lineWidth = 1 * k;
+        ctx.setLineDash([3 * k, 3 * k]);
+        ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
+        ctx.fillText(phase.name, x + 3 * k, top + 11 * k);
+      }
+      ctx.setLineDash([]);
       for (const alert of spec.alerts) {
         const x = Math.round(u.valToPos(alert.at, "x", true));
         if (x < left || x > left + width) continue;
@@ -154,6 +165,7 @@
     figure.dataset.rules = String((spec.rules ?? []).filter((r) => isNum(r.value)).length);
     figure.dataset.driftMarkers = String(spec.alerts.filter((a) => a.kind === "drift").length);
     figure.dataset.alertMarkers = String(spec.alerts.length);
+    figure.dataset.phaseMarkers = String((config.phases ?? []).length);
   }
 
   // -- the page -------------------------------------------------------------------------------
@@ -226,7 +238,10 @@
       series: [{ label: "mean set size", values: at("mean_set_size"), color: "size",
         points: { color: "size", size: 5 } }],
     });
-    drawChart(byId("chart-abstain"), {
+    // Abstention is drawn only where it happened: a panel of zeros says nothing.
+    const abstained = ths.some((t) => t.abstain_rate > 0);
+    byId("chart-abstain").hidden = !abstained;
+    if (abstained) drawChart(byId("chart-abstain"), {
       ...base, height: 170, y: [0, Math.min(1, upperOf(ths.map((t) => t.abstain_rate), 0.05))],
       yText: axisPct,
       series: [{ label: "abstention", values: at("abstain_rate"), color: "abstain",
@@ -266,12 +281,18 @@
         isNum(rate) ? `[${pct(last.realised_low)}, ${pct(last.realised_high)}] · n ${last.realised_n}`
           : "no audited outcome yet", level),
       card("mean set size", fixed(last.mean_set_size, 2), `mean price ${fixed(last.mean_price, 3)}`),
-      card("abstention", pct(last.abstain_rate), `empirical risk ${pct(last.empirical_risk)}`),
-      card("window", String(last.n), `m* = ${last.m_star}`),
-      card("last update", ageText(nowSeconds() - last.computed_at),
-        clockText(last.computed_at, { date: true })),
+      ...(state.thresholds.some((t) => t.abstain_rate > 0)
+        ? [card("abstention", pct(last.abstain_rate), "share of empty sets on the window")]
+        : []),
+      card("window", String(last.n), `m* = ${last.m_star} · empirical risk ${pct(last.empirical_risk)}`),
+      // A static page is read later: a time, never "3 s ago".
+      config.mode === "static"
+        ? card("last update", clockText(last.computed_at),
+          `${clockText(last.computed_at, { date: true }).split(" ")[0]} · the report's last`)
+        : card("last update", ageText(nowSeconds() - last.computed_at),
+          clockText(last.computed_at, { date: true })),
     );
-    box.lastChild.querySelector(".value").id = "age";
+    if (config.mode !== "static") box.lastChild.querySelector(".value").id = "age";
   }
 
   function renderAlerts() {

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -118,13 +119,58 @@ async def reset(settings: Settings, group: str, topic: str, *, to: Where) -> dic
         await consumer.commit(found)
     except CommitFailedError:
         raise RacerError(
-            f"consumer group {group} has live members: stop its workers, then reset"
+            f"consumer group {group} has live members, and a broker takes offsets from outside "
+            "a group only while it is empty: stop every worker of RACER_APP_ID, then reset; the "
+            "embedded broker may keep a stopped worker's member for good, so there start the "
+            "workers under a new RACER_APP_ID with RACER_OFFSET_RESET=earliest|latest instead"
         ) from None
     except KafkaError as exc:
         raise RacerError(f"resetting {group} on {topic} failed: {exc}") from None
     finally:
         await consumer.stop()
     return {tp.partition: offset for tp, offset in found.items()}
+
+
+@dataclass(frozen=True)
+class PartitionOffsets:
+    """Where a group stands on one partition, as the broker holds it."""
+
+    group: str
+    topic: str
+    partition: int
+    committed: int | None  # None: the group never committed this partition
+    end: int
+    lag: int  # end minus committed; a partition never committed counts from its start
+
+
+async def show(settings: Settings) -> list[PartitionOffsets]:
+    """The committed offset, the end and the lag of every partition of each input topic,
+    per group; read by an admin client, so the groups' live members are not disturbed."""
+    await clients.check_reachable(settings)
+    admin = clients.admin(settings)
+    reader = clients.consumer(settings, group_id=None, enable_auto_commit=False)
+    rows: list[PartitionOffsets] = []
+    try:
+        await admin.start()
+        await reader.start()
+        for topic, group in input_groups(settings).items():
+            tps = [TopicPartition(topic, p) for p in await clients.partitions_of(settings, topic)]
+            if not tps:
+                continue
+            held = await admin.list_consumer_group_offsets(group, partitions=tps)
+            ends, starts = await reader.end_offsets(tps), await reader.beginning_offsets(tps)
+            for tp in tps:
+                mark = held.get(tp)
+                committed = mark.offset if mark is not None and mark.offset >= 0 else None
+                since = starts[tp] if committed is None else committed
+                rows.append(PartitionOffsets(group, topic, tp.partition, committed, ends[tp],
+                                             max(ends[tp] - since, 0)))  # fmt: skip
+    except KafkaError as exc:
+        raise RacerError(f"reading the groups' offsets failed: {exc}") from None
+    finally:
+        await reader.stop()
+        await admin.close()
+    return rows
 
 
 def _numbers(tps: Iterable[TopicPartition]) -> list[int]:

@@ -256,11 +256,11 @@ async def test_dashboard_charts_a_live_drift(replay, tmp_path):
     assert errors == []
 
 
-def _threshold(scope, version, lam, status="certified"):
+def _threshold(scope, version, lam, status="certified", abstain_rate=0.01):
     return ThresholdMessage(
         scope=scope, version=version, lam=lam, status=status, certified=status == "certified",
         n=100, alpha=0.1, delta=0.1, bound="binomial", rule="cumulative", miss="answerable",
-        m_star=5, mean_set_size=1.5, abstain_rate=0.01, reason="records", realised_n=50,
+        m_star=5, mean_set_size=1.5, abstain_rate=abstain_rate, reason="records", realised_n=50,
         realised_miss_rate=0.08, realised_low=0.02, realised_high=0.19,
         computed_at=1_800_000_000.0 + 10 * version,
     )  # fmt: skip
@@ -270,22 +270,40 @@ def _threshold(scope, version, lam, status="certified"):
 async def test_report_page_draws_every_scope_offline(tmp_path):
     alert = AlertMessage(scope="drifting", kind="drift", at=1_800_000_030.0, message="drift")
     histories = {
-        "calm": {"thresholds": [_threshold("calm", v, 0.4) for v in range(1, 13)], "alerts": []},
+        "calm": {  # never abstained: no abstention panel, no abstention card
+            "thresholds": [_threshold("calm", v, 0.4, abstain_rate=0.0) for v in range(1, 13)],
+            "alerts": [],
+        },
         "drifting": {
             "thresholds": [_threshold("drifting", v, 0.3 + 0.05 * v) for v in range(1, 6)],
             "alerts": [alert],
         },
     }
-    [page, *_] = save_report(histories, tmp_path / "report", generated_at=1_800_000_100.0)
+    phases = [
+        {"name": "knowledge QA", "at": 1_800_000_005.0},
+        {"name": "hard", "at": 1_800_000_060.0},
+    ]
+    [page, *_] = save_report(
+        histories, tmp_path / "report", generated_at=1_800_000_100.0, phases=phases
+    )
     async with Chromium() as browser:
         await browser.open(page.as_uri())
         await until(lambda: _count(browser, 12), timeout=30, what="the first scope's chart")
+        boundaries = "document.getElementById('chart-lam').dataset.phaseMarkers"
+        assert await browser.evaluate(boundaries) == "2"  # where the replay's phases began
+        text = await browser.evaluate("document.body.innerText")
+        assert " ago" not in text  # a static page is read later: times, never ages
+        assert await browser.evaluate("document.getElementById('chart-abstain').hidden")
+        assert "abstention" not in await browser.evaluate(
+            "document.getElementById('summary').innerText"
+        )
         await browser.evaluate("""(() => {
             const select = document.getElementById('scope-select');
             select.value = 'drifting';
             select.dispatchEvent(new Event('change'));
         })()""")
         assert await until(lambda: _count(browser, 5), timeout=10, what="the second scope")
+        assert not await browser.evaluate("document.getElementById('chart-abstain').hidden")
         markers = await browser.evaluate(
             "Number(document.getElementById('chart-lam').dataset.alertMarkers)"
         )

@@ -46,7 +46,7 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path):
     while time.monotonic() < deadline:  # broker, Redis and the worker are all up
         started = descendants(demo.pid)
         log = tmp_path / "worker-0.log"
-        if len(started) >= 3 and log.exists() and b"Ready" in log.read_bytes():
+        if len(started) >= 3 and log.exists() and b"assigned partitions" in log.read_bytes():
             break
         assert demo.poll() is None, demo.stderr.read()
         time.sleep(0.5)
@@ -119,3 +119,25 @@ async def test_the_demo_leaves_the_exported_broker_and_redis_untouched(tmp_path,
             after = {key: client.dump(key) for key in client.scan_iter()}
     assert after == before
     assert await users_topics_and_groups(broker.bootstrap) == topics_before
+
+
+def test_off_a_terminal_the_demo_prints_clean_plain_text_and_tidies_up(tmp_path):
+    """Into a pipe: no live view, no progress bar, no cut label; the table flags a phase over
+    alpha and explains its columns; the log it names exists; no Faust folder is left."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RACER_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "racer_online", "demo", "--per-phase", "60", "--out", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "…" not in done.stdout and "…" not in done.stderr
+    assert "\r" not in done.stderr and "replaying" not in done.stderr  # no progress bar
+    assert done.stdout.startswith("Replay: alpha = 0.1, delta = 0.1")
+    assert "coverage: share of queries whose set holds a correct model" in done.stdout
+    phases = done.stdout.split("\n")[2:]
+    flagged = [line for line in phases if "> alpha" in line]
+    assert all(line.split()[0] for line in flagged)  # on the racer rows, named by phase
+    named = done.stderr.strip().splitlines()[-1]
+    assert named == f"report in {tmp_path / 'report'}, worker log in {tmp_path / 'worker-0.log'}"
+    assert (tmp_path / "worker-0.log").exists() and (tmp_path / "report" / "report.html").exists()
+    assert not list(tmp_path.glob("racer-demo-*-data"))

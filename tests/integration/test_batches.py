@@ -309,8 +309,13 @@ async def test_a_group_without_offsets_starts_only_where_an_operator_said(rig):
 async def test_a_reset_is_refused_while_the_group_has_members(rig):
     batches = await rig.consumer(Script(rig.out, released=True))
     await until(lambda: batches.assignment == {rig.tp}, timeout=30, what="the assignment")
-    with pytest.raises(RacerError, match="has live members: stop its workers"):
+    # The refusal says why and what to do, the embedded broker's way out included.
+    with pytest.raises(RacerError) as refused:
         await offsets.reset(rig.settings, rig.group, rig.source, to="earliest")
+    why = str(refused.value)
+    assert "consumer group " in why and " has live members, and a broker" in why
+    assert "takes offsets from outside a group only while it is empty: stop every worker" in why
+    assert "under a new RACER_APP_ID with RACER_OFFSET_RESET=earliest|latest" in why
 
 
 async def test_a_partition_added_later_is_read_from_its_start(rig):

@@ -151,3 +151,21 @@ def test_backtest_errors_are_one_line(args, message):
     done = run("backtest", *args)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+
+
+def test_the_replay_table_flags_a_phase_over_alpha_and_explains_its_columns(capsys):
+    from racer_online.apps.cli.common import show_replay
+
+    def figures(name, miss):
+        return {"name": name, "n": 200, "realised_miss_rate": miss, "mean_set_size": 2.0,
+                "abstain_rate": 0.0, "mean_price": 1.0, "coverage": 0.8}  # fmt: skip
+
+    phases = [figures("knowledge QA", 0.06), figures("hard tasks", 0.108)]
+    top1 = [figures("knowledge QA", 0.2)] * 2
+    show_replay({"alpha": 0.1, "delta": 0.1, "phases": phases, "baselines": {"top1": top1}},
+                as_json=False)  # fmt: skip
+    shown = capsys.readouterr().out
+    [flagged] = [line for line in shown.splitlines() if "> alpha" in line]
+    assert flagged.startswith("hard tasks") and "racer (online)" in flagged
+    assert "coverage: share of queries whose set holds a correct model" in shown
+    assert "over alpha = 0.1: hard tasks (0.108)." in shown

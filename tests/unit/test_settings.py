@@ -71,7 +71,7 @@ def settings() -> Settings:
         ("broker_session_timeout_s", None),
         ("broker_heartbeat_interval_s", None),
         ("broker_rebalance_timeout_s", None),
-        ("log_level", "INFO"),
+        ("log_level", "WARNING"),
     ],
 )
 def test_defaults(name: str, expected: object) -> None:

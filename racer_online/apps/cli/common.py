@@ -158,14 +158,16 @@ def show_replay(result: dict[str, Any], as_json: bool) -> None:
         title=f"Replay: alpha = {result['alpha']}, delta = {result['delta']}",
     )
     rows = [("racer (online)", result["phases"]), *result["baselines"].items()]
+    alpha = result["alpha"]
     for i, phase in enumerate(result["phases"]):
         for name, figures in rows:
             f = figures[i]
+            over = name.startswith("racer") and f["realised_miss_rate"] > alpha
             table.add_row(
                 phase["name"] if name.startswith("racer") else "",
                 name,
                 str(f["n"]),
-                fmt(f["realised_miss_rate"]),
+                fmt(f["realised_miss_rate"]) + (" > alpha" if over else ""),
                 fmt(f["mean_set_size"]),
                 fmt(f["abstain_rate"]),
                 fmt(f["mean_price"]),
@@ -173,12 +175,30 @@ def show_replay(result: dict[str, Any], as_json: bool) -> None:
             )
         table.add_section()
     out.print(table)
+    print(REPLAY_COLUMNS)
+    over = [p for p in result["phases"] if p["realised_miss_rate"] > alpha]
+    if over:
+        named = ", ".join(f"{p['name']} ({fmt(p['realised_miss_rate'])})" for p in over)
+        print(
+            f"over alpha = {alpha}: {named}. The guarantee is for traffic exchangeable with "
+            "the window it was calibrated on; right after a shift the window still holds the "
+            "old traffic, until the drift monitor's new segment takes over (docs/method.md)."
+        )
+
+
+# What each column of the replay's and the demo's table is, printed under it.
+REPLAY_COLUMNS = (
+    "miss rate: share of the phase's queries whose set misses though a model was right (exact, "
+    "from the full labels); set size: models invoked per query; abstain: share of empty sets; "
+    "price: mean price of a set; coverage: share of queries whose set holds a correct model."
+)
 
 
 @contextlib.contextmanager
 def progress_bar(live: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar on stderr while decisions come back."""
-    if not live:
+    """A progress bar on stderr while decisions come back, on a terminal only: in a pipe or
+    a file it would run into the next line."""
+    if not live or not Console(stderr=True).is_terminal:
         yield None
         return
     from rich.progress import Progress

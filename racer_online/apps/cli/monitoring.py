@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +29,10 @@ def thresholds(
     since: Annotated[
         str | None, typer.Option(help="With --history: unix seconds or ISO time.")
     ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(help="Wait up to this many seconds for a certified threshold of each scope."),
+    ] = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
     """The current threshold of each scope (or its history), as stored in Redis."""
@@ -47,6 +52,12 @@ def thresholds(
             out.print(threshold_table(f"{name}: threshold history", points))
         return
     current = asyncio.run(load_current_thresholds(settings, names))
+    deadline = time.monotonic() + wait
+    while not all(t.certified for t in current.values()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        current = asyncio.run(load_current_thresholds(settings, names))
+    if wait and not all(t.certified for t in current.values()):
+        note(f"note: not every scope certified within {wait:g} s")
     if as_json:
         print(json.dumps({name: t.model_dump() for name, t in current.items()}))
         return

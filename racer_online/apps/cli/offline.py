@@ -231,10 +231,11 @@ def demo(
     """The whole system on an outcomes dataset: services, router, worker, replay, report."""
     from racer_online.apps.demo import run_demo
 
+    live = not as_json and out.console.is_terminal  # the live view only where it redraws
     result = run_demo(
-        out_dir, live=not as_json, per_phase=per_phase, data=data, correct_at=correct_at,
+        out_dir, live=live, per_phase=per_phase, data=data, correct_at=correct_at,
         prices=prices, broker=broker, redis=redis,
     )  # fmt: skip
     show_replay(result, as_json)
     if not as_json:
-        note(f"report in {out_dir / 'report'}, worker log in {out_dir / 'worker.log'}")
+        note(f"report in {out_dir / 'report'}, worker log in {out_dir / 'worker-0.log'}")

@@ -1,14 +1,16 @@
-"""``racer-online offsets reset``: where the workers' consumer groups start, set by hand."""
+"""``racer-online offsets``: the workers' consumer groups on the input topics: where they
+stand (``show``) and where they start (``reset``, by hand)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Annotated, Literal
 
 import typer
 
-from racer_online.apps.cli.common import app, note
+from racer_online.apps.cli.common import JsonOpt, app, note, out
 from racer_online.settings import Settings
 
 offsets_app = typer.Typer(
@@ -16,6 +18,32 @@ offsets_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(offsets_app, name="offsets")
+
+
+@offsets_app.command()
+def show(as_json: JsonOpt = False) -> None:
+    """Per group and partition of the queries and feedback topics: the committed offset,
+    the end offset and the lag between them, as the broker holds them."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from racer_online.kafka.offsets import show as read_offsets
+
+    settings = Settings.load()
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # failures come back as one line
+    rows = asyncio.run(read_offsets(settings))
+    if as_json:
+        print(json.dumps([asdict(r) for r in rows]))
+        return
+    table = Table("group", "topic", "partition", "committed", "end", "lag",
+                  title="The workers' consumer groups")  # fmt: skip
+    for r in rows:
+        committed = "none" if r.committed is None else str(r.committed)
+        table.add_row(r.group, r.topic, str(r.partition), committed, str(r.end), str(r.lag))
+    out.print(table)
+    if not rows:
+        note("no input topic exists yet: start a worker (it creates them) or publish")
 
 
 @offsets_app.command()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from racer_online.apps.cli.common import app, note, plural
-from racer_online.errors import ConfigError, InvalidInputError, StoreUnavailableError
+from racer_online.errors import ConfigError, InvalidInputError, RacerError, StoreUnavailableError
 from racer_online.settings import Settings
 
 if TYPE_CHECKING:
@@ -29,7 +29,34 @@ def worker() -> None:
     check_web_port(settings)  # a taken web port fails here, as one line
     asyncio.run(check_redis(settings))  # unreachable, evicting, another audit key: one line
     check_broker(settings)  # and a broker that does not answer
+    note(start_line(settings))
     run(settings)
+
+
+def start_line(settings: Settings) -> str:
+    """What this worker serves, on one line: scopes and their models, router, broker, Redis
+    (its password masked) and the dashboard."""
+    scopes = "; ".join(
+        f"{name} ({len(c.model_names)} models: {', '.join(c.model_names)})"
+        for name, c in settings.scopes.items()
+    )
+    router = str(settings.router_file) if settings.router_file else "none (queries carry scores)"
+    web = settings.web_enabled
+    dashboard = f"http://{settings.web_host}:{settings.web_port}/dashboard" if web else "off"
+    redis = masked(settings.redis_url)
+    return (f"racer-online worker: scopes {scopes}; router {router}; broker "
+            f"{settings.kafka_broker}; redis {redis}; dashboard {dashboard}")  # fmt: skip
+
+
+def masked(url: str) -> str:
+    """The URL with its password (if any) as ****."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:****@{host}"))
 
 
 async def check_redis(settings: Settings) -> None:
@@ -118,6 +145,11 @@ def _send(source: str, located: list[Located], noun: str, topic: str, *, force: 
     note(f"published {plural(sent, noun)} to {name}")
 
 
+# A first start on a fresh broker needs a start for its new consumer groups: dev services
+# hold nothing worth skipping, so their groups read from the start (production says so itself).
+DEV_OFFSET_RESET = {"RACER_OFFSET_RESET": "earliest"}
+
+
 @app.command("dev-services")
 def dev_services(
     broker: Annotated[
@@ -131,25 +163,70 @@ def dev_services(
             "Redis over TLS with an ACL user, certificates made now.",
         ),
     ] = False,
+    env: Annotated[
+        bool,
+        typer.Option(
+            "--env",
+            help='Start them in the background and print export lines: eval "$(racer-online '
+            'dev-services --env)"; kill $RACER_DEV_SERVICES_PID stops them.',
+        ),
+    ] = False,
 ) -> None:
-    """Start a local broker and Redis; print RACER_* lines to source; run until stopped."""
+    """Start a local broker and Redis; print the RACER_* lines a client needs; run until
+    stopped (Ctrl-C), or with --env in the background."""
     from racer_online.local.brokers import BROKERS
     from racer_online.local.secured import secured_services
     from racer_online.local.services import embedded_services
 
     if broker not in BROKERS:
         raise typer.BadParameter(f"{broker!r}: one of {', '.join(BROKERS)}", param_hint="--broker")
+    if env:
+        _dev_services_in_background(broker)
+        return
     with (
         contextlib.suppress(KeyboardInterrupt),  # Ctrl-C is how they stop: exit 0
         secured_services()
         if secured
         else embedded_services(_configured_redis(), broker=broker) as services,
     ):
-        env = services if isinstance(services, dict) else services.env()
-        for name, value in env.items():
+        lines = services if isinstance(services, dict) else services.env()
+        for name, value in (lines | DEV_OFFSET_RESET).items():
             print(f"{name}={value}", flush=True)
         note("dev services are up; Ctrl-C stops them")
         threading.Event().wait()
+
+
+def _dev_services_in_background(broker: str) -> None:
+    """Run ``dev-services`` as a process of its own session (it outlives this one and the
+    shell's command substitution), wait for its lines, print them as ``export`` lines."""
+    import shlex
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    log = Path(tempfile.mkdtemp(prefix="racer-dev-services-")) / "dev-services.log"
+    with open(log, "wb") as log_file:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "racer_online", "dev-services", "--broker", broker],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file,
+            start_new_session=True, text=True,
+        )  # fmt: skip
+    assert child.stdout is not None
+    lines: dict[str, str] = {}
+    while "RACER_OFFSET_RESET" not in lines:  # the last line it prints
+        line = child.stdout.readline()
+        if not line:
+            tail = " | ".join(log.read_text(errors="replace").splitlines()[-2:])
+            raise RacerError(f"the dev services did not start: {tail or 'no output'}")
+        name, _, value = line.strip().partition("=")
+        lines[name] = value
+    child.stdout.close()  # it prints nothing more
+    for name, value in lines.items():
+        print(f"export {name}={shlex.quote(value)}")
+    print(f"export RACER_DEV_SERVICES_PID={child.pid}")
+    note(f"dev services are up in the background (pid {child.pid}, log {log}); "
+         "stop them: kill $RACER_DEV_SERVICES_PID")  # fmt: skip
 
 
 def _configured_redis() -> str | None:
