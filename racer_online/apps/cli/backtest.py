@@ -32,8 +32,10 @@ def backtest(
     prices: PricesOpt = None,
     schedule: Annotated[
         str | None,
-        typer.Option(help='Phases: "name=task,task;name=task", or "stationary" (one shuffled '
-                     "phase of every query); default: from the data's tasks."),
+        typer.Option(
+            help='Phases: "name=task,task;name=task", or "stationary" (one shuffled '
+            "phase of every query); default: from the data's tasks."
+        ),
     ] = None,
     per_phase: PerPhaseOpt = None,
     router: Annotated[
