@@ -14,7 +14,7 @@ References
 ----------
 Bates et al. (2021) RCPS; Angelopoulos et al. (2021) Learn then Test; Angelopoulos et al.
 (2022) Conformal risk control; Bentkus (2004); Ville (1939); Robbins (1970) and Howard et
-al. (2021), the method of mixtures; Waudby-Smith and Ramdas (2023), betting.
+al. (2021), the method of mixtures; Waudby-Smith and Ramdas (2024), betting.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def anytime_log_e(m: int, n: int, alpha: float, shape: float = PRIOR_SHAPE) -> f
         E = integral of (q / alpha)^m ((1 - q) / (1 - alpha))^(n - m) dpi(q).
 
     Each ratio is the wealth of a constant bet ``b = (1 - q / alpha) / (1 - alpha)`` on
-    ``alpha - loss`` (Waudby-Smith and Ramdas 2023): a nonnegative martingale at risk
+    ``alpha - loss`` (Waudby-Smith and Ramdas 2024): a nonnegative martingale at risk
     alpha, a supermartingale at any risk above (each factor's mean falls in the risk), so
     the mixture is one too, in whatever order the records come, and it depends on the
     counts alone. With ``pi`` = ``alpha`` Beta(a, 1) it is closed form:
