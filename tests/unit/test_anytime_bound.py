@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 
-from racer_online.core import certified_miss_count, certifies, p_value
+from racer_online.core import certified_miss_count, certifies, p_value, policy
 from racer_online.core.bounds import PRIOR_SHAPE, anytime_log_e
 from racer_online.core.calibration import threshold_from_required
+from racer_online.service import drift as watch
+from racer_online.service.scope import Monitor
 
 
 def direct_e(m, n, alpha, shape):
@@ -87,3 +89,18 @@ def test_the_smallest_certified_threshold_is_covered_over_every_n():
         ]
         over += any(0.3 * (1 - lam) > alpha for lam in lams)
     assert over / streams <= delta
+
+
+def test_a_trim_freezes_a_certified_segment_and_restarts_one_that_never_certified():
+    after = policy.anytime_from_after_trim
+    assert after(certified=True, segment_from=None, now=50.0) == math.inf
+    assert after(certified=False, segment_from=None, now=50.0) == 50.0  # records from now on
+    # an open alarm's segment: the window's e-process becomes the segment's own
+    assert after(certified=True, segment_from=42.0, now=50.0) == 42.0
+
+
+def test_a_frozen_threshold_survives_a_new_leader():
+    mon = Monitor(anytime_from=math.inf)
+    resumed = Monitor()
+    watch.load_state(resumed, watch.saved_state(mon), alpha=0.1, aci=False)
+    assert resumed.anytime_from == math.inf
