@@ -127,3 +127,30 @@ def test_a_trim_freezes_the_anytime_threshold_and_not_the_binomial_one():
         assert all(d.lam < 1 for d in late), "certified before the first trim"
     assert len({lam for lam, _ in after_trims["anytime"]}) == 1
     assert len({lam for lam, _ in after_trims["binomial"]}) > 1
+
+
+def test_a_warm_start_certifies_from_the_first_tick(tmp_path):
+    """`--warm-start FILE`: the window starts from the file's fully graded records, so the
+    stream routes below lam = 1 as soon as the leader has ticked once."""
+    from racer_online.offline.records import Records, write_records
+
+    warm = scored(n=1200, seed=5)
+    easy = np.flatnonzero(warm.outcomes.tasks == "easy")
+    path = tmp_path / "warm.csv"
+    write_records(path, Records(
+        tuple(f"w{i}" for i in easy), MODELS, warm.scores[easy],
+        warm.outcomes.labels[easy].astype(float),
+    ))  # fmt: skip
+    data = scored(n=400)
+    the_plan = replay.plan(data.outcomes, (replay.Phase("easy", ("easy",)),), seed=2)
+    lams = {}
+    for name, scope in (("cold", {}), ("warm", {"warm_start": str(path)})):
+        settings = bt.settings_for(
+            MODELS, PRICES, audit_rate=0.2, scope={"alpha": 0.1, "delta": 0.1} | scope
+        )
+        run = bt.asyncio.run(
+            bt.run_stream(settings, data, the_plan, pacing=bt.Pacing(), run_id="t")
+        )
+        lams[name] = [d.lam for d in run.decisions[10:30]]  # after the first tick
+    assert all(lam == 1.0 for lam in lams["cold"])  # no label has come back yet
+    assert all(lam < 1.0 for lam in lams["warm"])

@@ -61,12 +61,15 @@ def backtest(
     """Replay a dataset through the worker's own code in simulated time; mean and worst seed."""
     from racer_online.apps import replay
     from racer_online.apps.demo import router_file
+    from racer_online.core import BOUNDS
+    from racer_online.core.scoring import check_choice
     from racer_online.errors import InvalidInputError
     from racer_online.offline import backtest as bt
     from racer_online.routers.files import load_router
 
     if seeds < 1 or feedback_lag < 0 or rate <= 0:
         raise InvalidInputError("--seeds must be >= 1, --feedback-lag >= 0 and --rate > 0")
+    check_choice("bound", bound, BOUNDS)
     if warm_start is not None and not warm_start.is_file():
         raise InvalidInputError(f"--warm-start {warm_start}: no such file")
     outcomes = read_outcomes(data, correct_at, prices)
