@@ -47,7 +47,7 @@ class ScopeConfig(BaseModel):
 
     alpha: float = Field(gt=0.0, lt=1.0)
     delta: float = Field(gt=0.0, lt=1.0)
-    bound: Bound = "binomial"
+    bound: Bound = "anytime"  # one certificate for every threshold of a segment
     rule: Rule = "cumulative"
     miss: Miss = "answerable"
     # The adaptive conformal controller (docs/method.md section 5): None keeps it off.

@@ -14,6 +14,7 @@ triggers (docs/method.md).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -65,6 +66,20 @@ def window_choice(
     return Choice(FALLBACK_LAM, "fallback", m_star, n)
 
 
+def anytime_from_after_trim(*, certified: bool, segment_from: float | None, now: float) -> float:
+    """Where the `anytime` e-process restarts once a trim took records it counted.
+
+    Its records must be the segment's cumulative ones, so it cannot go on without them:
+    while an alarm's segment is open, the window's records become those of the segment (a
+    merge-back then continues the segment's own e-process on the same records); otherwise
+    a certified threshold is frozen (``inf``) until the next alarm; a segment that never
+    certified published only ``lam = 1`` and starts again on the records decided from
+    ``now`` on, records no test has seen."""
+    if segment_from is not None:
+        return segment_from
+    return math.inf if certified else now
+
+
 def segment_choice(
     required: NDArray[np.floating], *, direction: Direction, alpha: float, delta: float,
     bound: Bound, current: Choice,
@@ -88,7 +103,12 @@ def confirm(
     """True: replace the window by the segment. Whenever the old threshold is not
     certified on the segment (after a rise: the alarm was right; after a fall: the traffic
     turned again while the segment filled); after a fall, also when the segment certifies
-    a smaller threshold than the old one. Otherwise the alarm was false: merge back."""
+    a smaller threshold than the old one. Otherwise the alarm was false: merge back.
+
+    A decision rule, not a certificate: under `anytime` it tests with `binomial`, since an
+    e-process certifies nothing on a 30-record segment (whichever way it goes, the
+    e-process of the window that stays runs on on its cumulative records)."""
+    bound = "binomial" if bound == "anytime" else bound
     t = np.asarray(required, dtype=np.float64)
     if not certifies(int(np.count_nonzero(t > old_lam)), t.size, alpha, delta, bound):
         return True

@@ -170,6 +170,7 @@ def figures(run: Run, scored: Scored, config: ScopeConfig) -> dict[str, Any]:
             "queries_to_safe": queries_to_safe(
                 lam[at], required[at], safe=config.alpha + SAFE_MARGIN
             ),
+            **over_alpha(lam[at], required[at], alpha=config.alpha),
         })  # fmt: skip
     return {"phases": phases, "first_1000_mean_set_size": float(sizes[:1000].mean())}
 
@@ -197,13 +198,39 @@ def required_of(
     return core.required_thresholds(levels, labels, miss=config.miss)
 
 
+def exact_risk(lam: NDArray[np.float64], required: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The exact risk of each threshold over a phase's queries: the share with lam < t."""
+    t = np.sort(required)
+    return (t.size - np.searchsorted(t, lam, side="right")) / t.size
+
+
 def queries_to_safe(lam: NDArray[np.float64], required: NDArray[np.float64], *, safe: float) -> int:
     """Queries into a phase after which every decision's threshold is safe for the phase:
     its exact risk over all the phase's queries is at most ``safe``."""
-    t = np.sort(required)
-    risk = (t.size - np.searchsorted(t, lam, side="right")) / t.size  # share with lam < t
-    unsafe = np.flatnonzero(risk > safe)
+    unsafe = np.flatnonzero(exact_risk(lam, required) > safe)
     return int(unsafe[-1] + 1) if unsafe.size else 0
+
+
+def over_alpha(
+    lam: NDArray[np.float64], required: NDArray[np.float64], *, alpha: float
+) -> dict[str, float]:
+    """What a user reads into "P(miss) <= alpha": the share of a phase's decisions made
+    under a threshold whose exact risk on the phase exceeds alpha, and whether any was
+    (1.0 or 0.0: its mean over seeds is the share of seeds)."""
+    over = exact_risk(lam, required) > alpha
+    return {"over_alpha_share": float(over.mean()), "ever_over_alpha": float(over.any())}
+
+
+STATIONARY = "stationary"  # --schedule: one phase of every query, shuffled
+
+
+def schedule_of(text: str | None) -> tuple[schedules.Phase, ...] | None:
+    """The ``--schedule`` option's phases; None: the data's tasks (`default_schedule`)."""
+    if not text:
+        return None
+    if text.strip() == STATIONARY:
+        return (schedules.Phase(STATIONARY, ()),)
+    return schedules.parse_schedule(text)
 
 
 def settings_for(models: Sequence[str], prices: Sequence[float], **overrides: Any) -> Settings:

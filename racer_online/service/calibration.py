@@ -7,6 +7,7 @@ the lease; only the tick holding the lease calls them, one at a time.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -29,10 +30,15 @@ def next_threshold(
     n = len(window)
     levels, required = scope.window_levels() if n else (None, np.zeros(0))
     last = "fallback" if mon.after_drift and mon.segment_from is None else current.status
-    choice = policy.window_choice(
-        required, alpha=cfg.alpha, delta=cfg.delta, bound=cfg.bound, alpha_t=mon.alpha_t,
-        min_records=settings.min_records, current=last, current_lam=current.lam,
-    )  # fmt: skip
+    if math.isinf(mon.anytime_from):  # the `anytime` e-process lost records to a trim
+        choice = policy.Choice(current.lam, current.status, current.m_star, current.n)
+    else:
+        counted = window.decided_at >= mon.anytime_from  # all but for `anytime` after a trim
+        choice = policy.window_choice(
+            required[counted], alpha=cfg.alpha, delta=cfg.delta, bound=cfg.bound,
+            alpha_t=mon.alpha_t, min_records=settings.min_records, current=last,
+            current_lam=current.lam,
+        )  # fmt: skip
     audit_rate = None
     if mon.segment_from is not None:
         in_segment = window.decided_at >= mon.segment_from

@@ -20,7 +20,7 @@ from racer_online.settings import Settings
 
 COLD_START = 0.0  # a new scope's first segment: every decision is at or after it
 FLOATS = ("labelled", "free_rise", "free_jump", "free_fall", "window_from", "old_lam",
-          "covariate", "covariate_p0", "covariate_p1")  # fmt: skip
+          "covariate", "covariate_p0", "covariate_p1", "anytime_from")  # fmt: skip
 PAIRS = ("free_seen", "covariate_seen")  # the store's counters at the last look
 IDENTITY_FIELDS = (FINGERPRINT, MODELS, ROUTER)  # the window's scope identity
 

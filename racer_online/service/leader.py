@@ -233,7 +233,7 @@ class Leader:
             return False
         if replace:
             scope.window.keep_decided_from(mon.segment_from)
-            mon.window_from = mon.segment_from
+            mon.window_from = mon.anytime_from = mon.segment_from
             if scope.window.ids:
                 await self.store.trim_window(scope.name, min_id=scope.window.ids[0], epoch=epoch)
         mon.segment_from, mon.after_drift = None, False

@@ -38,6 +38,10 @@ class Monitor:
     covariate_p1: float = 0.0
     covariate_seen: tuple[int, int] | None = None  # the store's covariate counters
     window_from: float = 0.0  # records decided before this are not read into the window
+    # The `anytime` bound's e-process counts the window's records decided at or after this:
+    # the segment's cumulative records. inf: a trim took some of them, the threshold is
+    # frozen until the next alarm (docs/method.md section 6).
+    anytime_from: float = 0.0
     segment_from: float | None = None  # an alarm's time: the segment is decided after it
     segment_direction: str = "rise"
     old_lam: float = 1.0  # the threshold routed on when the alarm came

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from racer_online import core
+from racer_online.core import policy
 from racer_online.errors import ConfigError
 from racer_online.messages import AlertMessage
 from racer_online.records import read_records
@@ -72,11 +73,24 @@ class WindowSync:
         scope.new_records += fresh
         drift = await self._watch(scope, start=before, now=now, epoch=epoch) if fresh else None
         min_ms = int((now - self.settings.window_max_age_s) * 1000)
+        counted = self._anytime_records(scope)
         trimmed = scope.window.trim(max_records=self.settings.window_size, min_ms=min_ms)
         if trimmed:
             await self.store.trim_window(scope.name, min_id=f"{min_ms}-0", epoch=epoch)
+            if scope.config.bound == "anytime" and self._anytime_records(scope) < counted:
+                mon = scope.monitor
+                mon.anytime_from = policy.anytime_from_after_trim(
+                    certified=scope.threshold.status == "certified",
+                    segment_from=mon.segment_from, now=now,
+                )  # fmt: skip
+                await self.store.save_monitor(scope.name, watch.saved_state(mon), epoch=epoch)
         metrics.WINDOW_RECORDS.labels(scope.name).set(len(scope.window))
         return drift, trimmed
+
+    @staticmethod
+    def _anytime_records(scope: ScopeState) -> int:
+        """Window records the `anytime` e-process counts (all of them until a trim)."""
+        return int(np.count_nonzero(scope.window.decided_at >= scope.monitor.anytime_from))
 
     async def load_monitor(self, scope: ScopeState) -> None:
         """The monitor's state as the last leader left it (once per epoch)."""

@@ -14,12 +14,12 @@ import time
 from typing import Any
 
 import pytest
-from racer_online.offline.datasets import load_outcomes
 from test_faults import record
 
 from racer_online.apps import replay
 from racer_online.apps.cli.training import train_router_command
 from racer_online.apps.reading import load_history
+from racer_online.datasets import load_outcomes
 from racer_online.settings import Settings
 from racer_online.testing import metric_total, scrape, until
 

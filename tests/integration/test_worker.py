@@ -119,7 +119,7 @@ async def test_feedback_fills_the_window_and_the_threshold_matches_the_core(
     assert await window_length(redis_url, deployment.scope) == 600
     scores = quantise(records.scores[:600])  # what the worker decides on and the window holds
     expected = core.calibrate(
-        scores, records.labels[:600].astype(bool), alpha=0.1, delta=0.1,
+        scores, records.labels[:600].astype(bool), alpha=0.1, delta=0.1, bound="anytime",
         p_abstain=quantise(np.prod(1.0 - scores, axis=1)),
     )  # fmt: skip
     assert final["status"] == "certified" and final["m_star"] == expected.m_star

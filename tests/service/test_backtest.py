@@ -65,6 +65,9 @@ def test_figures_equal_those_recomputed_from_the_decisions():
         risk = [np.mean(run.decisions[j].lam < t) for j in at]
         unsafe = [r for r, x in enumerate(risk) if x > 0.12]
         assert phase["queries_to_safe"] == (unsafe[-1] + 1 if unsafe else 0)
+        over = [x > 0.1 for x in risk]  # under a threshold whose risk on the phase > alpha
+        assert phase["over_alpha_share"] == np.mean(over)
+        assert phase["ever_over_alpha"] == float(any(over))
     first = [len(d.models) for d in run.decisions[:1000]]
     assert got["first_1000_mean_set_size"] == np.mean(first)
     assert run.updates, "the leader recalibrated in simulated time"
@@ -101,3 +104,53 @@ def test_queries_to_safe_is_when_the_thresholds_become_safe_for_the_phase():
     assert bt.queries_to_safe(lam, required, safe=0.12) == 5  # lam 0.5 is the last unsafe
     assert bt.queries_to_safe(lam[5:], required, safe=0.12) == 0
     assert bt.queries_to_safe(lam[5:], required, safe=0.06) == 1  # 0.9 misses 10%
+
+
+def test_a_trim_freezes_the_anytime_threshold_and_not_the_binomial_one():
+    """The anytime e-process runs on a segment's cumulative records; once the sliding
+    window trims some of them, the certified threshold stays until the next alarm, while
+    the binomial bound goes on recalibrating on the window (docs/method.md section 6)."""
+    data = scored(n=600)
+    the_plan = replay.plan(data.outcomes, (replay.Phase("easy", ("easy",)),), seed=1)
+    after_trims = {}
+    for bound in ("anytime", "binomial"):
+        settings = bt.settings_for(
+            MODELS, PRICES, audit_rate=1.0, monitor=False, window_size=120,
+            scope={"alpha": 0.1, "delta": 0.1, "bound": bound},
+        )  # fmt: skip
+        run = bt.asyncio.run(
+            bt.run_stream(settings, data, the_plan, pacing=bt.Pacing(), run_id="t")
+        )
+        # the window holds 120 records from about query 140 (the lag, a tick) on
+        late = run.decisions[200:]
+        after_trims[bound] = {(d.lam, d.threshold_version) for d in late}
+        assert all(d.lam < 1 for d in late), "certified before the first trim"
+    assert len({lam for lam, _ in after_trims["anytime"]}) == 1
+    assert len({lam for lam, _ in after_trims["binomial"]}) > 1
+
+
+def test_a_warm_start_certifies_from_the_first_tick(tmp_path):
+    """`--warm-start FILE`: the window starts from the file's fully graded records, so the
+    stream routes below lam = 1 as soon as the leader has ticked once."""
+    from racer_online.records import Records, write_records
+
+    warm = scored(n=1200, seed=5)
+    easy = np.flatnonzero(warm.outcomes.tasks == "easy")
+    path = tmp_path / "warm.csv"
+    write_records(path, Records(
+        tuple(f"w{i}" for i in easy), MODELS, warm.scores[easy],
+        warm.outcomes.labels[easy].astype(float),
+    ))  # fmt: skip
+    data = scored(n=400)
+    the_plan = replay.plan(data.outcomes, (replay.Phase("easy", ("easy",)),), seed=2)
+    lams = {}
+    for name, scope in (("cold", {}), ("warm", {"warm_start": str(path)})):
+        settings = bt.settings_for(
+            MODELS, PRICES, audit_rate=0.2, scope={"alpha": 0.1, "delta": 0.1} | scope
+        )
+        run = bt.asyncio.run(
+            bt.run_stream(settings, data, the_plan, pacing=bt.Pacing(), run_id="t")
+        )
+        lams[name] = [d.lam for d in run.decisions[10:30]]  # after the first tick
+    assert all(lam == 1.0 for lam in lams["cold"])  # no label has come back yet
+    assert all(lam < 1.0 for lam in lams["warm"])

@@ -56,7 +56,7 @@ def test_hb_treats_zero_log_zero_as_zero():
     assert p_value(0, 50, 0.1, "hb") == pytest.approx(min(0.9**50, math.e * 0.9**50))
 
 
-@pytest.mark.parametrize("bound", ["binomial", "bentkus", "hb", "hoeffding"])
+@pytest.mark.parametrize("bound", ["anytime", "binomial", "bentkus", "hb", "hoeffding"])
 def test_p_value_is_monotone_in_the_miss_count(bound):
     values = [p_value(m, 300, 0.1, bound) for m in range(0, 301, 5)]
     assert np.all(np.diff(values) >= 0)

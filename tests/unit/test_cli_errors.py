@@ -169,6 +169,8 @@ def test_evaluate_on_own_data_titles_it_and_fits_a_pipe(scoped_env, tmp_path):
         (("records", "--router", "absent.json", "--out", "r.csv", "--scope", "a b"), "--scope"),
         (("records", "--router", "absent.json", "--out", "r.csv", "--limit", "0"), "--limit"),
         (("records", "--router", "absent.json", "--out", "r.csv"), "absent.json"),
+        (("backtest", "--bound", "gauss"), "unknown bound 'gauss'"),
+        (("backtest", "--warm-start", "absent.csv"), "--warm-start absent.csv: no such file"),
     ],
 )
 def test_the_new_commands_fail_in_one_line(args, fragment, scoped_env, tmp_path):

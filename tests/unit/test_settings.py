@@ -263,7 +263,7 @@ def test_scope_defaults_and_catalogue_order(tmp_path: Path) -> None:
     scopes = load_scopes(path)
     assert list(scopes) == ["fast", "strict"]
     fast, strict = scopes["fast"], scopes["strict"]
-    assert (fast.bound, fast.rule, fast.miss) == ("binomial", "cumulative", "answerable")
+    assert (fast.bound, fast.rule, fast.miss) == ("anytime", "cumulative", "answerable")
     assert fast.model_names == ("zeta", "alpha-model", "m.1")  # file order, not sorted
     assert fast.prices == (0.0, 3.0, 0.0)
     assert strict.rule == "cost" and strict.prices == (0.0, 0.0)  # ties keep catalogue order
@@ -283,7 +283,7 @@ def test_packaged_default_scopes_match_the_shipped_data() -> None:
     assert resources.files("racer_online").joinpath("default_scopes.toml").is_file()
     scope = settings().scopes["default"]
     assert list(settings().scopes) == ["default"]
-    assert (scope.alpha, scope.delta, scope.bound) == (0.1, 0.1, "binomial")
+    assert (scope.alpha, scope.delta, scope.bound) == (0.1, 0.1, "anytime")
     assert (scope.rule, scope.miss) == ("cumulative", "answerable")
     assert scope.model_names == (
         "codegemma-7b",
@@ -350,7 +350,7 @@ def test_a_scopes_file_with_two_mistakes_names_both(tmp_path: Path) -> None:
         (scope_file(alpha="'ten percent'"), FIELD + "alpha: Input should be a valid number"),
         (scope_file(alpha=None), FIELD + "alpha: Field required"),
         (scope_file(delta="1.5"), FIELD + "delta: Input should be less than 1"),
-        (scope_file(bound="'gauss'"), FIELD + "bound: Input should be 'binomial'"),
+        (scope_file(bound="'gauss'"), FIELD + "bound: Input should be 'anytime'"),
         (scope_file(rule="'cheapest'"), FIELD + "rule: Input should be 'cumulative'"),
         (scope_file(miss="'strict'"), FIELD + "miss: Input should be 'answerable'"),
         (scope_file(alpah="0.2"), FIELD + "alpah: Extra inputs are not permitted"),

@@ -10,12 +10,12 @@ import typer
 from rich.table import Table
 
 from racer_online.apps.cli.common import (
+    BoundOpt,
     CorrectAtOpt,
     DataOpt,
     JsonOpt,
     PerPhaseOpt,
     PricesOpt,
-    ScheduleOpt,
     app,
     fmt,
     out,
@@ -30,7 +30,13 @@ def backtest(
     data: DataOpt = None,
     correct_at: CorrectAtOpt = None,
     prices: PricesOpt = None,
-    schedule: ScheduleOpt = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(
+            help='Phases: "name=task,task;name=task", or "stationary" (one shuffled '
+            "phase of every query); default: from the data's tasks."
+        ),
+    ] = None,
     per_phase: PerPhaseOpt = None,
     router: Annotated[
         Path | None,
@@ -41,6 +47,11 @@ def backtest(
     ] = None,
     alpha: Annotated[float, typer.Option(help="Target misroute probability.")] = 0.1,
     delta: Annotated[float, typer.Option(help="Allowed failure probability.")] = 0.1,
+    bound: BoundOpt = "anytime",
+    warm_start: Annotated[
+        Path | None,
+        typer.Option(help="Fully graded records (the calibrate format) the window starts from."),
+    ] = None,
     audit_rate: Annotated[
         float, typer.Option(help="Share of queries graded on every model.")
     ] = 0.1,
@@ -54,22 +65,29 @@ def backtest(
     """Replay a dataset through the worker's own code in simulated time; mean and worst seed."""
     from racer_online.apps import replay
     from racer_online.apps.demo import router_file
+    from racer_online.core import BOUNDS
+    from racer_online.core.scoring import check_choice
     from racer_online.errors import InvalidInputError
     from racer_online.offline import backtest as bt
     from racer_online.routers.files import load_router
 
     if seeds < 1 or feedback_lag < 0 or rate <= 0:
         raise InvalidInputError("--seeds must be >= 1, --feedback-lag >= 0 and --rate > 0")
+    check_choice("bound", bound, BOUNDS)
+    if warm_start is not None and not warm_start.is_file():
+        raise InvalidInputError(f"--warm-start {warm_start}: no such file")
     outcomes = read_outcomes(data, correct_at, prices)
     path = router or router_file(DEMO_DIR, data=data, correct_at=correct_at)
+    scope_options: dict[str, Any] = {"alpha": alpha, "delta": delta, "bound": bound}
+    if warm_start is not None:
+        scope_options["warm_start"] = str(warm_start.resolve())
     settings = bt.settings_for(
-        outcomes.models, outcomes.prices.tolist(), audit_rate=audit_rate,
-        scope={"alpha": alpha, "delta": delta},
-    )  # fmt: skip
+        outcomes.models, outcomes.prices.tolist(), audit_rate=audit_rate, scope=scope_options
+    )
     scope = settings.scopes[bt.SCOPE]
     rows = replay.held_out_rows(outcomes, path)
     scored = bt.score_rows(outcomes, load_router(path), rows, scope.model_names)
-    phases = replay.parse_schedule(schedule) if schedule else None  # None: the data's tasks
+    phases = bt.schedule_of(schedule)
     result = bt.backtest(settings, scored, phases, seeds=seeds, per_phase=per_phase,
                          pacing=bt.Pacing(feedback_lag=feedback_lag, rate=rate))  # fmt: skip
     if as_json:
@@ -81,7 +99,7 @@ def backtest(
 def _table(result: dict[str, Any]) -> Table:
     table = Table(
         "phase", "router", "miss (worst)", "set size", "abstain", "price", "extra gradings",
-        "alarms", "to safe (worst)",
+        "alarms", "to safe (worst)", "over alpha (seeds ever)",
         title=f"Backtest: alpha = {result['alpha']}, delta = {result['delta']}, audit "
         f"{result['audit_rate']}, lag {result['feedback_lag']}, {result['seeds']} seeds; "
         f"set size over the first 1,000: {result['first_1000_mean_set_size']:.2f}",
@@ -97,6 +115,8 @@ def _table(result: dict[str, Any]) -> Table:
                 fmt(f.get("extra_gradings_per_query")), fmt(f.get("alarms")),
                 f"{fmt(f['queries_to_safe'])} ({fmt(f['worst_queries_to_safe'])})"
                 if "queries_to_safe" in f else "-",
+                f"{fmt(f['over_alpha_share'])} ({fmt(f['ever_over_alpha'])})"
+                if "over_alpha_share" in f else "-",
             )  # fmt: skip
         table.add_section()
     return table

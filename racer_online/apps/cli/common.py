@@ -72,7 +72,9 @@ out = _Output()
 
 Alpha = Annotated[float, typer.Option(help="Target misroute probability, in (0, 1).")]
 Delta = Annotated[float, typer.Option(help="Allowed failure probability, in (0, 1).")]
-BoundOpt = Annotated[str, typer.Option("--bound", help="binomial, hoeffding, bentkus, hb or crc.")]
+BoundOpt = Annotated[
+    str, typer.Option("--bound", help="binomial, anytime, hoeffding, bentkus, hb or crc.")
+]
 RuleOpt = Annotated[str, typer.Option("--rule", help="cumulative, threshold or cost.")]
 MissOpt = Annotated[str, typer.Option("--miss", help="answerable or augmented.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
