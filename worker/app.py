@@ -8,21 +8,18 @@ timers and the web views.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import faust
 import mode
-from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
-from racer_online.errors import ConfigError, RacerError, StoreUnavailableError
-from racer_online.kafka import clients, offsets, retries
+from racer_online.errors import RacerError, StoreUnavailableError
+from racer_online.kafka import offsets, retries
 from racer_online.kafka.batches import BatchConsumer, BatchProducer, Outgoing, Record
 from racer_online.kafka.retries import Seen
 from racer_online.messages import (
@@ -40,7 +37,7 @@ from racer_online.service.outages import OutageLog
 from racer_online.settings import Settings
 from racer_online.store import RedisStore
 from worker import api, web
-from worker.security import check_web_exposure, kafka_options, web_options
+from worker.security import kafka_options, web_options
 
 log = logging.getLogger(__name__)
 
@@ -339,19 +336,6 @@ def _faust_app(settings: Settings) -> faust.App:
     )
 
 
-def check_web_port(settings: Settings) -> None:
-    """A web port that is taken, or open beyond loopback without a token, is a `ConfigError`
-    before anything starts: one line from the command, not Faust's traceback."""
-    check_web_exposure(settings)  # beyond loopback without a token: refused first
-    if settings.web_enabled:
-        _check_bindable(settings.web_host, settings.web_port)
-
-
-def check_broker(settings: Settings) -> None:
-    """A broker that does not answer is a `ConfigError` before anything starts."""
-    asyncio.run(_check_broker(settings))
-
-
 def run(settings: Settings) -> None:
     """Run a worker until it is stopped (SIGTERM, Ctrl-C)."""
     runner = _Runner(Worker(settings).app, settings)
@@ -384,43 +368,6 @@ class _Runner(faust.Worker):
         logger.setLevel(self.racer_settings.log_level)  # every library's logger inherits it
         for own in ("racer_online", "worker"):
             logging.getLogger(own).setLevel(self.racer_settings.own_log_level)
-
-
-def _check_bindable(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(
-                f"the web server cannot listen on {host}:{port} (RACER_WEB_HOST, "
-                f"RACER_WEB_PORT): {exc.strerror or exc}"
-            ) from None
-
-
-async def _check_broker(settings: Settings, *, timeout_s: float = 10.0) -> None:
-    """One metadata request through the configured client, security included."""
-    admin = clients.admin(settings, request_timeout_ms=int(timeout_s * 1000))
-    client_log = logging.getLogger("aiokafka")
-    level = client_log.level
-    client_log.setLevel(logging.CRITICAL)  # the error below says it, in one line
-    try:
-        await asyncio.wait_for(admin.start(), timeout_s)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        unreachable = isinstance(exc, KafkaConnectionError | OSError | TimeoutError)
-        refused = await clients.refusal(settings, timeout_s=timeout_s) if unreachable else None
-        if refused is not None:  # it answers, and says no: which credential, which CA
-            raise ConfigError(
-                f"the broker at {settings.kafka_broker} refused us: {refused}"
-            ) from None
-        reason = "" if unreachable else f": {exc}"
-        raise ConfigError(
-            f"the broker at {settings.kafka_broker} does not answer (RACER_KAFKA_BROKER){reason}"
-        ) from None
-    finally:
-        with contextlib.suppress(Exception):
-            await admin.close()
-        client_log.setLevel(level)
 
 
 async def _declare(*topics: faust.TopicT) -> None:

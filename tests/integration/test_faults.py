@@ -33,7 +33,7 @@ from racer_online.service.window import quantise, unpack_scores
 from racer_online.store import keys
 from racer_online.store.codec import window_entry
 from racer_online.store.records import query_hash
-from racer_online.testing import until
+from racer_online.testing import metric_total, scrape, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -373,8 +373,10 @@ async def grown_or_stalled(window: Window, target: int, *, timeout: float, stall
 
 
 def retried(deployed: Any, topic: str, worker: int = 0) -> int:
-    """Batches of ``topic`` the worker retried (its log): it waits for Redis."""
-    return deployed.log(worker).count(f"BatchConsumer({deployed.topics[topic]}): batches retried")
+    """Batches of ``topic`` the worker retried (``racer_batch_retries_total``): it waits for
+    Redis. The log says so once per outage, the counter counts each retry."""
+    text = scrape(deployed.web_ports[worker])
+    return int(metric_total(text, "racer_batch_retries_total", topic=deployed.topics[topic]))
 
 
 async def test_redis_restart_mid_stream_holds_the_stream_and_loses_nothing(

@@ -22,7 +22,7 @@ ROOT = Path(racer_online.__file__).parent.parent
 RANKS = {
     "errors": -1,  # every room raises them
     "core": 0,
-    **dict.fromkeys(("files", "messages", "settings", "scopes", "records"), 1),
+    **dict.fromkeys(("files", "messages", "settings", "scopes", "records", "redis_urls"), 1),
     **dict.fromkeys(("datasets", "data"), 1),  # the outcomes files, the shipped one
     **dict.fromkeys(("store", "routers"), 2),  # what the service is handed
     "client": 2,  # the decision API's client: messages only, so a gateway imports it alone

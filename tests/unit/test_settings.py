@@ -330,7 +330,7 @@ def test_a_scopes_file_with_two_mistakes_names_both(tmp_path: Path) -> None:
         load_scopes(path)
     assert str(caught.value) == (
         f"scopes file {path}: {FIELD}delta: Field required; {FIELD}bound: Input should be "
-        "'binomial', 'hoeffding', 'bentkus', 'hb' or 'crc'"
+        "'anytime', 'binomial', 'hoeffding', 'bentkus', 'hb' or 'crc'"
     )
 
 

@@ -23,7 +23,8 @@ REDIS_START_TIMEOUT_S = 10.0  # as for the broker: a worker that cannot reach it
 @app.command()
 def worker() -> None:
     """Run the stream worker with the RACER_* settings (Ctrl-C stops it cleanly)."""
-    from worker.app import check_broker, check_web_port, run
+    from worker.app import run
+    from worker.startup_checks import check_broker, check_web_port
 
     settings = Settings.load()  # a bad setting or scopes file fails here, as one line
     check_web_port(settings)  # a taken web port fails here, as one line
