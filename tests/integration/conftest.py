@@ -104,6 +104,16 @@ class Deployment(LocalDeployment):
             stop_process(proc, grace=0)
 
 
+@pytest.fixture(scope="session")
+def router_file(tmp_path_factory):
+    """A text router trained on 40% of the shipped data, once per session."""
+    from racer_online.apps.cli.training import train_router_command
+
+    out = tmp_path_factory.mktemp("router") / "router"
+    train_router_command(None, out, "text", seed=0, train_fraction=0.4)
+    return out.with_suffix(".json")
+
+
 @pytest.fixture
 async def deployment(request, broker, redis_url, redis_ns, tmp_path):
     """Workers on the session's broker and Redis; ``@pytest.mark.topic_config(**config)``

@@ -5,19 +5,11 @@ import numpy as np
 import pytest
 from litellm import Router
 
-from racer_online.apps.cli.training import train_router_command
 from racer_online.client import AsyncRacerClient, Cheapest, exact_match
 from racer_online.datasets import load_outcomes
 from racer_online.integrations import litellm
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def router_file(tmp_path_factory):
-    out = tmp_path_factory.mktemp("router") / "router"
-    train_router_command(None, out, "text", seed=0, train_fraction=0.4)
-    return out.with_suffix(".json")
 
 
 def deployments(models, right):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from racer_online.apps.cli.training import train_router_command
 from racer_online.scopes import load_scopes
 
 pytestmark = pytest.mark.integration
@@ -29,13 +28,6 @@ def example(name: str) -> str:
             break
         lines.append(line[4:])
     return "\n".join(lines) + "\n"
-
-
-@pytest.fixture(scope="module")
-def router_file(tmp_path_factory):
-    out = tmp_path_factory.mktemp("router") / "router"
-    train_router_command(None, out, "text", seed=0, train_fraction=0.4)
-    return out.with_suffix(".json")
 
 
 @pytest.fixture

@@ -7,18 +7,10 @@ import numpy as np
 import pytest
 
 from racer_online.apps import replay
-from racer_online.apps.cli.training import train_router_command
 from racer_online.datasets import load_outcomes
 from racer_online.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def router_file(tmp_path_factory):
-    out = tmp_path_factory.mktemp("router") / "router"
-    train_router_command(None, out, "text", seed=0, train_fraction=0.4)
-    return out.with_suffix(".json")
 
 
 async def test_replay_figures_come_from_the_published_decisions(deployment, router_file):
