@@ -79,6 +79,8 @@ class DecisionAPI:
 
     async def feedback(self, request: web.Request) -> web.StreamResponse:
         event = await self._read(request, FeedbackMessage, generate_id=False)
+        if event.scope not in self.scopes:  # labels no worker here could ever join
+            raise Problem(422, f"unknown scope {event.scope!r}", kind="unknown_scope")
         try:
             await self.send_feedback([event])
         except KafkaError as exc:

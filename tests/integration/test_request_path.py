@@ -103,6 +103,11 @@ async def test_bad_requests_get_one_problem_each_and_store_nothing(
             assert detail is None or detail in problem["detail"], (name, problem)
         unknown = await http.post("/v1/feedback", json={"query_id": "q", "labels": {"a": 1}})
         assert unknown.status_code == 422 and "scope" in unknown.json()["detail"]
+        elsewhere = await http.post("/v1/feedback", json={"query_id": "q", "scope": "nope",
+                                                          "labels": {"a": 1}})  # fmt: skip
+        assert elsewhere.status_code == 422
+        assert elsewhere.json()["detail"] == "unknown scope 'nope'"
+        assert elsewhere.json()["type"] == "urn:racer-online:problem:unknown_scope"
         missing = await http.get("/v1/nothing-here")
         assert missing.status_code == 404 and missing.json()["status"] == 404
     assert await stored_pending(redis_url, scope) == 0
