@@ -11,11 +11,10 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import faust
-import mode
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
 from racer_online.errors import RacerError, StoreUnavailableError
@@ -85,9 +84,7 @@ class Worker:
         self._leading = False  # Faust's leader at the last tick
         self._thresholds_outage = OutageLog(log, "keeping the thresholds in memory")
         self._recalibration_outage = OutageLog(log, "recalibration waits for Redis")
-        # Started with the app, not as a task once Faust's own group has joined: routing does
-        # not wait for two group joins in a row (a new group's first join waits on the broker).
-        self.app.add_dependency(_StartedWithTheApp(self.consume))
+        self.app.task(self.consume)
         self.app.task(self.freeze)
         self.app.timer(settings.threshold_poll_s)(self.refresh_thresholds)
         # Every worker ticks; the Faust leader recalibrates, the others give back any lease.
@@ -295,18 +292,6 @@ class Worker:
             await self.service.leader.release()
         except StoreUnavailableError as exc:
             log.warning("the leader's leases lapse on their own: %s", exc)
-
-
-class _StartedWithTheApp(mode.Service):
-    """Runs a coroutine function as the app starts its dependencies: the batch consumers
-    route before Faust's own group has joined (which only elects the leader)."""
-
-    def __init__(self, start: Callable[[], Awaitable[None]]) -> None:
-        super().__init__()
-        self._start = start
-
-    async def on_start(self) -> None:
-        await self._start()
 
 
 # Faust's own group only elects the leader: its members have nothing to hand over, and a new
