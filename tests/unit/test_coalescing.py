@@ -60,9 +60,11 @@ async def test_a_failed_batch_fails_each_of_its_callers():
 
 async def test_a_caller_that_gave_up_does_not_stop_the_others():
     gate = asyncio.Event()
-    batcher = MicroBatcher(Recorder(gate=gate), max_wait_s=0.001)
+    handle = Recorder(gate=gate)
+    batcher = MicroBatcher(handle, max_wait_s=0.001)
     gone, kept = (asyncio.ensure_future(batcher.submit(i)) for i in (1, 2))
-    await asyncio.sleep(0.005)
+    while not handle.batches:  # the batch holding both started, and waits on the gate
+        await asyncio.sleep(0)
     gone.cancel()
     gate.set()
     assert await kept == 20
